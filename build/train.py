@@ -1,0 +1,191 @@
+"""Train SegFormer on a CamVid- or Cityscapes-layout folder and write shippable weights.
+
+    python -m build.train --data ../shared/datasets/camvid --variant b1 --steps 2000 --out runs/b1
+
+AdamW + linear warm-up + poly decay, random scale/aspect/crop/flip/colour jitter, ignore index 255,
+bf16 autocast on CUDA, checkpoint + resume, mIoU on the validation split every --eval-every steps, and at the
+end test-split mIoU per class measured with the FP16-rounded weights that are shipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from build.data import Augment, TrainSet, find_samples, load_pair
+from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from client.preprocess import resize_image, resize_labels
+from segformer.config import CITYSCAPES, CAMVID_TO_CITYSCAPES
+from segformer.model import SegmentationPipeline, create_model
+from segformer.weights import save_weights
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * max(0.0, 1 - (step - warmup) / max(1, total - warmup)) ** 1.0
+
+
+@torch.no_grad()
+def evaluate(model, root: Path, split: str, size: tuple[int, int], device: str, limit: int | None = None,
+             num_classes: int = 19, progress: bool = True, amp: bool = True) -> dict:
+    """mIoU on a split through the serving policy: resize to `size`, labels back to the image size (nearest)."""
+    samples, lut = find_samples(root, split)
+    samples = samples[:limit] if limit else samples
+    pipe = SegmentationPipeline(model, CITYSCAPES.mean, CITYSCAPES.std).to(device).eval()
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for s in tqdm(samples, desc=f"eval {split} {size[0]}x{size[1]}", disable=not progress, leave=False):
+        image, label = load_pair(s, lut)
+        x = torch.from_numpy(resize_image(np.array(image), size)).unsqueeze(0).to(device)
+        with torch.autocast("cuda", torch.bfloat16, enabled=amp and device.startswith("cuda")):
+            pred = pipe(x)[0].cpu().numpy()
+        cm += confusion_matrix(resize_labels(pred, label.shape), label, num_classes)
+    present = np.flatnonzero(cm.sum(1) > 0).tolist()
+    iou = iou_per_class(cm)
+    return {"split": split, "size": list(size), "images": len(samples), "miou": mean_iou(cm, present),
+            "pixel_accuracy": pixel_accuracy(cm),
+            "iou": {CITYSCAPES.classes[c]: float(iou[c]) for c in present}}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m build.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="dataset root (CamVid or Cityscapes layout)")
+    ap.add_argument("--variant", default="b1", help="SegFormer variant (b0..b5, tiny)")
+    ap.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, log, weights")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--time-budget", type=float, default=0, help="seconds; shorten the schedule to fit (0 = off)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--crop", type=parse_size, default=(512, 512), help="HxW training crop")
+    ap.add_argument("--scale", type=float, nargs=2, default=(1.0, 3.0), help="random scale range")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-size", type=parse_size, default=(1024, 1024), help="HxW used for val/test mIoU")
+    ap.add_argument("--workers", type=int, default=6)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--name", default=None, help="write shippable weights OUT/NAME.safetensors at the end")
+    ap.add_argument("--test-split", default="test")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    args.out.mkdir(parents=True, exist_ok=True)
+    dev = args.device
+    model = create_model(args.variant, CITYSCAPES.num_classes).to(dev)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    step, total, history, trained_s = 0, args.steps, [], 0.0
+    ckpt = args.out / "last.pt"
+    if args.resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location=dev, weights_only=True)
+        model.load_state_dict(state["model"], strict=True)
+        opt.load_state_dict(state["optimizer"])
+        step, total, trained_s = int(state["step"]), int(state["total"]), float(state["trained_s"])
+        history = json.loads((args.out / "history.json").read_text()) if (args.out / "history.json").exists() else []
+        print(f"resumed at step {step}/{total}")
+
+    data = TrainSet(args.data, "train", Augment(crop=args.crop, scale=tuple(args.scale)), seed=args.seed)
+    loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,
+                                         num_workers=args.workers, persistent_workers=args.workers > 0,
+                                         pin_memory=dev.startswith("cuda"))
+    mean = torch.tensor(CITYSCAPES.mean, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(CITYSCAPES.std, device=dev).view(1, 3, 1, 1)
+
+    def save_ckpt():
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "total": total,
+                    "trained_s": trained_s, "variant": args.variant}, tmp)
+        tmp.replace(ckpt)
+        (args.out / "history.json").write_text(json.dumps(history, indent=1))
+
+    bar = tqdm(total=total, initial=step, desc=f"train {args.variant}", dynamic_ncols=True)
+    t_start = time.time() - trained_s
+    model.train()
+    while step < total:
+        for images, labels in loader:
+            if step >= total:
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, args.lr, args.warmup)
+            x = (images.to(dev, non_blocking=True).permute(0, 3, 1, 2).float() - mean) / std
+            y = labels.to(dev, non_blocking=True).long()
+            with torch.autocast("cuda", torch.bfloat16, enabled=dev.startswith("cuda")):
+                logits = model(x)
+            logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits, y, ignore_index=255)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            history.append({"step": step, "loss": float(loss.item())}) if step % 10 == 0 or step <= 2 else None
+            trained_s = time.time() - t_start
+            if args.time_budget and step == 50:  # fit the schedule into the time budget from the measured rate
+                fit = int(args.time_budget / (trained_s / step))
+                if fit < total:
+                    total = max(step + 1, fit)
+                    bar.total = total
+                    print(f"\ntime budget {args.time_budget:.0f}s: schedule shortened to {total} steps")
+            if step % args.eval_every == 0 or step == total:
+                model.eval()
+                res = evaluate(model, args.data, "val", args.eval_size, dev, progress=False)
+                model.train()
+                history.append({"step": step, "val_miou": res["miou"], "val_pixel_accuracy": res["pixel_accuracy"]})
+                tqdm.write(f"step {step}: val mIoU {res['miou']:.4f} pixel acc {res['pixel_accuracy']:.4f}")
+                save_ckpt()
+    bar.close()
+    trained_s = time.time() - t_start
+    save_ckpt()
+    if args.name:
+        # Measure what is shipped: round to FP16 first, then evaluate in FP32.
+        model.eval()
+        rounded = {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        model.load_state_dict(rounded)
+        model.float()
+        test = evaluate(model, args.data, args.test_split, args.eval_size, dev, amp=False)
+        native = evaluate(model, args.data, args.test_split, (360, 480), dev, amp=False)
+        check = evaluate(model, args.data, args.test_split, (360, 480), dev, limit=6, progress=False, amp=False)
+        samples, _ = find_samples(args.data, args.test_split)
+        meta = {
+            "name": args.name, "dataset": "cityscapes", "classes": list(CITYSCAPES.classes),
+            "palette": [list(c) for c in CITYSCAPES.palette], "mean": list(CITYSCAPES.mean),
+            "std": list(CITYSCAPES.std), "input_size": list(args.eval_size),
+            "training": {"data": "CamVid (SegNet split) train, 367 images, 11 classes mapped to Cityscapes "
+                                 "train ids" if (args.data / "train" / "images").is_dir() else str(args.data.name),
+                         "from_scratch": True, "steps": step, "batch": args.batch,
+                         "epochs": round(step * args.batch / len(data), 1), "crop": list(args.crop),
+                         "scale": list(args.scale), "lr": args.lr, "wall_s": round(trained_s, 1),
+                         "device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"},
+            "label_map": {"camvid_to_cityscapes": {str(k): v for k, v in CAMVID_TO_CITYSCAPES.items()}},
+            "test": test, "test_native": native,
+            "check": {"split": args.test_split, "images": [s.image.name for s in samples[:6]], **check},
+            "history": history,
+        }
+        w = save_weights(model, args.out, args.name, meta)
+        print(f"weights: {w.tensors} ({w.tensors.stat().st_size / 1e6:.1f} MB)")
+        print(f"test mIoU {test['miou']:.4f} at {args.eval_size}, {native['miou']:.4f} at 360x480; "
+              f"training {trained_s:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

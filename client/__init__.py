@@ -1,0 +1,1 @@
+"""Client tooling for the served SegFormer: preprocessing, segmentation CLI, accuracy checks."""

@@ -1,0 +1,120 @@
+"""The SegFormer variant table (MiT-B0..B5) and the dataset presets (classes, palette, normalisation).
+
+One table drives the model code, export, training and benchmarks: adding a variant is one row.
+Numbers follow the SegFormer paper (Xie et al., NeurIPS 2021, Table 6) and the NVlabs reference code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class SegFormerConfig:
+    """Architecture of one SegFormer: Mix Transformer encoder + All-MLP decoder."""
+
+    name: str
+    widths: tuple[int, ...]  # channels C_i of the four stages
+    depths: tuple[int, ...]  # transformer blocks per stage
+    heads: tuple[int, ...] = (1, 2, 5, 8)
+    sr_ratios: tuple[int, ...] = (8, 4, 2, 1)  # efficient-attention key/value reduction per stage
+    patch_sizes: tuple[int, ...] = (7, 3, 3, 3)  # overlapping patch embedding kernels
+    strides: tuple[int, ...] = (4, 2, 2, 2)
+    mlp_ratio: int = 4
+    decoder_width: int = 256
+    num_classes: int = 19
+    in_channels: int = 3
+    # NVlabs uses eps=1e-6 for the block and stage LayerNorms, PyTorch's default 1e-5 for the patch-embedding
+    # and key/value-reduction LayerNorms. (HF transformers uses 1e-5 everywhere.)
+    block_norm_eps: float = 1e-6
+    embed_norm_eps: float = 1e-5
+    drop_path_rate: float = 0.1
+    dropout: float = 0.1  # before the classifier
+
+    def with_classes(self, num_classes: int) -> "SegFormerConfig":
+        return replace(self, num_classes=num_classes)
+
+
+VARIANTS: dict[str, SegFormerConfig] = {
+    "b0": SegFormerConfig("b0", widths=(32, 64, 160, 256), depths=(2, 2, 2, 2), decoder_width=256),
+    "b1": SegFormerConfig("b1", widths=(64, 128, 320, 512), depths=(2, 2, 2, 2), decoder_width=256),
+    "b2": SegFormerConfig("b2", widths=(64, 128, 320, 512), depths=(3, 4, 6, 3), decoder_width=768),
+    "b3": SegFormerConfig("b3", widths=(64, 128, 320, 512), depths=(3, 4, 18, 3), decoder_width=768),
+    "b4": SegFormerConfig("b4", widths=(64, 128, 320, 512), depths=(3, 8, 27, 3), decoder_width=768),
+    "b5": SegFormerConfig("b5", widths=(64, 128, 320, 512), depths=(3, 6, 40, 3), decoder_width=768),
+    # A tiny model for tests only: same code path, seconds on a CPU.
+    "tiny": SegFormerConfig("tiny", widths=(8, 16, 24, 32), depths=(1, 1, 1, 1), heads=(1, 1, 2, 2),
+                            decoder_width=16),
+}
+
+
+def get_config(variant: str, num_classes: int | None = None) -> SegFormerConfig:
+    try:
+        cfg = VARIANTS[variant.lower()]
+    except KeyError:
+        raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {', '.join(VARIANTS)}") from None
+    return cfg.with_classes(num_classes) if num_classes is not None else cfg
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """Classes, palette and input normalisation of a label space."""
+
+    name: str
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # ImageNet mean, 0..255 scale
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    ignore_index: int = 255
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+CITYSCAPES = DatasetPreset(
+    "cityscapes",
+    classes=("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+             "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+             "bicycle"),
+    # The official Cityscapes colours (cityscapesScripts labels.py), in train-id order.
+    palette=((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+             (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+             (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)),
+)
+
+
+def _ade20k_palette(n: int = 150) -> tuple[tuple[int, int, int], ...]:
+    """A deterministic, well-spread palette (bit-interleaving as in the PASCAL VOC colour map)."""
+    colours = []
+    for i in range(1, n + 1):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colours.append((r, g, b))
+    return tuple(colours)
+
+
+ADE20K = DatasetPreset(
+    "ade20k",
+    classes=tuple(f"class_{i}" for i in range(150)),  # names are carried by the checkpoint's metadata
+    palette=_ade20k_palette(150),
+)
+
+PRESETS: dict[str, DatasetPreset] = {p.name: p for p in (CITYSCAPES, ADE20K)}
+
+# CamVid (SegNet 11-class split) -> Cityscapes train ids; 11 (void) -> ignore.
+CAMVID_CLASSES = ("sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car",
+                  "pedestrian", "bicyclist")
+CAMVID_TO_CITYSCAPES = {0: 10, 1: 2, 2: 5, 3: 0, 4: 1, 5: 8, 6: 7, 7: 4, 8: 13, 9: 11, 10: 12, 11: 255}
+
+
+def get_preset(name: str) -> DatasetPreset:
+    try:
+        return PRESETS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dataset preset {name!r}; choose one of {', '.join(PRESETS)}") from None
