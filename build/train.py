@@ -139,8 +139,10 @@ def main(argv=None) -> int:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             history.append({"step": step, "loss": float(loss.item())}) if step % 10 == 0 or step <= 2 else None
             trained_s = time.time() - t_start
-            if args.time_budget and step == 50:  # fit the schedule into the time budget from the measured rate
-                fit = int(args.time_budget / (trained_s / step))
+            if step == 20:
+                t20 = trained_s
+            if args.time_budget and step == 70:  # fit the schedule into the budget, rate measured past start-up
+                fit = step + int((args.time_budget - trained_s) / ((trained_s - t20) / 50))
                 if fit < total:
                     total = max(step + 1, fit)
                     bar.total = total
