@@ -209,7 +209,7 @@ class SegmentationPipeline(nn.Module):
         self.with_logits = with_logits
 
     def forward(self, images: torch.Tensor):
-        x = images.permute(0, 3, 1, 2).float()
+        x = images.float().permute(0, 3, 1, 2)  # cast first: TensorRT has no uint8 Transpose
         x = (x - self.mean) * self.inv_std
         logits = self.model(x)
         logits = F.interpolate(logits, size=images.shape[1:3], mode="bilinear", align_corners=False)

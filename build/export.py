@@ -1,0 +1,145 @@
+"""Export a SegFormer to ONNX with preprocessing and postprocessing inside the graph, then verify it.
+
+    python -m build.export --weights segformer-b1-camvid --size 1024x1024 --out model.onnx
+
+Graph: ``images`` uint8 [N,H,W,3] (RGB) -> ``labels`` uint8 [N,H,W] (and optionally ``logits`` float32
+[N,C,H,W]). Batch, height and width are dynamic. Opset 17 keeps every LayerNorm a single LayerNormalization node.
+The export is simplified with onnxsim when it is installed and checked against PyTorch with ONNX Runtime:
+label agreement under --min-agreement (99.99 % by default) fails the export, and nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segformer.model import SegmentationPipeline
+from segformer.weights import get_weights
+
+OPSET = 17
+
+
+def sample_images(size: tuple[int, int], n: int = 2, images: list[Path] | None = None) -> np.ndarray:
+    """Real images (resized with the serving policy) when given, else smooth synthetic street-like frames."""
+    from client.preprocess import load_image, resize_image
+
+    if images:
+        return np.stack([resize_image(load_image(p), size) for p in images[:n]])
+    h, w = size
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    frames = []
+    for i in range(n):
+        base = np.stack([np.sin(3 * xx + i), np.cos(2 * yy - i), np.sin(xx * yy * 5)], -1)
+        frames.append(((base * 0.5 + 0.5) * 255 + rng.normal(0, 8, base.shape)).clip(0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def export_onnx(pipeline: SegmentationPipeline, size: tuple[int, int], with_logits: bool = False) -> bytes:
+    """Trace the pipeline to ONNX bytes (TorchScript exporter, opset 17, dynamic N/H/W)."""
+    pipeline = pipeline.eval()
+    pipeline.with_logits = with_logits
+    dummy = torch.zeros((1, *size, 3), dtype=torch.uint8)
+    outputs = ["labels", "logits"] if with_logits else ["labels"]
+    axes = {"images": {0: "N", 1: "H", 2: "W"}, "labels": {0: "N", 1: "H", 2: "W"}}
+    if with_logits:
+        axes["logits"] = {0: "N", 2: "H", 3: "W"}
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(pipeline, (dummy,), buf, input_names=["images"], output_names=outputs,
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    return buf.getvalue()
+
+
+def simplify(model_bytes: bytes) -> tuple[bytes, str]:
+    """onnxsim when available (dynamic shapes kept); returns (bytes, what was done)."""
+    import onnx
+
+    try:
+        from onnxsim import simplify as onnxsim_simplify
+    except ImportError:
+        return model_bytes, "onnxsim not installed: graph left as exported"
+    model = onnx.load_from_string(model_bytes)
+    simplified, ok = onnxsim_simplify(model)
+    if not ok:
+        return model_bytes, "onnxsim could not validate its result: graph left as exported"
+    return simplified.SerializeToString(), f"onnxsim: {len(model.graph.node)} -> {len(simplified.graph.node)} nodes"
+
+
+def verify(model_bytes: bytes, pipeline: SegmentationPipeline, images: np.ndarray) -> float:
+    """Label agreement (0..1) between ONNX Runtime and PyTorch on the same uint8 images."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    onnx_labels = sess.run(["labels"], {"images": images})[0]
+    pipeline.with_logits = False
+    with torch.no_grad():
+        torch_labels = pipeline(torch.from_numpy(images)).numpy()
+    return float((onnx_labels == torch_labels).mean())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_onnx(weights: str, size: tuple[int, int], with_logits: bool = False, min_agreement: float = 0.9999,
+               verify_images: list[Path] | None = None, log=print) -> tuple[bytes, dict]:
+    """Export + simplify + verify; returns the ONNX bytes and a report dict. Raises when verification fails."""
+    w = get_weights(weights)
+    pipeline = SegmentationPipeline(w.build(), w.mean, w.std)
+    t0 = time.perf_counter()
+    raw = export_onnx(pipeline, size, with_logits)
+    t_export = time.perf_counter() - t0
+    data, how = simplify(raw)
+    t_simplify = time.perf_counter() - t0 - t_export
+    imgs = sample_images(size, 2, verify_images)
+    agreement = verify(data, pipeline, imgs)
+    t_verify = time.perf_counter() - t0 - t_export - t_simplify
+    report = {"weights": w.name, "weights_sha256": w.meta["sha256"], "size": list(size), "opset": OPSET,
+              "with_logits": with_logits, "simplify": how, "agreement": agreement,
+              "verify_images": [str(p) for p in verify_images[:2]] if verify_images else "synthetic",
+              "seconds": {"export": round(t_export, 2), "simplify": round(t_simplify, 2),
+                          "verify": round(t_verify, 2)}}
+    log(f"ONNX {w.name} {size[0]}x{size[1]}: {how}; ONNX Runtime vs PyTorch label agreement "
+        f"{agreement * 100:.4f} % on {len(imgs)} image(s)")
+    if agreement < min_agreement:
+        raise RuntimeError(f"ONNX export of {w.name} disagrees with PyTorch: {agreement * 100:.4f} % label "
+                           f"agreement < {min_agreement * 100:.2f} %; nothing was written")
+    return data, report
+
+
+def main(argv=None) -> int:
+    from build.train import parse_size
+
+    ap = argparse.ArgumentParser(prog="python -m build.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default="segformer-b1-camvid", help="shipped weights name or path to NAME.json")
+    ap.add_argument("--size", type=parse_size, default=(1024, 1024), help="HxW used for tracing and verification")
+    ap.add_argument("--logits", action="store_true", help="also output float32 logits [N,C,H,W]")
+    ap.add_argument("--verify-images", type=Path, nargs="*", help="real images for the PyTorch comparison")
+    ap.add_argument("--min-agreement", type=float, default=0.9999)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    data, _ = build_onnx(args.weights, args.size, args.logits, args.min_agreement, args.verify_images)
+    atomic_write(args.out, data)
+    print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

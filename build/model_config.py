@@ -1,0 +1,55 @@
+"""config.pbtxt written by filling Triton's own ModelConfig protobuf, so configs are valid by construction."""
+from __future__ import annotations
+
+import json
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from build.variants import ONNXRUNTIME, PYTHON_ORT, TENSORRT, ServingVariant
+
+
+def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]], tensorrt_rtx: bool = False
+                 ) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=v.name, max_batch_size=v.max_batch)
+    if v.backend == PYTHON_ORT:
+        cfg.backend = "python"
+    elif v.backend == ONNXRUNTIME:
+        cfg.platform = "onnxruntime_onnx"
+    elif v.backend == TENSORRT and not tensorrt_rtx:
+        cfg.platform = "tensorrt_plan"
+    elif v.backend == TENSORRT:
+        # A TensorRT-RTX plan cannot be loaded by stock Triton's tensorrt backend: no platform is claimed.
+        cfg.backend = "tensorrt_rtx"
+    else:
+        raise ValueError(f"no config writer for backend {v.backend!r}")
+    h, w = v.size
+    cfg.input.add(name="images", data_type=mc.TYPE_UINT8, dims=[h, w, 3])
+    cfg.output.add(name="labels", data_type=mc.TYPE_UINT8, dims=[h, w])
+    if v.with_logits:
+        cfg.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[len(classes), h, w])
+    db = cfg.dynamic_batching
+    db.max_queue_delay_microseconds = v.queue_delay_us
+    db.preferred_batch_size.extend([b for b in v.preferred_batches if b <= v.max_batch])
+    kind = mc.ModelInstanceGroup.KIND_CPU if v.backend == PYTHON_ORT else mc.ModelInstanceGroup.KIND_GPU
+    cfg.instance_group.add(kind=kind, count=v.instances)
+    if v.backend == TENSORRT:
+        warm = cfg.model_warmup.add(name="zeros", batch_size=max(1, v.opt_batch))
+        warm.inputs["images"].data_type = mc.TYPE_UINT8
+        warm.inputs["images"].dims.extend([h, w, 3])
+        warm.inputs["images"].zero_data = True
+    params = {"classes": json.dumps(classes), "palette": json.dumps(palette), "weights": v.weights,
+              "precision": v.precision}
+    if v.backend == PYTHON_ORT:
+        params.update({"onnx_file": "model.onnx", "intra_op_threads": "0"})
+    for k, val in params.items():
+        cfg.parameters[k].string_value = val
+    return cfg
+
+
+def to_pbtxt(cfg: mc.ModelConfig) -> str:
+    return text_format.MessageToString(cfg)
+
+
+def parse_pbtxt(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())

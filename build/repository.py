@@ -1,0 +1,162 @@
+"""Write the Triton model repository from the serving-variant table.
+
+    python -m build.repository [--variants segformer_b1 ...] [--precisions fp16 ...] [--out model_repository]
+
+Each row becomes one model directory (config.pbtxt, 1/<artefact>, build.json provenance). Every directory is
+built in a staging folder beside the repository and renamed into place, so a failed build leaves the previous
+one intact. A directory whose recipe (row, weights hash, build code) is unchanged is kept as it is; exported
+ONNX files are cached by content hash in .cache/onnx and shared by the rows that need the same graph.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from build.export import atomic_write, build_onnx
+from build.model_config import model_config, to_pbtxt
+from build.variants import ONNXRUNTIME, PYTHON_ORT, TENSORRT, ServingVariant, select
+from segformer.weights import get_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE = [ROOT / "build" / f for f in ("export.py", "model_config.py", "triton_python_model.py", "engines.py")] + \
+       [ROOT / "segformer" / "model.py"]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def code_hash() -> str:
+    return _sha(b"".join(p.read_bytes() for p in CODE if p.is_file()))[:16]
+
+
+def recipe(v: ServingVariant) -> str:
+    w = get_weights(v.weights)
+    return _sha(json.dumps([v.spec(), w.meta["sha256"], code_hash()], sort_keys=True).encode())[:16]
+
+
+class OnnxCache:
+    """Exported graphs keyed by (weights hash, size, logits, build code)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def get(self, v: ServingVariant, log) -> tuple[Path, dict]:
+        w = get_weights(v.weights)
+        key = _sha(json.dumps([w.meta["sha256"], list(v.size), v.with_logits, code_hash()]).encode())[:16]
+        path, report_path = self.root / f"{key}.onnx", self.root / f"{key}.json"
+        if path.is_file() and report_path.is_file():
+            return path, json.loads(report_path.read_text())
+        data, report = build_onnx(v.weights, v.size, v.with_logits, log=log)
+        atomic_write(path, data)
+        atomic_write(report_path, json.dumps(report, indent=1).encode())
+        return path, report
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def build_onnx_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) -> dict:
+    onnx_path, report = cache.get(v, log)
+    _link_or_copy(onnx_path, stage / "1" / "model.onnx")
+    if v.backend == PYTHON_ORT:
+        shutil.copy2(ROOT / "build" / "triton_python_model.py", stage / "1" / "model.py")
+    return {"artefact": "1/model.onnx", "onnx_sha256": _sha(onnx_path.read_bytes()), "export": report}
+
+
+def build_tensorrt_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) -> dict:
+    from build import engines
+
+    builder = engines.find_builder()  # raises engines.BuilderUnavailable with the fix
+    onnx_path, report = cache.get(v, log)
+    result = engines.build_plan(builder, onnx_path, v, stage / "1" / "model.plan", log=log)
+    return {"artefact": "1/model.plan", "onnx_sha256": _sha(onnx_path.read_bytes()), "export": report, **result}
+
+
+BUILDERS = {PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir, TENSORRT: build_tensorrt_dir}
+
+
+def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, force: bool = False) -> str:
+    """Build one model directory atomically; returns 'built', 'unchanged' or raises."""
+    target = repo / v.name
+    rec = recipe(v)
+    old = target / "build.json"
+    if not force and old.is_file() and json.loads(old.read_text()).get("recipe") == rec:
+        return "unchanged"
+    staging = repo.parent / f".{repo.name}.staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"{v.name}.", dir=staging))
+    stage.chmod(0o755)
+    try:
+        t0 = time.perf_counter()
+        info = BUILDERS[v.backend](v, stage, cache, log)
+        w = get_weights(v.weights)
+        cfg = model_config(v, w.classes, [list(c) for c in w.palette], tensorrt_rtx=info.get("rtx", False))
+        (stage / "config.pbtxt").write_text(to_pbtxt(cfg))
+        provenance = {"model": v.name, "recipe": rec, "variant": v.spec(), "weights": w.name,
+                      "weights_sha256": w.meta["sha256"], "build_seconds": round(time.perf_counter() - t0, 2),
+                      "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), **info}
+        (stage / "build.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        repo.mkdir(parents=True, exist_ok=True)
+        retired = None
+        if target.exists():
+            retired = staging / f"{v.name}.old.{os.getpid()}"
+            os.replace(target, retired)
+        os.replace(stage, target)
+        if retired:
+            shutil.rmtree(retired, ignore_errors=True)
+        return "built"
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_repository(variants: list[ServingVariant], repo: Path, force: bool = False, log=tqdm.write) -> dict:
+    cache = OnnxCache(ROOT / ".cache" / "onnx")
+    results = {}
+    for v in tqdm(variants, desc="model repository", unit="model"):
+        try:
+            results[v.name] = write_variant(v, repo, cache, log=log, force=force)
+        except Exception as exc:  # noqa: BLE001 - reported per row, the others still build
+            from build.engines import BuilderUnavailable
+
+            results[v.name] = f"skipped: {exc}" if isinstance(exc, BuilderUnavailable) else f"FAILED: {exc}"
+        log(f"  {v.name:24s} {results[v.name]}")
+    shutil.rmtree(repo.parent / f".{repo.name}.staging", ignore_errors=True)
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m build.repository", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="*", help="rows of build/variants.py (default: the standard set)")
+    ap.add_argument("--precisions", nargs="*", help="keep only rows of these precisions (fp32 fp16 int8 best)")
+    ap.add_argument("--out", type=Path, default=ROOT / "model_repository")
+    ap.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    args = ap.parse_args(argv)
+    try:
+        rows = select(args.variants, args.precisions)
+    except ValueError as exc:
+        ap.error(str(exc))
+    results = write_repository(rows, args.out, args.force)
+    failed = [n for n, r in results.items() if r.startswith("FAILED")]
+    print(f"{args.out}: {sum(r in ('built', 'unchanged') for r in results.values())} model(s) ready"
+          + (f", {len(failed)} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
