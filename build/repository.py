@@ -27,16 +27,16 @@ from build.variants import ONNXRUNTIME, PYTHON_ORT, TENSORRT, ServingVariant, se
 from segformer.weights import get_weights
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = [ROOT / "build" / f for f in ("export.py", "model_config.py", "triton_python_model.py", "engines.py")] + \
-       [ROOT / "segformer" / "model.py"]
+EXPORT_CODE = [ROOT / "build" / "export.py", ROOT / "segformer" / "model.py"]
+CODE = EXPORT_CODE + [ROOT / "build" / f for f in ("model_config.py", "triton_python_model.py", "engines.py")]
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def code_hash() -> str:
-    return _sha(b"".join(p.read_bytes() for p in CODE if p.is_file()))[:16]
+def code_hash(files: list[Path] = CODE) -> str:
+    return _sha(b"".join(p.read_bytes() for p in files if p.is_file()))[:16]
 
 
 def recipe(v: ServingVariant) -> str:
@@ -52,7 +52,7 @@ class OnnxCache:
 
     def get(self, v: ServingVariant, log) -> tuple[Path, dict]:
         w = get_weights(v.weights)
-        key = _sha(json.dumps([w.meta["sha256"], list(v.size), v.with_logits, code_hash()]).encode())[:16]
+        key = _sha(json.dumps([w.meta["sha256"], list(v.size), v.with_logits, code_hash(EXPORT_CODE)]).encode())[:16]
         path, report_path = self.root / f"{key}.onnx", self.root / f"{key}.json"
         if path.is_file() and report_path.is_file():
             return path, json.loads(report_path.read_text())

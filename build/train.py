@@ -179,7 +179,7 @@ def main(argv=None) -> int:
                          "device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"},
             "label_map": {"camvid_to_cityscapes": {str(k): v for k, v in CAMVID_TO_CITYSCAPES.items()}},
             "test": test, "test_native": native,
-            "check": {"split": args.test_split, "images": [s.image.name for s in samples[:6]], **check},
+            "check": {**check, "image_names": [s.image.name for s in samples[:6]]},
             "history": history,
         }
         w = save_weights(model, args.out, args.name, meta)

@@ -11,14 +11,6 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def _tensor(name, array):
-    array = np.ascontiguousarray(array)
-    try:  # DLPack keeps the output alive on every platform we run on (plain Tensor() came back empty on some)
-        return pb_utils.Tensor.from_dlpack(name, array)
-    except Exception:  # older python backends without from_dlpack for numpy
-        return pb_utils.Tensor(name, array)
-
-
 class TritonPythonModel:
     def initialize(self, args):
         import onnxruntime as ort
@@ -45,7 +37,7 @@ class TritonPythonModel:
         responses, start = [], 0
         for batch in batches:
             n = batch.shape[0]
-            tensors = [_tensor(name, out[start:start + n]) for name, out in zip(self.outputs, results)]
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + n])) for name, out in zip(self.outputs, results)]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += n
         return responses

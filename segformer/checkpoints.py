@@ -72,7 +72,7 @@ HF_RULES = [
     (r"\.mlp\.dense1\.", ".mlp.fc1."),
     (r"\.mlp\.dense2\.", ".mlp.fc2."),
     (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
-    (r"^decode_head\.linear_c\.(\d)\.proj\.", r"decode_head.linear_c.\1."),
+    (r"^decode_head\.(linear_c|linear_projections)\.(\d)\.proj\.", r"decode_head.linear_c.\2."),
     (r"^decode_head\.linear_fuse\.", "decode_head.fuse."),
     (r"^decode_head\.batch_norm\.", "decode_head.bn."),
 ]

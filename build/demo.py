@@ -1,0 +1,66 @@
+"""The demo behind `make demo`: build one model, start Triton, segment an image, print what happened, stop.
+
+    python -m build.demo [--image samples/camvid_0001TP_008550.jpg] [--model segformer_b1]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from build.repository import write_repository
+from build.serve import ServerError, start, stop_pid
+from build.variants import select
+from client.preprocess import ImageError
+from client.runners import RunnerError, TritonRunner
+from client.segment import segment_files
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m build.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", type=Path, default=ROOT / "samples" / "camvid_0001TP_008550.jpg")
+    ap.add_argument("--model", default="segformer_b1", help="row of build/variants.py served by pip Triton")
+    ap.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    ap.add_argument("--out", type=Path, default=ROOT / "out")
+    ap.add_argument("--http-port", type=int, default=8000)
+    ap.add_argument("--grpc-port", type=int, default=8001)
+    ap.add_argument("--metrics-port", type=int, default=8002)
+    a = ap.parse_args(argv)
+    times, proc = {}, None
+    t0 = time.perf_counter()
+    try:
+        rows = select([a.model])
+        results = write_repository(rows, a.repo)
+        if results[a.model] not in ("built", "unchanged"):
+            raise ServerError(f"{a.model}: {results[a.model]}")
+        times["model repository"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        proc = start(a.repo, a.http_port, a.grpc_port, a.metrics_port)
+        times["Triton start (to ready)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with TritonRunner(a.model, f"localhost:{a.http_port}") as runner:
+            res = segment_files([a.image], runner, a.out)
+        times["segment (client, incl. first inference)"] = time.perf_counter() - t
+        times["  of which inference"] = res[0]["infer_s"]
+    except (ServerError, RunnerError, ImageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if proc is not None:
+            t = time.perf_counter()
+            stop_pid(proc.pid)
+            times["Triton stop"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t0
+    print("\nstage timings:")
+    for k, v in times.items():
+        print(f"  {k:<40s} {v:7.2f} s")
+    print(f"\nLook at {res[0]['overlay']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""Run Triton on the generated repository: the pip-shipped server (nvidia-pytriton) or one already on PATH.
+
+    python -m build.serve start [--repo model_repository] [--http-port 8000 ...]   # background, waits for ready
+    python -m build.serve stop
+    python -m build.serve exec -- --model-repository model_repository            # what `tritonserver` runs
+
+For the pip-shipped server it puts the python-backend stub for this interpreter in place, adds libpython to
+LD_LIBRARY_PATH and the project + its site-packages to PYTHONPATH. Models whose backend this server lacks
+(onnxruntime/tensorrt configs meant for NGC Triton) are left unloaded, named, with explicit model control.
+A plugin built in plugins/build/ is preloaded with LD_PRELOAD.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".triton"
+PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "pytorch_libtorch": "pytorch"}
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def find_tritonserver() -> Path:
+    """A real tritonserver on PATH (e.g. NGC) wins; else the binary inside the nvidia-pytriton wheel."""
+    shim = Path(sys.prefix) / "bin" / "tritonserver"
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        p = Path(d) / "tritonserver"
+        if p.is_file() and os.access(p, os.X_OK) and p.resolve() != shim.resolve() and not _is_shim(p):
+            return p
+    try:
+        import pytriton
+    except ImportError:
+        raise ServerError("no tritonserver: install the project (`make venv`, which brings nvidia-pytriton) or "
+                          "run inside an NGC Triton container") from None
+    p = Path(pytriton.__file__).parent / "tritonserver" / "bin" / "tritonserver"
+    if not p.is_file():
+        raise ServerError(f"{p} is missing: reinstall nvidia-pytriton")
+    return p
+
+
+def _is_shim(p: Path) -> bool:
+    try:
+        return b"build.serve" in p.read_bytes()[:400]
+    except OSError:
+        return False
+
+
+def prepare(binary: Path) -> tuple[dict, set[str], list[str]]:
+    """Environment for the server, the backends it has and the arguments its layout needs."""
+    root = binary.parent.parent
+    backends = root / "backends"
+    env = dict(os.environ)
+    extra = []
+    stubs = root / "python_backend_stubs"
+    if stubs.is_dir():  # the pip-shipped layout: put this interpreter's stub in place
+        ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+        src = stubs / ver / "triton_python_backend_stub"
+        if not src.is_file():
+            raise ServerError(f"nvidia-pytriton has no python-backend stub for Python {ver}")
+        dst = backends / "python" / "triton_python_backend_stub"
+        if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+            shutil.copy2(src, dst)
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in (libdir, env.get("LD_LIBRARY_PATH", "")) if x)
+        extra = [f"--backend-directory={backends}", f"--cache-directory={root / 'caches'}"]
+    paths = [str(ROOT)] + site.getsitepackages() + [env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    plugins = sorted((ROOT / "plugins" / "build").glob("lib*.so")) if (ROOT / "plugins" / "build").is_dir() else []
+    if plugins:
+        env["LD_PRELOAD"] = os.pathsep.join([str(p) for p in plugins] + [env.get("LD_PRELOAD", "")]).strip(":")
+    have = {p.name for p in backends.iterdir() if p.is_dir()} if backends.is_dir() else set()
+    return env, have, extra
+
+
+def model_backends(repo: Path) -> dict[str, str]:
+    from build.model_config import parse_pbtxt
+
+    out = {}
+    for cfg_path in sorted(repo.glob("*/config.pbtxt")):
+        cfg = parse_pbtxt(cfg_path.read_text())
+        out[cfg_path.parent.name] = cfg.backend or PLATFORM_BACKENDS.get(cfg.platform, cfg.platform)
+    return out
+
+
+def server_args(repo: Path, have: set[str], http: int, grpc: int, metrics: int) -> tuple[list[str], list[str]]:
+    """Command-line arguments and the names of models left unloaded (backend missing)."""
+    models = model_backends(repo)
+    if not models:
+        raise ServerError(f"{repo} holds no models: build it with `make repo`")
+    skipped = [f"{m} (needs the {b} backend)" for m, b in models.items() if have and b not in have]
+    args = [f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}",
+            f"--metrics-port={metrics}", "--log-verbose=0"]
+    if skipped:
+        args.append("--model-control-mode=explicit")
+        args += [f"--load-model={m}" for m, b in models.items() if b in have]
+    return args, skipped
+
+
+def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    url = f"http://127.0.0.1:{http}/v2/health/ready"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+            raise ServerError("tritonserver exited during start-up:\n  " + "\n  ".join(tail))
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise ServerError(f"tritonserver not ready after {timeout:.0f} s; see {log}")
+
+
+def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, state: Path = STATE,
+          timeout: float = 180) -> subprocess.Popen:
+    binary = find_tritonserver()
+    env, have, extra = prepare(binary)
+    args, skipped = server_args(repo.resolve(), have, http, grpc, metrics)
+    args += extra
+    state.mkdir(parents=True, exist_ok=True)
+    log = state / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(binary), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    (state / "server.pid").write_text(str(proc.pid))
+    for s in skipped:
+        print(f"not loaded: {s}; this server has backends: {', '.join(sorted(have))}")
+    try:
+        wait_ready(http, proc, log, timeout)
+    except BaseException:
+        stop_pid(proc.pid)
+        raise
+    return proc
+
+
+def stop_pid(pid: int, timeout: float = 30) -> bool:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m build.serve", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("start", help="start in the background and wait until ready")
+    st.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    st.add_argument("--http-port", type=int, default=8000)
+    st.add_argument("--grpc-port", type=int, default=8001)
+    st.add_argument("--metrics-port", type=int, default=8002)
+    st.add_argument("--timeout", type=float, default=180)
+    sub.add_parser("stop", help="stop the server started with `start`")
+    ex = sub.add_parser("exec", help="run tritonserver in the foreground with the prepared environment")
+    ex.add_argument("args", nargs=argparse.REMAINDER)
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "start":
+            proc = start(a.repo, a.http_port, a.grpc_port, a.metrics_port, timeout=a.timeout)
+            print(f"Triton ready (pid {proc.pid}, log {STATE / 'server.log'})\n"
+                  f"  HTTP    http://127.0.0.1:{a.http_port}\n  gRPC    127.0.0.1:{a.grpc_port}\n"
+                  f"  metrics http://127.0.0.1:{a.metrics_port}/metrics")
+        elif a.cmd == "stop":
+            pid_file = STATE / "server.pid"
+            if not pid_file.is_file() or not stop_pid(int(pid_file.read_text())):
+                print("no server running")
+            else:
+                print("Triton stopped")
+            pid_file.unlink(missing_ok=True)
+        else:
+            binary = find_tritonserver()
+            env, have, extra = prepare(binary)
+            args = [x for x in a.args if x != "--"]
+            args += [x for x in extra if x.split("=")[0] not in {y.split("=")[0] for y in args}]
+            repo = next((x.split("=", 1)[1] for x in args if x.startswith("--model-repository=")), None)
+            if repo is None and "--model-repository" in args:
+                repo = args[args.index("--model-repository") + 1]
+            if repo and have and not any(x.startswith("--model-control-mode") for x in args):
+                models = model_backends(Path(repo))
+                missing = {m: b for m, b in models.items() if b not in have}
+                if missing:
+                    print("not loaded (backend missing here): " + ", ".join(f"{m} ({b})" for m, b in missing.items()),
+                          file=sys.stderr)
+                    args += ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in models
+                                                                 if m not in missing]
+            os.execve(str(binary), [str(binary), *args], env)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

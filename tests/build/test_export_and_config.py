@@ -1,0 +1,68 @@
+import numpy as np
+import onnx
+import pytest
+
+from build.export import build_onnx
+from build.model_config import model_config, parse_pbtxt, to_pbtxt
+from build.variants import VARIANTS, ServingVariant, select
+from segformer.config import CITYSCAPES
+
+CLASSES, PALETTE = list(CITYSCAPES.classes), [list(c) for c in CITYSCAPES.palette]
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_weights):
+    data, report = build_onnx(str(tiny_weights), (64, 96), log=lambda *_: None)
+    return onnx.load_from_string(data), report
+
+
+def test_export_has_pre_and_post_processing_and_dynamic_shapes(tiny_onnx):
+    model, report = tiny_onnx
+    assert report["agreement"] >= 0.9999
+    inp, out = model.graph.input[0], model.graph.output[0]
+    assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert out.name == "labels" and out.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param for d in inp.type.tensor_type.shape.dim][:3] == ["N", "H", "W"]
+    ops = {n.op_type for n in model.graph.node}
+    assert "LayerNormalization" in ops and "ArgMax" in ops and "Resize" in ops
+
+
+def test_export_runs_at_other_sizes_and_batches(tiny_onnx):
+    import onnxruntime as ort
+    model, _ = tiny_onnx
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).integers(0, 255, (3, 40, 72, 3), dtype=np.uint8)
+    labels = sess.run(["labels"], {"images": x})[0]
+    assert labels.shape == (3, 40, 72) and labels.dtype == np.uint8
+
+
+def test_every_table_row_yields_a_config_that_parses_back():
+    for v in VARIANTS.values():
+        text = to_pbtxt(model_config(v, CLASSES, PALETTE))
+        cfg = parse_pbtxt(text)
+        assert cfg.name == v.name and cfg.max_batch_size == v.max_batch
+        assert list(cfg.input[0].dims) == [*v.size, 3] and list(cfg.output[0].dims) == list(v.size)
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == v.queue_delay_us
+        if v.backend == "tensorrt":
+            assert cfg.platform == "tensorrt_plan" and cfg.model_warmup[0].inputs["images"].zero_data
+
+
+def test_rtx_plans_do_not_claim_the_tensorrt_platform():
+    cfg = model_config(VARIANTS["segformer_b1_trt_fp32"], CLASSES, PALETTE, tensorrt_rtx=True)
+    assert cfg.platform == "" and cfg.backend == "tensorrt_rtx"
+
+
+def test_config_matches_the_onnx_io(tiny_onnx):
+    model, _ = tiny_onnx
+    v = ServingVariant("t", "x", "python_onnxruntime", size=(64, 96))
+    cfg = model_config(v, CLASSES, PALETTE)
+    assert [i.name for i in cfg.input] == [i.name for i in model.graph.input]
+    assert [o.name for o in cfg.output] == [o.name for o in model.graph.output]
+
+
+def test_selection_errors_name_the_table():
+    with pytest.raises(ValueError, match="the table has"):
+        select(["nope"])
+    with pytest.raises(ValueError, match="choose from"):
+        select(None, ["fp8"])
+    assert {v.precision for v in select(None, ["fp16"])} == {"fp16"}
