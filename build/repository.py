@@ -124,8 +124,9 @@ def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, fo
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def write_repository(variants: list[ServingVariant], repo: Path, force: bool = False, log=tqdm.write) -> dict:
-    cache = OnnxCache(ROOT / ".cache" / "onnx")
+def write_repository(variants: list[ServingVariant], repo: Path, force: bool = False, log=tqdm.write,
+                     cache_dir: Path = ROOT / ".cache" / "onnx") -> dict:
+    cache = OnnxCache(cache_dir)
     results = {}
     for v in tqdm(variants, desc="model repository", unit="model"):
         try:

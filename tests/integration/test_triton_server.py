@@ -1,0 +1,90 @@
+"""Starts the real Triton (pip-shipped, python backend) on free ports and segments through it."""
+import numpy as np
+import pytest
+
+from build.repository import write_repository
+from build.serve import start, stop_pid
+from build.variants import PYTHON_ORT, ServingVariant
+from client.preprocess import load_image, resize_image
+from client.runners import OnnxRunner, RunnerError, TritonRunner
+from client.segment import main as segment_main
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.integration
+SAMPLE = ROOT / "samples" / "camvid_0001TP_008550.jpg"
+SIZE = (360, 480)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("triton")
+    repo = tmp / "model_repository"
+    row = ServingVariant("seg_b0_small", "segformer-b0-camvid", PYTHON_ORT, size=SIZE, max_batch=2)
+    assert write_repository([row], repo, log=lambda *_: None, cache_dir=tmp / "cache") == {"seg_b0_small": "built"}
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    proc = start(repo, ports["http"], ports["grpc"], ports["metrics"], state=tmp / "state")
+    yield {"repo": repo, "ports": ports, "model": row.name}
+    stop_pid(proc.pid)
+
+
+def _url(server, protocol):
+    return f"localhost:{server['ports'][protocol]}"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_labels_equal_local_onnxruntime(server, protocol):
+    x = np.stack([resize_image(load_image(SAMPLE), SIZE), resize_image(load_image(SAMPLE)[::-1].copy(), SIZE)])
+    local = OnnxRunner(server["repo"] / server["model"] / "1" / "model.onnx", SIZE).infer(x)
+    with TritonRunner(server["model"], _url(server, protocol), protocol) as r:
+        assert r.info.size == SIZE and len(r.info.classes) == 19
+        served = r.infer(x)
+    assert served.dtype == np.uint8 and served.shape == (2, *SIZE)
+    assert np.array_equal(served, local)
+    # real street scene: road, building, sky and car are all found
+    assert {0, 2, 10, 13} <= set(np.unique(served[0]).tolist())
+
+
+def test_bad_requests_get_errors_and_the_server_stays_up(server):
+    import tritonclient.http as http
+
+    c = http.InferenceServerClient(_url(server, "http"))
+    for arr, dtype in [(np.zeros((1, *SIZE, 3), np.float32), "FP32"), (np.zeros((1, 10, 10, 3), np.uint8), "UINT8")]:
+        inp = http.InferInput("images", list(arr.shape), dtype)
+        inp.set_data_from_numpy(arr)
+        with pytest.raises(Exception) as err:
+            c.infer(server["model"], [inp])
+        assert "images" in str(err.value) or "shape" in str(err.value) or "data-type" in str(err.value)
+    assert c.is_server_live() and c.is_model_ready(server["model"])
+    with TritonRunner(server["model"], _url(server, "http")) as r:
+        with pytest.raises(RunnerError, match="takes uint8"):
+            r.infer(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_unknown_model_and_server_down_are_one_line_errors(server, capsys):
+    with pytest.raises(RunnerError, match="served models: seg_b0_small"):
+        TritonRunner("nope", _url(server, "http")).activate()
+    assert segment_main([str(SAMPLE), "--url", f"localhost:{free_port()}"]) == 2
+    assert "cannot reach Triton" in capsys.readouterr().err
+
+
+def test_segment_cli_writes_labels_and_overlay(server, tmp_path, capsys):
+    from PIL import Image
+
+    rc = segment_main([str(SAMPLE), "--url", _url(server, "grpc"), "--protocol", "grpc", "--model", server["model"],
+                       "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "road" in out and "sky" in out
+    labels = Image.open(tmp_path / "camvid_0001TP_008550_labels.png")
+    overlay = Image.open(tmp_path / "camvid_0001TP_008550_overlay.png")
+    assert labels.mode == "P" and labels.size == overlay.size == (480, 360)
+
+
+@pytest.mark.parametrize("bad", ["missing.png", "notimage"])
+def test_segment_cli_bad_files(server, tmp_path, capsys, bad):
+    p = tmp_path / bad
+    if bad == "notimage":
+        p.write_text("not an image")
+    assert segment_main([str(p), "--url", _url(server, "http"), "--model", server["model"]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
