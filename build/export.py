@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 
 from segformer.model import SegmentationPipeline
-from segformer.weights import get_weights
+from segformer.weights import atomic_write_bytes as atomic_write, get_weights
 
 OPSET = 17
 
@@ -82,19 +80,6 @@ def verify(model_bytes: bytes, pipeline: SegmentationPipeline, images: np.ndarra
     with torch.no_grad():
         torch_labels = pipeline(torch.from_numpy(images)).numpy()
     return float((onnx_labels == torch_labels).mean())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_onnx(weights: str, size: tuple[int, int], with_logits: bool = False, min_agreement: float = 0.9999,

@@ -75,6 +75,11 @@ def prepare(binary: Path) -> tuple[dict, set[str], list[str]]:
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in (libdir, env.get("LD_LIBRARY_PATH", "")) if x)
         extra = [f"--backend-directory={backends}", f"--cache-directory={root / 'caches'}"]
+    # The stub embeds Python and finds its prefix from the `python3` on PATH (it ignores PYTHONPATH): put this
+    # interpreter first so a virtual environment's packages are the ones the models import.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if sys.prefix != sys.base_prefix:
+        env["VIRTUAL_ENV"] = sys.prefix
     paths = [str(ROOT)] + site.getsitepackages() + [env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     plugins = sorted((ROOT / "plugins" / "build").glob("lib*.so")) if (ROOT / "plugins" / "build").is_dir() else []
