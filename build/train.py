@@ -137,7 +137,8 @@ def main(argv=None) -> int:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            history.append({"step": step, "loss": float(loss.item())}) if step % 10 == 0 or step <= 2 else None
+            if step % 10 == 0 or step <= 2:
+                history.append({"step": step, "loss": float(loss.item())})
             trained_s = time.time() - t_start
             if step == 20:
                 t20 = trained_s
