@@ -24,7 +24,7 @@ from tqdm import tqdm
 from build.export import atomic_write, build_onnx
 from build.model_config import model_config, to_pbtxt
 from build.variants import ONNXRUNTIME, PYTHON_ORT, TENSORRT, ServingVariant, select
-from segformer.weights import get_weights
+from segformer.weights import get_weights, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_CODE = [ROOT / "build" / "export.py", ROOT / "segformer" / "model.py"]
@@ -75,7 +75,7 @@ def build_onnx_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) -> dic
     _link_or_copy(onnx_path, stage / "1" / "model.onnx")
     if v.backend == PYTHON_ORT:
         shutil.copy2(ROOT / "build" / "triton_python_model.py", stage / "1" / "model.py")
-    return {"artefact": "1/model.onnx", "onnx_sha256": _sha(onnx_path.read_bytes()), "export": report}
+    return {"artefact": "1/model.onnx", "onnx_sha256": sha256_file(onnx_path), "export": report}
 
 
 def build_tensorrt_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) -> dict:
@@ -84,7 +84,7 @@ def build_tensorrt_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) ->
     builder = engines.find_builder()  # raises engines.BuilderUnavailable with the fix
     onnx_path, report = cache.get(v, log)
     result = engines.build_plan(builder, onnx_path, v, stage / "1" / "model.plan", log=log)
-    return {"artefact": "1/model.plan", "onnx_sha256": _sha(onnx_path.read_bytes()), "export": report, **result}
+    return {"artefact": "1/model.plan", "onnx_sha256": sha256_file(onnx_path), "export": report, **result}
 
 
 BUILDERS = {PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir, TENSORRT: build_tensorrt_dir}

@@ -5,7 +5,7 @@
     python -m build.serve exec -- --model-repository model_repository            # what `tritonserver` runs
 
 For the pip-shipped server it puts the python-backend stub for this interpreter in place, adds libpython to
-LD_LIBRARY_PATH and the project + its site-packages to PYTHONPATH. Models whose backend this server lacks
+LD_LIBRARY_PATH and puts this interpreter first on PATH (the stub takes its environment from there). Models whose backend this server lacks
 (onnxruntime/tensorrt configs meant for NGC Triton) are left unloaded, named, with explicit model control.
 A plugin built in plugins/build/ is preloaded with LD_PRELOAD.
 """
@@ -99,18 +99,24 @@ def model_backends(repo: Path) -> dict[str, str]:
     return out
 
 
+def load_args(repo: Path, have: set[str]) -> tuple[list[str], list[str]]:
+    """Explicit model-control arguments that load only what this server's backends can run, and the models
+    left out ("name (needs the X backend)"); no arguments when everything loads or the backends are unknown."""
+    models = model_backends(repo)
+    skipped = [f"{m} (needs the {b} backend)" for m, b in models.items() if have and b not in have]
+    if not skipped:
+        return [], []
+    return ["--model-control-mode=explicit"] + [f"--load-model={m}" for m, b in models.items() if b in have], skipped
+
+
 def server_args(repo: Path, have: set[str], http: int, grpc: int, metrics: int) -> tuple[list[str], list[str]]:
     """Command-line arguments and the names of models left unloaded (backend missing)."""
-    models = model_backends(repo)
-    if not models:
+    if not model_backends(repo):
         raise ServerError(f"{repo} holds no models: build it with `make repo`")
-    skipped = [f"{m} (needs the {b} backend)" for m, b in models.items() if have and b not in have]
+    control, skipped = load_args(repo, have)
     args = [f"--model-repository={repo}", f"--http-port={http}", f"--grpc-port={grpc}",
             f"--metrics-port={metrics}", "--log-verbose=0"]
-    if skipped:
-        args.append("--model-control-mode=explicit")
-        args += [f"--load-model={m}" for m, b in models.items() if b in have]
-    return args, skipped
+    return args + control, skipped
 
 
 def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -207,14 +213,11 @@ def main(argv=None) -> int:
             repo = next((x.split("=", 1)[1] for x in args if x.startswith("--model-repository=")), None)
             if repo is None and "--model-repository" in args:
                 repo = args[args.index("--model-repository") + 1]
-            if repo and have and not any(x.startswith("--model-control-mode") for x in args):
-                models = model_backends(Path(repo))
-                missing = {m: b for m, b in models.items() if b not in have}
-                if missing:
-                    print("not loaded (backend missing here): " + ", ".join(f"{m} ({b})" for m, b in missing.items()),
-                          file=sys.stderr)
-                    args += ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in models
-                                                                 if m not in missing]
+            if repo and not any(x.startswith("--model-control-mode") for x in args):
+                control, skipped = load_args(Path(repo), have)
+                for s in skipped:
+                    print(f"not loaded: {s}; this server has backends: {', '.join(sorted(have))}", file=sys.stderr)
+                args += control
             os.execve(str(binary), [str(binary), *args], env)
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -136,9 +136,10 @@ def main(argv=None) -> int:
             opt.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            loss_value = loss.item()
+            bar.set_postfix(loss=f"{loss_value:.3f}")
             if step % 10 == 0 or step <= 2:
-                history.append({"step": step, "loss": float(loss.item())})
+                history.append({"step": step, "loss": loss_value})
             trained_s = time.time() - t_start
             if step == 20:
                 t20 = trained_s

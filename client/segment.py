@@ -23,7 +23,7 @@ from client.visualize import class_table, format_table, overlay, palette_png, sa
 
 
 def segment_files(paths: list[Path], runner: TritonRunner, out: Path, quiet: bool = False) -> list[dict]:
-    info = runner.activate()
+    info = runner.info or runner.activate()
     results = []
     for path in paths:
         t0 = time.perf_counter()
