@@ -32,7 +32,9 @@ def main(argv=None) -> int:
 
     samples, lut = find_samples(a.data, a.split)
     entries = [get_weights(w) for w in a.weights]
-    runners = [TorchRunner(w.name, tuple(w.meta["input_size"])).activate() for w in entries]
+    runners = [TorchRunner(w.name, tuple(w.meta["input_size"])) for w in entries]
+    for run in runners:
+        run.activate()
     palette = entries[0].palette
     cols = 2 + len(entries)
     fig, axes = plt.subplots(len(a.images), cols, figsize=(3.2 * cols, 2.5 * len(a.images)), squeeze=False)

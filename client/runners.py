@@ -8,6 +8,7 @@ All take uint8 [N,H,W,3] at the model's input size and return uint8 labels [N,H,
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +38,7 @@ class TritonRunner:
         self.client = None
         self.info: ModelInfo | None = None
 
-    def activate(self) -> ModelInfo:
+    def connect(self):
         if self.protocol == "http":
             import tritonclient.http as tc
         else:
@@ -52,6 +53,9 @@ class TritonRunner:
                               f"or pass --url ({type(exc).__name__})") from None
         if not live:
             raise RunnerError(f"Triton at {self.url} is not live")
+
+    def activate(self) -> ModelInfo:
+        self.connect()
         try:
             ready = self.client.is_model_ready(self.model)
         except Exception:  # noqa: BLE001
@@ -119,18 +123,30 @@ class TritonRunner:
 
 
 class OnnxRunner:
-    def __init__(self, path, size: tuple[int, int], threads: int = 0):
-        self.path, self.size, self.threads = path, tuple(size), threads
-        self.session = None
+    """A local ONNX file run with ONNX Runtime on the CPU. Size, classes and palette come from the graph, a
+    config.pbtxt beside it (files inside a model repository) or the named weights."""
 
-    def activate(self):
+    def __init__(self, path, size: tuple[int, int] | None = None, threads: int = 0, weights: str | None = None):
+        self.path, self.threads, self.weights = Path(path), threads, weights
+        self.size = tuple(size) if size else None
+        self.session = None
+        self.info: ModelInfo | None = None
+
+    def activate(self) -> ModelInfo:
         import onnxruntime as ort
 
+        if not self.path.is_file():
+            raise RunnerError(f"{self.path}: no such ONNX file (build one with `make repo` or build.export)")
         opts = ort.SessionOptions()
         if self.threads:
             opts.intra_op_num_threads = self.threads
-        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
-        return self
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise RunnerError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
+        self.info = _local_info(f"onnx:{self.path.name}", self.path, self.size, self.weights)
+        return self.info
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         if self.session is None:
@@ -140,19 +156,69 @@ class OnnxRunner:
     def deactivate(self):
         self.session = None
 
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+
+def _local_info(name: str, onnx_path: Path | None, size, weights: str | None) -> ModelInfo:
+    """Size/classes/palette for a local model: explicit size, the graph's static dims, config.pbtxt, weights."""
+    classes, palette, cfg_size = [], [], None
+    cfg = onnx_path.parent.parent / "config.pbtxt" if onnx_path else None
+    if cfg is not None and cfg.is_file():
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        c = text_format.Parse(cfg.read_text(), mc.ModelConfig())
+        cfg_size = tuple(int(d) for d in c.input[0].dims[:2])
+        classes = json.loads(c.parameters["classes"].string_value or "[]")
+        palette = [tuple(x) for x in json.loads(c.parameters["palette"].string_value or "[]")]
+        weights = weights or c.parameters["weights"].string_value or None
+    if weights and not classes:
+        from segformer.weights import get_weights
+
+        w = get_weights(weights)
+        classes, palette = list(w.classes), [tuple(x) for x in w.palette]
+        cfg_size = cfg_size or tuple(w.meta.get("input_size", (1024, 1024)))
+    if not classes:
+        from segformer.config import CITYSCAPES
+
+        classes, palette = list(CITYSCAPES.classes), list(CITYSCAPES.palette)
+    if size is None and onnx_path is not None:
+        import onnx
+
+        dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        if dims[1].dim_value and dims[2].dim_value:
+            size = (dims[1].dim_value, dims[2].dim_value)
+    size = size or cfg_size
+    if size is None:
+        raise RunnerError(f"{name}: the graph has dynamic height/width; give the input size (--size HxW)")
+    return ModelInfo(name, tuple(size), 8, classes, palette)
+
 
 class TorchRunner:
-    def __init__(self, weights: str, size: tuple[int, int]):
-        self.weights, self.size = weights, tuple(size)
-        self.pipe = None
+    """Shipped weights in PyTorch FP32 on the CPU (the reference of the references)."""
 
-    def activate(self):
+    def __init__(self, weights: str, size: tuple[int, int] | None = None):
+        self.weights = weights
+        self.size = tuple(size) if size else None
+        self.pipe = None
+        self.info: ModelInfo | None = None
+
+    def activate(self) -> ModelInfo:
         from segformer.model import SegmentationPipeline
         from segformer.weights import get_weights
 
-        w = get_weights(self.weights)
+        try:
+            w = get_weights(self.weights)
+        except (FileNotFoundError, ValueError) as exc:
+            raise RunnerError(str(exc)) from None
         self.pipe = SegmentationPipeline(w.build(), w.mean, w.std).eval()
-        return self
+        self.info = _local_info(f"torch:{w.name}", None, self.size, self.weights)
+        return self.info
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -160,7 +226,37 @@ class TorchRunner:
         if self.pipe is None:
             self.activate()
         with torch.no_grad():
-            return self.pipe(torch.from_numpy(np.ascontiguousarray(images))).numpy()
+            return self.pipe(torch.from_numpy(np.array(images, copy=True))).numpy()
 
     def deactivate(self):
         self.pipe = None
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+
+def served_models(url: str | None = None, protocol: str = "http", timeout: float = 30.0) -> list[str]:
+    """Names of the models READY on the server (RunnerError when it cannot be reached)."""
+    r = TritonRunner("", url, protocol, timeout)
+    try:
+        r.connect()
+        return r.served_models()
+    finally:
+        r.deactivate()
+
+
+def make_runner(spec: str, url: str | None = None, protocol: str = "http", timeout: float = 120.0,
+                size: tuple[int, int] | None = None, weights: str | None = None):
+    """`NAME` (a model on the server), `onnx:PATH` (local ONNX Runtime) or `torch[:WEIGHTS]` (local PyTorch)."""
+    if spec.startswith("onnx:"):
+        return OnnxRunner(spec[5:], size, weights=weights)
+    if spec == "torch" or spec.startswith("torch:"):
+        name = spec[6:] or weights
+        if not name:
+            raise RunnerError("torch reference needs weights: use torch:NAME (e.g. torch:segformer-b1-camvid)")
+        return TorchRunner(name, size)
+    return TritonRunner(spec, url, protocol, timeout)

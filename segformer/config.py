@@ -118,3 +118,7 @@ def get_preset(name: str) -> DatasetPreset:
         return PRESETS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown dataset preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+# Cityscapes label ids (*_gtFine_labelIds.png) -> train ids; every other id -> ignore (cityscapesScripts labels.py).
+CITYSCAPES_ID_TO_TRAINID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                            25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}

@@ -35,3 +35,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+SMALL_SIZE = (360, 480)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The real Triton (pip-shipped, python backend) on free ports, serving B0 at two input sizes."""
+    from build.repository import write_repository
+    from build.serve import start, stop_pid
+    from build.variants import PYTHON_ORT, ServingVariant
+
+    tmp = tmp_path_factory.mktemp("triton")
+    repo = tmp / "model_repository"
+    rows = [ServingVariant("seg_b0_small", "segformer-b0-camvid", PYTHON_ORT, size=SMALL_SIZE, max_batch=2),
+            ServingVariant("seg_b0_smaller", "segformer-b0-camvid", PYTHON_ORT, size=(240, 320), max_batch=2)]
+    built = write_repository(rows, repo, log=lambda *_: None, cache_dir=tmp / "cache")
+    assert set(built.values()) == {"built"}, built
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    proc = start(repo, ports["http"], ports["grpc"], ports["metrics"], state=tmp / "state")
+    yield {"repo": repo, "ports": ports, "model": rows[0].name, "other": rows[1].name, "pid": proc.pid}
+    stop_pid(proc.pid)

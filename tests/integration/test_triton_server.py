@@ -2,29 +2,13 @@
 import numpy as np
 import pytest
 
-from build.repository import write_repository
-from build.serve import start, stop_pid
-from build.variants import PYTHON_ORT, ServingVariant
 from client.preprocess import load_image, resize_image
 from client.runners import OnnxRunner, RunnerError, TritonRunner
 from client.segment import main as segment_main
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, SMALL_SIZE as SIZE, free_port
 
 pytestmark = pytest.mark.integration
 SAMPLE = ROOT / "samples" / "camvid_0001TP_008550.jpg"
-SIZE = (360, 480)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("triton")
-    repo = tmp / "model_repository"
-    row = ServingVariant("seg_b0_small", "segformer-b0-camvid", PYTHON_ORT, size=SIZE, max_batch=2)
-    assert write_repository([row], repo, log=lambda *_: None, cache_dir=tmp / "cache") == {"seg_b0_small": "built"}
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    proc = start(repo, ports["http"], ports["grpc"], ports["metrics"], state=tmp / "state")
-    yield {"repo": repo, "ports": ports, "model": row.name}
-    stop_pid(proc.pid)
 
 
 def _url(server, protocol):

@@ -1,0 +1,271 @@
+"""Accuracy of served variants: pixel disagreement against a reference, and mIoU where labels exist.
+
+    python -m client.evaluate --images DIR [--labels DIR] --models segformer_b1_fp16,segformer_b1_int8
+                              [--reference segformer_b1 | torch:WEIGHTS | onnx:PATH] [--threshold 0.005]
+
+Every image is decoded, resized to each model's input size, sent to every model (concurrently, HTTP or gRPC) and
+the labels are brought back to the image's own size. Per model: share of pixels whose label differs from the
+reference (mean, max, per image; verdict per image: good <= 0.5 %, marginal <= 2 %, bad above), and with
+--labels the mIoU, per-class IoU and pixel accuracy from a confusion matrix accumulated over the whole set.
+Writes report.json, report.md and pictures (disagreement heatmaps, worst images side by side, per-class IoU)
+into --out; with --threshold / --max-miou-drop the exit code is a pass/fail gate (0 pass, 1 fail, 2 error).
+A model is a served model name (a suffix such as `fp16` picks the one served model ending in `_fp16`),
+`onnx:PATH` (local ONNX Runtime) or `torch:WEIGHTS` (local PyTorch FP32).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from client.labels import FORMATS, LabelError, find_label, list_images, load_label
+from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from client.preprocess import ImageError, load_image, resize_image, resize_labels
+from client.runners import RunnerError, TritonRunner, make_runner, served_models
+
+VERDICTS = ((0.005, "good"), (0.02, "marginal"), (float("inf"), "bad"))
+
+
+def verdict(share: float) -> str:
+    return next(name for limit, name in VERDICTS if share <= limit)
+
+
+class RunnerPool:
+    """One runner per (thread, model) for server models (HTTP clients are not thread-safe); local runners are
+    shared. Every runner made is deactivated by close()."""
+
+    def __init__(self, specs: list[str], url, protocol, timeout, size=None, weights=None):
+        self.specs, self.args = specs, (url, protocol, timeout, size, weights)
+        self.local, self.shared, self.made = threading.local(), {}, []
+        self.lock = threading.Lock()
+        self.info = {}
+        for spec in specs:  # activate once up front: errors surface before any work starts
+            r = self._make(spec)
+            self.info[spec] = r.info
+            if not isinstance(r, TritonRunner):
+                self.shared[spec] = r
+
+    def _make(self, spec):
+        url, protocol, timeout, size, weights = self.args
+        r = make_runner(spec, url, protocol, timeout, size, weights)
+        r.activate()
+        with self.lock:
+            self.made.append(r)
+        return r
+
+    def get(self, spec):
+        if spec in self.shared:
+            return self.shared[spec]
+        runners = self.local.__dict__.setdefault("runners", {})
+        if spec not in runners:
+            runners[spec] = self._make(spec)
+        return runners[spec]
+
+    def close(self):
+        for r in self.made:
+            r.deactivate()
+
+
+def resolve(names: list[str], served: list[str]) -> list[str]:
+    out = []
+    for n in names:
+        local = n.startswith("onnx:") or n == "torch" or n.startswith("torch:")
+        if local or n in served:
+            out.append(n)
+            continue
+        hits = [s for s in served if s.endswith(f"_{n}")]
+        if len(hits) != 1:
+            raise RunnerError(f"model {n!r} is not served" + (f" (ambiguous: {', '.join(hits)})" if hits else "")
+                              + f"; served models: {', '.join(served) or 'none'}")
+        out.append(hits[0])
+    return out
+
+
+@dataclass
+class ModelStats:
+    name: str
+    num_classes: int
+    cm: np.ndarray = None
+    shares: list = field(default_factory=list)  # per image disagreement vs reference
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        self.cm = np.zeros((self.num_classes, self.num_classes), np.int64)
+
+
+def _run_one(path: Path, pool: RunnerPool, specs: list[str], labels_dir, label_fmt):
+    image = load_image(path)
+    label, label_path = None, None
+    if labels_dir is not None:
+        label_path = find_label(path, labels_dir)
+        if label_path is not None:
+            label = load_label(label_path, image.shape[:2], label_fmt, path)
+    preds, seconds = {}, {}
+    for spec in specs:
+        r = pool.get(spec)
+        x = resize_image(image, pool.info[spec].size)[None]
+        t0 = time.perf_counter()
+        out = r.infer(x)[0]
+        seconds[spec] = time.perf_counter() - t0
+        preds[spec] = resize_labels(out, image.shape[:2])
+    return image, label, label_path, preds, seconds
+
+
+def _thumb(a: np.ndarray, width: int = 640) -> np.ndarray:
+    step = max(1, int(np.ceil(a.shape[1] / width)))
+    return np.ascontiguousarray(a[::step, ::step])
+
+
+def evaluate(images: list[Path], pool: RunnerPool, reference: str, models: list[str], labels_dir=None,
+             label_fmt="auto", concurrency: int = 4, keep_worst: int = 6, progress: bool = True) -> dict:
+    """Run every image through reference + models; returns the report dict (and '_worst' picture samples)."""
+    specs = [reference] + [m for m in models if m != reference]
+    info = pool.info[reference]
+    n_cls = len(info.classes) or 256
+    stats = {s: ModelStats(s, n_cls) for s in specs}
+    per_image, skipped, no_label, worst = [], [], [], []
+    with ThreadPoolExecutor(max(1, concurrency)) as ex:
+        futures = [(p, ex.submit(_run_one, p, pool, specs, labels_dir, label_fmt)) for p in images]
+        for path, fut in tqdm(futures, desc="evaluate", unit="img", disable=not progress):
+            try:
+                image, label, label_path, preds, seconds = fut.result()
+            except ImageError as exc:
+                skipped.append({"image": str(path), "reason": str(exc)})
+                tqdm.write(f"warning: skipped {exc}")
+                continue
+            ref = preds[reference]
+            row = {"image": str(path), "size": [image.shape[0], image.shape[1]],
+                   "label": str(label_path) if label_path else None, "models": {}}
+            if labels_dir is not None and label is None:
+                no_label.append(str(path))
+            for s in specs:
+                st = stats[s]
+                share = float(np.count_nonzero(preds[s] != ref) / ref.size)
+                st.shares.append(share)
+                st.seconds += seconds[s]
+                entry = {"disagreement": share, "verdict": verdict(share)}
+                if label is not None:
+                    cm = confusion_matrix(preds[s], label, n_cls)
+                    st.cm += cm
+                    entry["pixel_accuracy"] = pixel_accuracy(cm)
+                row["models"][s] = entry
+            per_image.append(row)
+            score = max((row["models"][m]["disagreement"] for m in specs if m != reference), default=0.0)
+            worst.append((score, len(per_image), {"image": path, "thumb": _thumb(image),
+                                                  "preds": {s: _thumb(p) for s, p in preds.items()}}))
+            worst = sorted(worst, key=lambda t: (-t[0], t[1]))[:keep_worst]
+    if not per_image:
+        raise ImageError(f"none of the {len(images)} image(s) could be read; see the warnings above")
+    summary = {}
+    have_labels = any(st.cm.sum() for st in stats.values())
+    for s, st in stats.items():
+        sh = np.asarray(st.shares)
+        d = {"disagreement_mean": float(sh.mean()), "disagreement_max": float(sh.max()),
+             "disagreement_median": float(np.median(sh)),
+             "verdicts": {name: int(sum(verdict(x) == name for x in sh)) for _, name in VERDICTS},
+             "ms_per_image": 1e3 * st.seconds / len(sh), "role": "reference" if s == reference else "model",
+             "served_as": pool.info[s].name, "input_size": list(pool.info[s].size)}
+        if have_labels:
+            iou = iou_per_class(st.cm)
+            d.update({"miou": mean_iou(st.cm), "pixel_accuracy": pixel_accuracy(st.cm),
+                      "iou_per_class": {info.classes[i] if i < len(info.classes) else str(i):
+                                        (None if np.isnan(v) else float(v)) for i, v in enumerate(iou)
+                                        if st.cm[i].sum() or st.cm[:, i].sum()}})
+        summary[s] = d
+    return {"reference": reference, "models": specs, "images": len(per_image), "skipped": skipped,
+            "missing_labels": no_label, "labels": str(labels_dir) if labels_dir else None,
+            "classes": info.classes, "palette": [list(c) for c in info.palette], "summary": summary,
+            "per_image": per_image, "_worst": [w[2] for w in worst]}
+
+
+def gate(report: dict, threshold: float | None, max_miou_drop: float | None) -> list[str]:
+    """Reasons the run fails the gate (empty list: pass)."""
+    fails, ref = [], report["summary"][report["reference"]]
+    for name, s in report["summary"].items():
+        if s["role"] == "reference":
+            continue
+        if threshold is not None and s["disagreement_mean"] > threshold:
+            fails.append(f"{name}: mean disagreement {s['disagreement_mean'] * 100:.3f} % > "
+                         f"{threshold * 100:.3f} %")
+        if max_miou_drop is not None and "miou" in s and ref["miou"] - s["miou"] > max_miou_drop:
+            fails.append(f"{name}: mIoU {s['miou']:.4f} is {ref['miou'] - s['miou']:.4f} below the reference "
+                         f"({ref['miou']:.4f}), more than {max_miou_drop}")
+    return fails
+
+
+def main(argv=None) -> int:
+    from client.report import format_summary, write_report
+
+    ap = argparse.ArgumentParser(prog="python -m client.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
+    ap.add_argument("--labels", type=Path, help="folder of label maps (Cityscapes or same-stem names)")
+    ap.add_argument("--label-format", choices=FORMATS, default="auto", help="how label ids map to classes")
+    ap.add_argument("--models", required=True, help="comma-separated models to compare with the reference")
+    ap.add_argument("--reference", help="reference model (default: the first of --models); may be "
+                                        "torch:WEIGHTS or onnx:PATH for a local FP32 reference")
+    ap.add_argument("--url", help="server address (default localhost:8000 http, localhost:8001 grpc)")
+    ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    ap.add_argument("--size", help="input HxW for local models whose graph does not fix it")
+    ap.add_argument("--limit", type=int, help="use only the first N images")
+    ap.add_argument("--concurrency", type=int, default=4, help="images in flight at once (default 4)")
+    ap.add_argument("--threshold", type=float, help="gate: fail when a model's mean disagreement exceeds "
+                                                    "this share (0.005 = 0.5 %%)")
+    ap.add_argument("--max-miou-drop", type=float, help="gate: fail when a model's mIoU is this much below "
+                                                        "the reference (needs --labels)")
+    ap.add_argument("--worst", type=int, default=4, help="images shown in the pictures (default 4)")
+    ap.add_argument("--out", type=Path, default=Path("out/evaluate"), help="report folder (replaced)")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    args = ap.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        ap.error("--models is empty")
+    size = tuple(int(x) for x in args.size.lower().split("x")) if args.size else None
+    pool = None
+    try:
+        images = list_images(args.images)[: args.limit]
+        if args.labels is not None and not args.labels.is_dir():
+            raise FileNotFoundError(f"{args.labels}: no such labels folder")
+        wanted = models + ([args.reference] if args.reference else [])
+        served = served_models(args.url, args.protocol, args.timeout) if any(
+            not (m.startswith(("onnx:", "torch"))) for m in wanted) else []
+        models = resolve(models, served)
+        reference = resolve([args.reference], served)[0] if args.reference else models[0]
+        pool = RunnerPool(list(dict.fromkeys([reference, *models])), args.url, args.protocol, args.timeout,
+                          size)
+        report = evaluate(images, pool, reference, models, args.labels, args.label_format, args.concurrency,
+                          args.worst)
+        fails = gate(report, args.threshold, args.max_miou_drop)
+        report["gate"] = {"threshold": args.threshold, "max_miou_drop": args.max_miou_drop, "failures": fails,
+                          "passed": not fails}
+        write_report(report, args.out)
+    except (ImageError, LabelError, RunnerError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if pool is not None:
+            pool.close()
+    print(format_summary(report))
+    if report["missing_labels"]:
+        print(f"warning: {len(report['missing_labels'])} image(s) had no label file and count only for "
+              f"disagreement")
+    print(f"report: {args.out / 'report.md'}")
+    if fails:
+        print("GATE FAILED:\n  " + "\n  ".join(fails))
+        return 1
+    if args.threshold is not None or args.max_miou_drop is not None:
+        print("gate passed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

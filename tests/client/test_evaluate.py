@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from client.evaluate import gate, main as evaluate_main, resolve, verdict
+from client.labels import LabelError, find_label, list_images, load_label
+from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from client.runners import RunnerError
+from tests.conftest import ROOT
+
+SAMPLE = ROOT / "samples" / "camvid_0001TP_008550.jpg"
+
+
+def test_miou_hand_computed_with_ignore():
+    gt = np.array([[0, 0, 1, 1], [2, 2, 255, 255]], np.uint8)
+    pr = np.array([[0, 1, 1, 1], [2, 0, 0, 2]], np.uint8)
+    cm = confusion_matrix(pr, gt, 3)
+    # class 0: tp 1, fp 1 (gt 2 -> 0), fn 1 (-> 1) => 1/3; class 1: tp 2, fp 1 => 2/3; class 2: tp 1, fn 1 => 1/2
+    assert np.allclose(iou_per_class(cm), [1 / 3, 2 / 3, 1 / 2])
+    assert mean_iou(cm) == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert pixel_accuracy(cm) == pytest.approx(4 / 6)
+
+
+def test_label_formats_map_to_train_ids(tmp_path):
+    ids = np.array([[7, 8, 26], [0, 23, 33]], np.uint8)  # road, sidewalk, car / unlabeled, sky, bicycle
+    p = tmp_path / "x_gtFine_labelIds.png"
+    Image.fromarray(ids).save(p)
+    assert load_label(p, (2, 3)).tolist() == [[0, 1, 13], [255, 10, 18]]
+    camvid = tmp_path / "y.png"
+    Image.fromarray(np.array([[3, 0, 11]], np.uint8)).save(camvid)
+    assert load_label(camvid, (1, 3), "camvid").tolist() == [[0, 10, 255]]
+    assert load_label(camvid, (1, 3)).tolist() == [[3, 0, 11]]  # auto on a plain name: train ids as they are
+    with pytest.raises(LabelError, match="must have the image's size"):
+        load_label(camvid, (2, 3))
+    rgb = tmp_path / "z.png"
+    Image.new("RGB", (3, 1)).save(rgb)
+    with pytest.raises(LabelError, match="one channel"):
+        load_label(rgb, (1, 3))
+
+
+def test_find_label_cityscapes_and_same_stem(tmp_path):
+    (tmp_path / "lab" / "aachen").mkdir(parents=True)
+    target = tmp_path / "lab" / "aachen" / "aachen_000000_000019_gtFine_labelTrainIds.png"
+    Image.new("L", (2, 2)).save(target)
+    assert find_label(tmp_path / "aachen_000000_000019_leftImg8bit.png", tmp_path / "lab") == target
+    assert find_label(tmp_path / "other.png", tmp_path / "lab") is None
+
+
+def test_empty_folder_and_verdicts(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        list_images(tmp_path)
+    assert [verdict(x) for x in (0.0, 0.005, 0.0051, 0.02, 0.5)] == ["good", "good", "marginal", "marginal", "bad"]
+
+
+def test_gate_fails_on_disagreement_and_miou_drop():
+    report = {"reference": "a", "summary": {
+        "a": {"role": "reference", "disagreement_mean": 0.0, "miou": 0.50},
+        "b": {"role": "model", "disagreement_mean": 0.004, "miou": 0.45}}}
+    assert gate(report, 0.005, None) == []
+    assert gate(report, 0.003, None) and "0.400 %" in gate(report, 0.003, None)[0]
+    assert gate(report, None, 0.1) == [] and len(gate(report, None, 0.01)) == 1
+
+
+def test_resolve_suffix_and_unknown():
+    served = ["segformer_b1_trt_fp16", "segformer_b1_trt_fp32", "segformer_b1"]
+    assert resolve(["fp16", "segformer_b1", "onnx:x.onnx"], served) == ["segformer_b1_trt_fp16", "segformer_b1",
+                                                                         "onnx:x.onnx"]
+    with pytest.raises(RunnerError, match="not served"):
+        resolve(["int8"], served)
+
+
+def _images(tmp_path, n=3):
+    d = tmp_path / "images"
+    d.mkdir()
+    base = np.asarray(Image.open(SAMPLE).convert("RGB"))
+    for i in range(n):  # mixed sizes and modes
+        im = Image.fromarray(base[:, ::-1] if i % 2 else base)
+        im = im.resize((480 - 80 * i, 360 - 40 * i))
+        (im.convert("L") if i == 2 else im).save(d / f"img{i}.png")
+    (d / "broken.png").write_bytes(b"\x89PNG not really")
+    return d
+
+
+@pytest.mark.integration
+def test_evaluate_against_the_server(server, tmp_path, capsys):
+    images = _images(tmp_path)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    ref = np.asarray(Image.open(images / "img0.png"))
+    Image.fromarray(np.where(ref[..., 2] > 128, 10, 0).astype(np.uint8)).save(labels / "img0.png")  # sky/road
+    url = f"localhost:{server['ports']['grpc']}"
+    out = tmp_path / "report"
+    args = ["--images", str(images), "--labels", str(labels), "--models", f"{server['model']},{server['other']}",
+            "--url", url, "--protocol", "grpc", "--out", str(out), "--concurrency", "2"]
+    assert evaluate_main(args + ["--threshold", "1.0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    s = report["summary"][server["other"]]
+    assert report["images"] == 3 and len(report["skipped"]) == 1 and len(report["missing_labels"]) == 2
+    assert s["disagreement_mean"] > 0 and s["disagreement_max"] >= s["disagreement_mean"]
+    assert report["summary"][server["model"]]["disagreement_max"] == 0.0
+    assert 0 <= s["miou"] <= 1 and "road" in s["iou_per_class"]
+    for pic in ("worst.png", "disagreement.png", "iou.png", "heatmaps/img0.png"):
+        assert Image.open(out / pic).size[0] > 100
+    assert "disagree mean" in capsys.readouterr().out
+    # the gate: any disagreement above zero fails
+    assert evaluate_main(args + ["--threshold", "0"]) == 1
+    assert "GATE FAILED" in capsys.readouterr().out
+    # a local reference (ONNX Runtime on the served graph) agrees exactly with the served model
+    onnx_path = server["repo"] / server["model"] / "1" / "model.onnx"
+    assert evaluate_main(["--images", str(images), "--models", server["model"], "--reference", f"onnx:{onnx_path}",
+                          "--url", url, "--protocol", "grpc", "--out", str(out), "--threshold", "0"]) == 0
+
+
+@pytest.mark.integration
+def test_evaluate_errors_are_one_line(server, tmp_path, capsys):
+    url = f"localhost:{server['ports']['http']}"
+    (tmp_path / "empty").mkdir()
+    assert evaluate_main(["--images", str(tmp_path / "empty"), "--models", server["model"], "--url", url]) == 2
+    assert "no image files" in capsys.readouterr().err
+    images = _images(tmp_path)
+    assert evaluate_main(["--images", str(images), "--models", "nope", "--url", url]) == 2
+    assert "served models" in capsys.readouterr().err
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    Image.new("L", (5, 5)).save(labels / "img0.png")
+    assert evaluate_main(["--images", str(images), "--labels", str(labels), "--models", server["model"],
+                          "--url", url, "--out", str(tmp_path / "r")]) == 2
+    assert "must have the image's size" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing half-written
