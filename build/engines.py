@@ -44,12 +44,29 @@ def find_builder(prefer: str | None = None) -> Builder:
                              "TensorRT-RTX (`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings`)")
 
 
+PLUGIN_DIR = Path(__file__).resolve().parent.parent / "plugins" / "build"
+
+
+def load_plugin(builder: Builder) -> Path:
+    """Load the LayerNorm plugin library (its creator registers itself at load), or say why it cannot be."""
+    import ctypes
+
+    if builder.rtx:
+        raise BuilderUnavailable("the LayerNorm plugin is built against TensorRT; TensorRT-RTX cannot load it "
+                                 "(build this row where TensorRT is installed)")
+    libs = sorted(PLUGIN_DIR.glob("libsegformer_plugins*.so"))
+    if not libs:
+        raise BuilderUnavailable(f"no plugin library in {PLUGIN_DIR}: run `make plugins` (needs nvcc and "
+                                 "TensorRT headers)")
+    ctypes.CDLL(str(libs[0]), mode=ctypes.RTLD_GLOBAL)
+    return libs[0]
+
+
 def build_plan(builder: Builder, onnx_path: Path, v: ServingVariant, out: Path, log=print,  # noqa: PLR0913
                timing_cache: Path | None = None, workspace_gb: float | None = None) -> dict:
     """Parse the ONNX, set the batch profile, build and write the serialized plan; returns provenance."""
-    if v.precision != "fp32":
-        raise BuilderUnavailable(f"precision {v.precision} needs its precision-converted ONNX "
-                                 f"(FP16 / Q/DQ passes), which this build does not produce yet; not built")
+    if v.layernorm == "plugin":
+        load_plugin(builder)
     trt = builder.module
     logger = trt.Logger(trt.Logger.WARNING)
     b = trt.Builder(logger)
@@ -58,6 +75,9 @@ def build_plan(builder: Builder, onnx_path: Path, v: ServingVariant, out: Path, 
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"{builder.name} could not parse {onnx_path.name}: {errors}")
+    io = [{"name": t.name, "dtype": str(t.dtype).rsplit(".", 1)[-1].upper(), "shape": list(t.shape)}
+          for t in [network.get_input(i) for i in range(network.num_inputs)]
+          + [network.get_output(i) for i in range(network.num_outputs)]]
     config = b.create_builder_config()
     if workspace_gb:  # left to the builder by default: TensorRT-RTX on a CPU-only host allocates the limit
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
@@ -83,5 +103,5 @@ def build_plan(builder: Builder, onnx_path: Path, v: ServingVariant, out: Path, 
     log(f"  {builder.name} {builder.version}: built {v.name} ({v.precision}) in {seconds:.1f} s, "
         f"{out.stat().st_size / 1e6:.1f} MB")
     return {"builder": builder.name, "builder_version": builder.version, "rtx": builder.rtx,
-            "engine_build_seconds": round(seconds, 2), "engine_bytes": out.stat().st_size,
+            "engine_build_seconds": round(seconds, 2), "io": io, "engine_bytes": out.stat().st_size,
             "profile": {"min": [1, h, w, 3], "opt": [v.opt_batch, h, w, 3], "max": [v.max_batch, h, w, 3]}}

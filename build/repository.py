@@ -10,7 +10,6 @@ ONNX files are cached by content hash in .cache/onnx and shared by the rows that
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -21,45 +20,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from build.export import atomic_write, build_onnx
+from build.artefacts import EXPORT_CODE, PASS_CODE, NeedsCalibration, OnnxCache, QuantSettings, _sha, code_hash
 from build.model_config import model_config, to_pbtxt
 from build.variants import ONNXRUNTIME, PYTHON_ORT, TENSORRT, ServingVariant, select
 from segformer.weights import get_weights, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPORT_CODE = [ROOT / "build" / "export.py", ROOT / "segformer" / "model.py"]
-CODE = EXPORT_CODE + [ROOT / "build" / f for f in ("model_config.py", "triton_python_model.py", "engines.py")]
+CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "triton_python_model.py",
+                                                                "engines.py", "artefacts.py")]
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def code_hash(files: list[Path] = CODE) -> str:
-    return _sha(b"".join(p.read_bytes() for p in files if p.is_file()))[:16]
-
-
-def recipe(v: ServingVariant) -> str:
+def recipe(v: ServingVariant, quant: QuantSettings) -> str:
     w = get_weights(v.weights)
-    return _sha(json.dumps([v.spec(), w.meta["sha256"], code_hash()], sort_keys=True).encode())[:16]
-
-
-class OnnxCache:
-    """Exported graphs keyed by (weights hash, size, logits, build code)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def get(self, v: ServingVariant, log) -> tuple[Path, dict]:
-        w = get_weights(v.weights)
-        key = _sha(json.dumps([w.meta["sha256"], list(v.size), v.with_logits, code_hash(EXPORT_CODE)]).encode())[:16]
-        path, report_path = self.root / f"{key}.onnx", self.root / f"{key}.json"
-        if path.is_file() and report_path.is_file():
-            return path, json.loads(report_path.read_text())
-        data, report = build_onnx(v.weights, v.size, v.with_logits, log=log)
-        atomic_write(path, data)
-        atomic_write(report_path, json.dumps(report, indent=1).encode())
-        return path, report
+    q = quant.key() if v.precision in ("int8", "best") else ""
+    return _sha(json.dumps([v.spec(), w.meta["sha256"], q, code_hash(CODE)], sort_keys=True).encode())[:16]
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -75,7 +49,18 @@ def build_onnx_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) -> dic
     _link_or_copy(onnx_path, stage / "1" / "model.onnx")
     if v.backend == PYTHON_ORT:
         shutil.copy2(ROOT / "build" / "triton_python_model.py", stage / "1" / "model.py")
-    return {"artefact": "1/model.onnx", "onnx_sha256": sha256_file(onnx_path), "export": report}
+    return {"artefact": "1/model.onnx", "onnx_sha256": sha256_file(onnx_path), "export": report,
+            **_layer_precision(v, report)}
+
+
+def _layer_precision(v: ServingVariant, report: dict) -> dict:
+    """The per-layer-group precision of an INT8 row, recorded at the top of build.json."""
+    q = report.get("quantize")
+    if not q:
+        return {}
+    chosen = q["best"]["precision"] if v.precision == "best" else {g: "int8" for g in q["best"]["precision"]}
+    measured = q["best"]["disagreement"] if v.precision == "best" else q["int8_all"]["disagreement"]
+    return {"layer_precision": chosen, "heldout_disagreement": measured}
 
 
 def build_tensorrt_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) -> dict:
@@ -84,7 +69,8 @@ def build_tensorrt_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) ->
     builder = engines.find_builder()  # raises engines.BuilderUnavailable with the fix
     onnx_path, report = cache.get(v, log)
     result = engines.build_plan(builder, onnx_path, v, stage / "1" / "model.plan", log=log)
-    return {"artefact": "1/model.plan", "onnx_sha256": sha256_file(onnx_path), "export": report, **result}
+    return {"artefact": "1/model.plan", "onnx_sha256": sha256_file(onnx_path), "export": report, **result,
+            **_layer_precision(v, report)}
 
 
 BUILDERS = {PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir, TENSORRT: build_tensorrt_dir}
@@ -93,7 +79,7 @@ BUILDERS = {PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir, TENSORRT: b
 def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, force: bool = False) -> str:
     """Build one model directory atomically; returns 'built', 'unchanged' or raises."""
     target = repo / v.name
-    rec = recipe(v)
+    rec = recipe(v, cache.quant)
     old = target / "build.json"
     if not force and old.is_file() and json.loads(old.read_text()).get("recipe") == rec:
         return "unchanged"
@@ -125,8 +111,8 @@ def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, fo
 
 
 def write_repository(variants: list[ServingVariant], repo: Path, force: bool = False, log=tqdm.write,
-                     cache_dir: Path = ROOT / ".cache" / "onnx") -> dict:
-    cache = OnnxCache(cache_dir)
+                     cache_dir: Path = ROOT / ".cache" / "onnx", quant: QuantSettings | None = None) -> dict:
+    cache = OnnxCache(cache_dir, quant)
     results = {}
     for v in tqdm(variants, desc="model repository", unit="model"):
         try:
@@ -134,7 +120,8 @@ def write_repository(variants: list[ServingVariant], repo: Path, force: bool = F
         except Exception as exc:  # noqa: BLE001 - reported per row, the others still build
             from build.engines import BuilderUnavailable
 
-            results[v.name] = f"skipped: {exc}" if isinstance(exc, BuilderUnavailable) else f"FAILED: {exc}"
+            skip = isinstance(exc, (BuilderUnavailable, NeedsCalibration))
+            results[v.name] = f"skipped: {exc}" if skip else f"FAILED: {type(exc).__name__}: {exc}"
         log(f"  {v.name:24s} {results[v.name]}")
     shutil.rmtree(repo.parent / f".{repo.name}.staging", ignore_errors=True)
     return results
@@ -147,12 +134,17 @@ def main(argv=None) -> int:
     ap.add_argument("--precisions", nargs="*", help="keep only rows of these precisions (fp32 fp16 int8 best)")
     ap.add_argument("--out", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    ap.add_argument("--calib", type=Path, help="calibration images for the int8 / best rows")
+    ap.add_argument("--holdout", type=Path, help="held-out images for the INT8 sensitivity (default: --calib)")
+    ap.add_argument("--calib-count", type=int, default=8)
+    ap.add_argument("--budget", type=float, default=0.005, help="best: max pixel disagreement with FP32")
     args = ap.parse_args(argv)
     try:
         rows = select(args.variants, args.precisions)
     except ValueError as exc:
         ap.error(str(exc))
-    results = write_repository(rows, args.out, args.force)
+    quant = QuantSettings(args.calib, args.holdout, args.calib_count, budget=args.budget)
+    results = write_repository(rows, args.out, args.force, quant=quant)
     failed = [n for n, r in results.items() if r.startswith("FAILED")]
     print(f"{args.out}: {sum(r in ('built', 'unchanged') for r in results.values())} model(s) ready"
           + (f", {len(failed)} failed" if failed else ""))

@@ -29,6 +29,7 @@ class ServingVariant:
     queue_delay_us: int = 2000
     instances: int = 1
     with_logits: bool = False
+    layernorm: str = "native"  # "plugin": LayerNorm nodes become the TensorRT plugin op (plugins/)
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -44,9 +45,20 @@ class ServingVariant:
 
 
 def _trt_rows(weights: str, prefix: str) -> list[ServingVariant]:
-    return [ServingVariant(f"{prefix}_trt_{p}", weights, TENSORRT, precision=p, max_batch=8, opt_batch=4,
+    rows = [ServingVariant(f"{prefix}_trt_{p}", weights, TENSORRT, precision=p, max_batch=8, opt_batch=4,
                            preferred_batches=(4, 8), description=f"TensorRT plan, {p}")
             for p in PRECISIONS]
+    rows.append(ServingVariant(f"{prefix}_trt_plugin", weights, TENSORRT, max_batch=8, opt_batch=4,
+                               preferred_batches=(4, 8), layernorm="plugin",
+                               description="TensorRT plan, fp32, LayerNorm as the plugin op (needs make plugins)"))
+    return rows
+
+
+def _cpu_rows(weights: str, prefix: str) -> list[ServingVariant]:
+    """The same precisions served by ONNX Runtime in the python backend: measurable on a CPU-only machine."""
+    return [ServingVariant(f"{prefix}_{p}", weights, PYTHON_ORT, precision=p, max_batch=2,
+                           description=f"ONNX Runtime {p} graph in the python backend")
+            for p in PRECISIONS if p != "fp32"]
 
 
 VARIANTS: dict[str, ServingVariant] = {v.name: v for v in [
@@ -56,6 +68,7 @@ VARIANTS: dict[str, ServingVariant] = {v.name: v for v in [
                    description="SegFormer-B1 1024x1024, stock Triton onnxruntime backend (NGC)"),
     ServingVariant("segformer_b0", "segformer-b0-camvid", PYTHON_ORT, size=(512, 1024), max_batch=2,
                    description="SegFormer-B0 512x1024, ONNX Runtime inside the python backend"),
+    *_cpu_rows("segformer-b1-camvid", "segformer_b1"),
     *_trt_rows("segformer-b1-camvid", "segformer_b1"),
 ]}
 
@@ -70,7 +83,9 @@ def select(names: list[str] | None = None, precisions: list[str] | None = None) 
             raise ValueError(f"unknown variant(s) {', '.join(unknown)}; the table has: {', '.join(VARIANTS)}")
         rows = [VARIANTS[n] for n in names]
     else:
-        rows = [VARIANTS[n] for n in DEFAULT] + [v for v in VARIANTS.values() if v.backend == TENSORRT]
+        rows = [VARIANTS[n] for n in DEFAULT] + [v for v in VARIANTS.values()
+                                                 if v.backend == TENSORRT or v.name.startswith("segformer_b1_")
+                                                 and v.name not in DEFAULT]
     if precisions:
         bad = [p for p in precisions if p not in PRECISIONS]
         if bad:

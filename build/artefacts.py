@@ -1,0 +1,134 @@
+"""The ONNX graph every serving variant is built from, cached by content hash in .cache/.
+
+fp32 is the verified export; fp16 is the FP16 pass over it; int8 (everything quantized) and best (accuracy-guarded
+mix) come from build.quantize with the calibration images given to `make repo CALIB=DIR`; a `plugin` row gets
+the LayerNorm pass with the plugin op. Keys cover the weights hash, input size, the build code and (for INT8) the
+calibration set, so a change anywhere rebuilds exactly what depends on it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from build.export import build_onnx
+from build.variants import ServingVariant
+from segformer.weights import atomic_write_bytes, get_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPORT_CODE = [ROOT / "build" / "export.py", ROOT / "segformer" / "model.py"]
+PASS_CODE = [ROOT / "build" / "passes.py", ROOT / "build" / "quantize.py"]
+
+
+class NeedsCalibration(RuntimeError):
+    """An INT8 row without calibration images; the message names the fix."""
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def code_hash(files: list[Path]) -> str:
+    return _sha(b"".join(p.read_bytes() for p in files if p.is_file()))[:16]
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    calib: Path | None = None  # calibration image folder
+    holdout: Path | None = None  # held-out folder for sensitivity (default: the calibration folder)
+    calib_count: int = 8
+    holdout_count: int = 3
+    method: str = "percentile"
+    budget: float = 0.005
+    analysis_size: tuple[int, int] | None = (512, 512)
+
+    def key(self) -> str:
+        if self.calib is None:
+            return "none"
+        from client.labels import list_images
+
+        files = [(p.name, p.stat().st_size) for d in (self.calib, self.holdout or self.calib)
+                 for p in list_images(d)]
+        return _sha(json.dumps([files, self.calib_count, self.holdout_count, self.method, self.budget,
+                                self.analysis_size]).encode())[:16]
+
+
+class OnnxCache:
+    def __init__(self, root: Path, quant: QuantSettings | None = None):
+        self.root, self.quant = Path(root), quant or QuantSettings()
+
+    def _base_key(self, v: ServingVariant) -> str:
+        w = get_weights(v.weights)
+        return _sha(json.dumps([w.meta["sha256"], list(v.size), v.with_logits, code_hash(EXPORT_CODE)]).encode())[:16]
+
+    def base(self, v: ServingVariant, log) -> tuple[Path, dict]:
+        key = self._base_key(v)
+        path, report_path = self.root / f"{key}.onnx", self.root / f"{key}.json"
+        if path.is_file() and report_path.is_file():
+            return path, json.loads(report_path.read_text())
+        data, report = build_onnx(v.weights, v.size, v.with_logits, log=log)
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(report_path, json.dumps(report, indent=1).encode())
+        return path, report
+
+    def get(self, v: ServingVariant, log) -> tuple[Path, dict]:
+        """The ONNX for row `v` and its report (export report plus what the passes did)."""
+        base, report = self.base(v, log)
+        if v.precision in ("int8", "best"):
+            path, qreport = self._quantized(v, base, log)
+            report = {**report, "quantize": qreport}
+        elif v.precision == "fp16" or v.layernorm == "plugin":
+            path, extra = self._passed(v, base)
+            report = {**report, **extra}
+        else:
+            path = base
+        return path, report
+
+    def _passed(self, v: ServingVariant, base: Path) -> tuple[Path, dict]:
+        import onnx
+
+        from build import passes
+
+        key = _sha(json.dumps([base.name, v.precision, v.layernorm, code_hash(PASS_CODE)]).encode())[:16]
+        path, meta = self.root / f"{key}.onnx", self.root / f"{key}.json"
+        if path.is_file() and meta.is_file():
+            return path, json.loads(meta.read_text())
+        model = onnx.load(str(base))
+        extra = {}
+        if v.layernorm == "plugin":
+            model, n = passes.fuse_layernorm(model, "plugin")
+            extra["layernorm_pass"] = {"target": "plugin", "replaced": n}
+        if v.precision == "fp16":
+            model = passes.to_fp16(model)
+            extra["fp16_pass"] = {"kept_fp32": list(passes.FP16_KEEP_FP32)}
+        atomic_write_bytes(path, model.SerializeToString())
+        atomic_write_bytes(meta, json.dumps(extra).encode())
+        return path, extra
+
+    def _quantized(self, v: ServingVariant, base: Path, log) -> tuple[Path, dict]:
+        from build import quantize
+
+        q = self.quant
+        if q.calib is None:
+            raise NeedsCalibration(f"{v.precision} needs calibration images: make repo CALIB=DIR "
+                                   f"(or --calib DIR), a folder of images like the ones you will serve")
+        key = _sha(json.dumps([base.name, q.key(), code_hash(PASS_CODE)]).encode())[:16]
+        folder = self.root / f"quant-{key}"
+        if not (folder / "quantize.json").is_file():
+            size = v.size
+            calib = quantize.load_batch(q.calib, size, q.calib_count)
+            hold = quantize.load_batch(q.holdout or q.calib, q.analysis_size or size, q.holdout_count, "held-out")
+            full = quantize.load_batch(q.holdout or q.calib, size, q.holdout_count, "held-out") \
+                if q.analysis_size and tuple(q.analysis_size) != tuple(size) else None
+            stage = Path(tempfile.mkdtemp(prefix=f".quant-{key}.", dir=self.root))
+            try:
+                quantize.build_quantized(base, stage, calib, hold, q.method, q.budget, log=log, holdout_full=full)
+                shutil.rmtree(folder, ignore_errors=True)
+                stage.replace(folder)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+        qreport = json.loads((folder / "quantize.json").read_text())
+        return folder / ("int8.onnx" if v.precision == "int8" else "best.onnx"), qreport

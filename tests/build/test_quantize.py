@@ -1,0 +1,87 @@
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from build.quantize import (BudgetExceeded, build_quantized, check_budget, greedy_best, group_of, groups,
+                            quantizable, quantize)
+from segformer.model import SegmentationPipeline, create_model
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    pipe = SegmentationPipeline(create_model("tiny", 19).eval(), (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    buf = io.BytesIO()
+    torch.onnx.export(pipe, (torch.zeros(1, 64, 64, 3, dtype=torch.uint8),), buf, input_names=["images"],
+                      output_names=["labels"], dynamic_axes={"images": {0: "N", 1: "H", 2: "W"}}, opset_version=17,
+                      dynamo=False)
+    path = tmp_path_factory.mktemp("q") / "fp32.onnx"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64] / 64
+    return np.stack([((np.stack([np.sin(4 * xx + i), np.cos(3 * yy), xx * yy], -1) * 0.5 + 0.5) * 255
+                      + rng.normal(0, 10, (64, 64, 3))).clip(0, 255).astype(np.uint8) for i in range(n)])
+
+
+def _dq_fed(model):
+    """Names of nodes whose inputs come through DequantizeLinear, and the DQ nodes of weights."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    fed = {n.name for n in model.graph.node if n.op_type in ("MatMul", "Conv", "Gemm")
+           and all(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                   for i in n.input[:2])}
+    return fed
+
+
+def test_qdq_placement_symmetric_per_channel(tiny_onnx, tmp_path):
+    model = onnx.load(str(tiny_onnx))
+    out = quantize(tiny_onnx, tmp_path / "int8.onnx", tmp_path / "ranges.json", _images(4), "minmax")
+    q = onnx.load(str(out))
+    assert _dq_fed(q) >= set(quantizable(model)) - {""}  # every MatMul/Conv/Gemm reads Q/DQ'd inputs
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    for n in q.graph.node:
+        if n.op_type == "QuantizeLinear":
+            assert inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any()  # symmetric INT8
+    conv_w_scales = [inits[n.input[1]] for n in q.graph.node if n.op_type == "DequantizeLinear"
+                     and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    assert conv_w_scales and all(s.size > 1 for s in conv_w_scales)  # per-channel weights
+    # only the chosen group is quantized when asked
+    grouped = groups(model)
+    name, nodes = next(iter(grouped.items()))
+    one = onnx.load(str(quantize(tiny_onnx, tmp_path / "one.onnx", tmp_path / "ranges.json", method="minmax", include=nodes)))
+    assert _dq_fed(one) == set(nodes)
+
+
+def test_group_names():
+    assert group_of("/model/encoder/stages.1/blocks.0/attn/q/MatMul") == "model.encoder.stages.1.blocks.0.attn"
+    assert group_of("/model/encoder/stages.1/blocks.0/attn/MatMul_1") == "model.encoder.stages.1.blocks.0.attn.scores"
+    assert group_of("/model/decode_head/linear_c.2/MatMul") == "model.decode_head.linear_c.2"
+
+
+def test_greedy_on_synthetic_sensitivity():
+    sens = {"a": 0.0001, "b": 0.0010, "c": 0.0030, "d": 0.0200}  # additive toy model of the disagreement
+    order = sorted(sens, key=sens.get)
+    kept, trace = greedy_best(order, 0.002, lambda chosen: sum(sens[g] for g in chosen))
+    assert kept == ["a", "b"] and [t["kept"] for t in trace] == [True, True, False, False]
+    kept, _ = greedy_best(order, 0.05, lambda chosen: sum(sens[g] for g in chosen))
+    assert kept == order
+
+
+def test_budget_check_fails_when_violated():
+    check_budget(0.004, 0.005)
+    with pytest.raises(BudgetExceeded, match="over the 0.50 % budget"):
+        check_budget(0.0051, 0.005)
+
+
+def test_build_quantized_meets_its_budget(tiny_onnx, tmp_path):
+    rep = build_quantized(tiny_onnx, tmp_path, _images(4), _images(2, seed=1), "minmax", budget=0.02, log=lambda *_: None)
+    assert (tmp_path / "int8.onnx").is_file() and (tmp_path / "best.onnx").is_file()
+    assert rep["best"]["disagreement"] <= 0.02 and set(rep["best"]["precision"]) == set(rep["sensitivity"])
+    kept = [t["group"] for t in rep["greedy"] if t["kept"]]
+    assert all(rep["best"]["precision"][g] == "int8" for g in kept)
