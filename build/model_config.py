@@ -6,13 +6,13 @@ import json
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from build.variants import ONNXRUNTIME, PYTHON_ORT, TENSORRT, ServingVariant
+from build.variants import ONNXRUNTIME, PYTHON_NULL, PYTHON_ORT, TENSORRT, ServingVariant
 
 
 def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]], tensorrt_rtx: bool = False
                  ) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=v.name, max_batch_size=v.max_batch)
-    if v.backend == PYTHON_ORT:
+    if v.backend in (PYTHON_ORT, PYTHON_NULL):
         cfg.backend = "python"
     elif v.backend == ONNXRUNTIME:
         cfg.platform = "onnxruntime_onnx"
@@ -31,7 +31,7 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
     db = cfg.dynamic_batching
     db.max_queue_delay_microseconds = v.queue_delay_us
     db.preferred_batch_size.extend([b for b in v.preferred_batches if b <= v.max_batch])
-    kind = mc.ModelInstanceGroup.KIND_CPU if v.backend == PYTHON_ORT else mc.ModelInstanceGroup.KIND_GPU
+    kind = mc.ModelInstanceGroup.KIND_CPU if v.backend in (PYTHON_ORT, PYTHON_NULL) else mc.ModelInstanceGroup.KIND_GPU
     cfg.instance_group.add(kind=kind, count=v.instances)
     if v.backend == TENSORRT:
         warm = cfg.model_warmup.add(name="zeros", batch_size=max(1, v.opt_batch))

@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from build.artefacts import EXPORT_CODE, PASS_CODE, NeedsCalibration, OnnxCache, QuantSettings, _sha, code_hash
 from build.model_config import model_config, to_pbtxt
-from build.variants import ONNXRUNTIME, PYTHON_ORT, TENSORRT, ServingVariant, select
+from build.variants import ONNXRUNTIME, PYTHON_NULL, PYTHON_ORT, TENSORRT, ServingVariant, select
 from segformer.weights import get_weights, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "triton_python_model.py",
+CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "triton_python_model.py", "triton_null_model.py",
                                                                 "engines.py", "artefacts.py")]
 
 
@@ -73,7 +73,13 @@ def build_tensorrt_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) ->
             **_layer_precision(v, report)}
 
 
-BUILDERS = {PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir, TENSORRT: build_tensorrt_dir}
+def build_null_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
+    (stage / "1").mkdir(parents=True)
+    shutil.copy2(ROOT / "build" / "triton_null_model.py", stage / "1" / "model.py")
+    return {"artefact": "1/model.py"}
+
+
+BUILDERS = {PYTHON_NULL: build_null_dir, PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir, TENSORRT: build_tensorrt_dir}
 
 
 def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, force: bool = False) -> str:

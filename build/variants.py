@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 # backend kinds
 PYTHON_ORT = "python_onnxruntime"  # python backend running the ONNX with ONNX Runtime (pip Triton, CPU)
 ONNXRUNTIME = "onnxruntime"  # stock NGC Triton's onnxruntime backend
+PYTHON_NULL = "python_null"  # python backend that returns zeros at once: the load generator's ceiling
 TENSORRT = "tensorrt"  # model.plan for the tensorrt backend (NGC), built by TensorRT or TensorRT-RTX
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
@@ -69,6 +70,8 @@ VARIANTS: dict[str, ServingVariant] = {v.name: v for v in [
     ServingVariant("segformer_b0", "segformer-b0-camvid", PYTHON_ORT, size=(512, 1024), max_batch=2,
                    description="SegFormer-B0 512x1024, ONNX Runtime inside the python backend"),
     *_cpu_rows("segformer-b1-camvid", "segformer_b1"),
+    ServingVariant("segformer_null", "segformer-b1-camvid", PYTHON_NULL, max_batch=8, queue_delay_us=0,
+                   description="returns zero labels at once: measures the load generator and server overhead"),
     *_trt_rows("segformer-b1-camvid", "segformer_b1"),
 ]}
 

@@ -1,1 +1,2 @@
-"""Load testing of the served models with locust (not built yet: the locustfile and sweep come next)."""
+"""Load testing of the served models with locust: users (locustfile), headless runs (run), sweeps (sweep), and
+Triton's own metrics (metrics)."""

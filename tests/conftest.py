@@ -45,15 +45,17 @@ def server(tmp_path_factory):
     """The real Triton (pip-shipped, python backend) on free ports, serving B0 at two input sizes."""
     from build.repository import write_repository
     from build.serve import start, stop_pid
-    from build.variants import PYTHON_ORT, ServingVariant
+    from build.variants import PYTHON_NULL, PYTHON_ORT, ServingVariant
 
     tmp = tmp_path_factory.mktemp("triton")
     repo = tmp / "model_repository"
     rows = [ServingVariant("seg_b0_small", "segformer-b0-camvid", PYTHON_ORT, size=SMALL_SIZE, max_batch=2),
-            ServingVariant("seg_b0_smaller", "segformer-b0-camvid", PYTHON_ORT, size=(240, 320), max_batch=2)]
+            ServingVariant("seg_b0_smaller", "segformer-b0-camvid", PYTHON_ORT, size=(240, 320), max_batch=2),
+            ServingVariant("seg_null", "segformer-b0-camvid", PYTHON_NULL, size=SMALL_SIZE, max_batch=4)]
     built = write_repository(rows, repo, log=lambda *_: None, cache_dir=tmp / "cache")
     assert set(built.values()) == {"built"}, built
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     proc = start(repo, ports["http"], ports["grpc"], ports["metrics"], state=tmp / "state")
-    yield {"repo": repo, "ports": ports, "model": rows[0].name, "other": rows[1].name, "pid": proc.pid}
+    yield {"repo": repo, "ports": ports, "model": rows[0].name, "other": rows[1].name, "null": rows[2].name,
+           "pid": proc.pid}
     stop_pid(proc.pid)

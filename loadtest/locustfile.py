@@ -1,0 +1,121 @@
+"""Locust users that call a SegFormer served by Triton, one inference per task, timed as locust requests.
+
+    locust -f loadtest/locustfile.py --host localhost:8001 --model segformer_b1 [--images DIR] [--payload raw]
+
+`TritonGrpcUser` speaks gRPC (port 8001), `TritonHttpUser` HTTP/REST (port 8000): pick one with the class name
+on the command line (or in the web UI). Each user sends real images from --images (resized to the model's input
+size with the serving policy) or generated street-like frames, `--batch` images per request. Payload `raw` is the
+uint8 [N,H,W,3] tensor every model here takes; `png` / `jpeg` send encoded bytes and are refused with a clear
+message unless the model declares a BYTES input for them. Failures (server errors, timeouts, a dead server) are
+reported to locust as failures with the server's message; nothing is retried or hidden.
+"""
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+from locust import User, between, events, task  # noqa: F401 - between kept for users who want think time
+from locust.exception import StopUser
+
+_IMAGES: dict = {}
+
+
+@events.init_command_line_parser.add_listener
+def _args(parser):
+    parser.add_argument("--model", default="segformer_b1", help="served model name")
+    parser.add_argument("--images", default="", help="folder of images to send (default: generated frames)")
+    parser.add_argument("--payload", choices=("raw", "png", "jpeg"), default="raw", help="what is sent")
+    parser.add_argument("--batch", type=int, default=1, help="images per request")
+    parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request")
+
+
+def _frames(size: tuple[int, int], folder: str, n: int = 8) -> list[np.ndarray]:
+    key = (size, folder)
+    if key not in _IMAGES:
+        if folder:
+            from client.labels import list_images
+            from client.preprocess import load_image, resize_image
+
+            _IMAGES[key] = [resize_image(load_image(p), size) for p in list_images(Path(folder))[:n]]
+        else:
+            from build.export import sample_images
+
+            _IMAGES[key] = list(sample_images(size, n))
+    return _IMAGES[key]
+
+
+class _TritonUser(User):
+    abstract = True
+    protocol = "grpc"
+
+    def on_start(self):
+        from client.runners import RunnerError, TritonRunner
+
+        opts = self.environment.parsed_options
+        self.model, self.batch, self.payload = opts.model, max(1, opts.batch), opts.payload
+        url = (self.host or "").strip() or None
+        runner = TritonRunner(self.model, url, self.protocol, opts.request_timeout)
+        try:
+            info = runner.activate()
+        except RunnerError as exc:
+            self.environment.runner.quit() if self.environment.runner else None
+            raise StopUser(str(exc)) from None
+        self.runner, self.client, self.tc = runner, runner.client, runner._tc
+        meta = self.client.get_model_metadata(self.model)
+        inputs = meta["inputs"] if isinstance(meta, dict) else [{"name": i.name, "datatype": i.datatype}
+                                                               for i in meta.inputs]
+        encoded = [i["name"] for i in inputs if i["datatype"] == "BYTES"]
+        if self.payload != "raw" and not encoded:
+            raise StopUser(f"{self.model} takes raw uint8 tensors only; use --payload raw")
+        frames = _frames(info.size, opts.images)
+        self.requests = []
+        for i in range(len(frames)):
+            batch = np.stack([frames[(i + j) % len(frames)] for j in range(self.batch)])
+            if self.payload == "raw":
+                inp = self.tc.InferInput("images", list(batch.shape), "UINT8")
+                inp.set_data_from_numpy(batch)
+            else:
+                inp = self.tc.InferInput(encoded[0], [len(batch), 1] if self.batch else [1], "BYTES")
+                inp.set_data_from_numpy(np.array([[_encode(b, self.payload)] for b in batch], dtype=object))
+            self.requests.append(inp)
+        self.outputs = [self.tc.InferRequestedOutput("labels")]
+        self.i = 0
+        self.timeout = opts.request_timeout
+
+    @task
+    def infer(self):
+        inp = self.requests[self.i % len(self.requests)]
+        self.i += 1
+        t0 = time.perf_counter()
+        exc, size = None, 0
+        try:
+            kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {"timeout": int(self.timeout)}
+            res = self.client.infer(self.model, [inp], outputs=self.outputs, **kwargs)
+            size = res.as_numpy("labels").nbytes
+        except Exception as e:  # noqa: BLE001 - every failure is reported, with the server's message
+            exc = e
+        self.environment.events.request.fire(
+            request_type=self.protocol, name=f"{self.model} x{self.batch}",
+            response_time=(time.perf_counter() - t0) * 1e3, response_length=size, exception=exc, context={})
+
+    def on_stop(self):
+        if getattr(self, "runner", None) is not None:
+            self.runner.deactivate()
+
+
+def _encode(image: np.ndarray, fmt: str) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG" if fmt == "png" else "JPEG", quality=90)
+    return buf.getvalue()
+
+
+class TritonGrpcUser(_TritonUser):
+    protocol = "grpc"
+
+
+class TritonHttpUser(_TritonUser):
+    protocol = "http"

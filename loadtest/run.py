@@ -1,0 +1,155 @@
+"""One bounded, headless locust run against a local Triton, with the server's own metrics around it.
+
+    python -m loadtest.run --model segformer_b1 --users 4 --duration 30 [--processes 2] [--protocol grpc]
+
+Locust runs in --processes worker processes (a single Python process caps the load it can make), for a fixed
+time, and writes its CSV and HTML report into --out. Before and after, Triton's metrics endpoint is scraped, so the
+summary shows throughput (img/s), p50/p90/p99 latency and failures from the client side next to queue time,
+compute time and executed batch sizes from the server side. Targets are localhost only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loadtest import metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _local(url: str) -> str:
+    host = url.split("://")[-1].rsplit(":", 1)[0]
+    if host not in LOCAL:
+        raise ValueError(f"{url}: load tests target this machine only (localhost / 127.0.0.1)")
+    return url
+
+
+def _percentile(hist: dict[float, int], q: float) -> float:
+    total = sum(hist.values())
+    if not total:
+        return float("nan")
+    seen = 0
+    for t in sorted(hist):
+        seen += hist[t]
+        if seen >= q * total:
+            return float(t)
+    return float(max(hist))
+
+
+def read_stats(prefix: Path, duration: float | None = None) -> dict:
+    """Final stats from locust's <prefix>.json (all request names together); throughput over `duration`
+    (the run's fixed length, start-up included) when given."""
+    path = Path(f"{prefix}.json")
+    entries = json.loads(path.read_text() or "[]") if path.is_file() else []
+    n = sum(e["num_requests"] for e in entries)
+    if not n:
+        return {"requests": 0, "failures": sum(e.get("num_failures", 0) for e in entries)}
+    hist: dict[float, int] = {}
+    for e in entries:
+        for t, c in e["response_times"].items():
+            hist[float(t)] = hist.get(float(t), 0) + c
+    span = duration or (max(e["last_request_timestamp"] for e in entries) - min(e["start_time"] for e in entries))
+    return {"requests": n, "failures": sum(e["num_failures"] for e in entries),
+            "rps": n / span if span > 0 else float("nan"), "p50_ms": _percentile(hist, 0.5),
+            "p90_ms": _percentile(hist, 0.9), "p99_ms": _percentile(hist, 0.99),
+            "avg_ms": sum(e["total_response_time"] for e in entries) / n,
+            "max_ms": max(e["max_response_time"] for e in entries)}
+
+
+def run(model: str, users: int, duration: float, out: Path, protocol: str = "grpc", url: str | None = None,
+        metrics_url: str = "localhost:8002", processes: int = 2, batch: int = 1, images: str = "",
+        payload: str = "raw", quiet: bool = True) -> dict:
+    url = _local(url or ("localhost:8001" if protocol == "grpc" else "localhost:8000"))
+    _local(metrics_url)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = out / f"{model}_u{users}"
+    user_class = "TritonGrpcUser" if protocol == "grpc" else "TritonHttpUser"
+    procs = max(1, min(processes, users))
+    cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
+           "-u", str(users), "-r", str(users), "-t", f"{int(duration)}s", "--stop-timeout", "5",
+           "--host", url, "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary",
+           "--json-file", str(prefix),
+           "--model", model, "--batch", str(batch), "--payload", payload, user_class]
+    if images:
+        cmd += ["--images", images]
+    if procs > 1:
+        cmd += ["--processes", str(procs)]
+    try:
+        before = metrics.scrape(metrics_url)
+    except OSError:
+        before = None
+    t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    try:  # bounded: locust stops itself at -t; the kill is the guard if it does not
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=duration + 60)
+        log = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        log = f"locust did not stop within {duration + 60:.0f} s and was killed\n{exc.stdout or ''}{exc.stderr or ''}"
+    wall = time.perf_counter() - t0
+    (out / f"{model}_u{users}.log").write_text(log if isinstance(log, str) else log.decode())
+    stats = read_stats(prefix, duration)
+    stats.update({"model": model, "users": users, "processes": procs, "batch": batch, "protocol": protocol,
+                  "duration_s": duration, "wall_s": round(wall, 1)})
+    stats["img_s"] = stats.get("rps", 0.0) * batch
+    try:
+        after = metrics.scrape(metrics_url)
+        stats["server"] = metrics.breakdown(metrics.diff(before or {}, after, model)) if before is not None else None
+    except OSError:
+        stats["server"] = None
+        stats["note"] = "metrics endpoint unreachable after the run: the server may have died"
+    if stats["requests"] == 0:
+        errs = [ln for ln in log.splitlines() if "Error" in ln or "error" in ln][-3:]
+        stats["note"] = stats.get("note") or ("no request completed: " + " | ".join(errs))
+    (out / f"{model}_u{users}_summary.json").write_text(json.dumps(stats, indent=1) + "\n")
+    if not quiet:
+        print(format_run(stats))
+    return stats
+
+
+def format_run(s: dict) -> str:
+    line = (f"{s['model']} u={s['users']} ({s['protocol']}, {s['processes']} proc, batch {s['batch']}): "
+            f"{s.get('img_s', 0):.2f} img/s, p50 {s.get('p50_ms', float('nan')):.0f} ms, "
+            f"p90 {s.get('p90_ms', float('nan')):.0f} ms, p99 {s.get('p99_ms', float('nan')):.0f} ms, "
+            f"{s['requests']} requests, {s['failures']} failed")
+    srv = s.get("server")
+    if srv and srv["requests"]:
+        line += (f"\n  server: {srv['server_ms']:.0f} ms/request = queue {srv['queue_ms']:.0f} ms + compute "
+                 f"{srv['compute_ms']:.0f} ms; {srv['executions']:.0f} executions, avg batch {srv['avg_batch']:.2f}"
+                 f"; client-side overhead {max(0.0, s.get('avg_ms', 0) - srv['server_ms']):.0f} ms/request")
+    if s.get("note"):
+        line += f"\n  note: {s['note']}"
+    return line
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="segformer_b1")
+    ap.add_argument("--users", type=int, default=4, help="concurrent users (requests in flight)")
+    ap.add_argument("--duration", type=float, default=30, help="seconds")
+    ap.add_argument("--processes", type=int, default=2, help="locust worker processes")
+    ap.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    ap.add_argument("--url", help="Triton address (default localhost:8001 grpc / :8000 http)")
+    ap.add_argument("--metrics-url", default="localhost:8002")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--images", default="", help="folder of images to send (default: generated frames)")
+    ap.add_argument("--payload", choices=("raw", "png", "jpeg"), default="raw")
+    ap.add_argument("--out", type=Path, default=Path("out/loadtest"))
+    args = ap.parse_args(argv)
+    try:
+        s = run(args.model, args.users, args.duration, args.out, args.protocol, args.url, args.metrics_url,
+                args.processes, args.batch, args.images, args.payload, quiet=False)
+    except ValueError as exc:
+        ap.error(str(exc))
+    print(f"locust report: {args.out / (args.model + '_u' + str(args.users))}.html")
+    return 0 if s["requests"] and not s["failures"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtest import metrics
+from loadtest.run import main as run_main, read_stats, run
+from loadtest.sweep import apply_knee, knee
+
+SAMPLE = '''# HELP nv_inference_request_success Number of successful inference requests
+nv_inference_request_success{model="m",version="1"} 10
+nv_inference_request_failure{model="m",version="1"} 2
+nv_inference_count{model="m",version="1"} 12
+nv_inference_exec_count{model="m",version="1"} 4
+nv_inference_request_duration_us{model="m",version="1"} 120000
+nv_inference_queue_duration_us{model="m",version="1"} 24000
+nv_inference_compute_input_duration_us{model="m",version="1"} 1200
+nv_inference_compute_infer_duration_us{model="m",version="1"} 90000
+nv_inference_compute_output_duration_us{model="m",version="1"} 2400
+nv_gpu_utilization{gpu_uuid="x"} 0.5
+'''
+
+
+def test_metrics_parse_and_breakdown():
+    m = metrics.parse(SAMPLE)
+    assert m["m"]["nv_inference_count"] == 12 and "nv_gpu_utilization" not in m["m"]
+    b = metrics.breakdown(metrics.diff({}, m, "m"))
+    assert b["requests"] == 12 and b["failures"] == 2 and b["avg_batch"] == 3.0
+    assert b["server_ms"] == pytest.approx(10.0) and b["queue_ms"] == pytest.approx(2.0)
+    assert b["compute_ms"] == pytest.approx(93.6 / 12)
+
+
+def test_knee_picks_highest_throughput_within_slo():
+    rows = [{"users": 1, "img_s": 1.0, "p99_ms": 100, "requests": 9, "failures": 0},
+            {"users": 2, "img_s": 1.8, "p99_ms": 180, "requests": 9, "failures": 0},
+            {"users": 4, "img_s": 2.0, "p99_ms": 400, "requests": 9, "failures": 0},
+            {"users": 8, "img_s": 2.5, "p99_ms": 150, "requests": 9, "failures": 3}]
+    assert knee(rows, 200)["users"] == 2 and knee(rows, 50) is None
+
+
+def test_remote_targets_are_refused():
+    with pytest.raises(SystemExit):
+        run_main(["--url", "10.0.0.1:8001", "--duration", "1"])
+
+
+@pytest.mark.integration
+def test_headless_run_against_the_server(server, tmp_path):
+    ports = server["ports"]
+    s = run(server["null"], 2, 3, tmp_path, "grpc", f"localhost:{ports['grpc']}", f"localhost:{ports['metrics']}",
+            processes=2)
+    assert s["requests"] > 5 and s["failures"] == 0 and s["img_s"] > 0, s
+    assert Path(f"{tmp_path}/{server['null']}_u2_stats.csv").is_file() and (tmp_path / f"{server['null']}_u2.json").is_file()
+    assert (tmp_path / f"{server['null']}_u2.html").is_file()
+    assert s["server"]["requests"] >= s["requests"] and s["server"]["failures"] == 0
+    assert read_stats(tmp_path / f"{server['null']}_u2")["requests"] == s["requests"]
+    http = run(server["model"], 1, 3, tmp_path, "http", f"localhost:{ports['http']}",
+               f"localhost:{ports['metrics']}", processes=1)
+    assert http["requests"] >= 1 and http["failures"] == 0 and http["server"]["compute_ms"] > 0
+
+
+@pytest.mark.integration
+def test_unknown_model_is_reported_not_hidden(server, tmp_path):
+    ports = server["ports"]
+    s = run("nope", 1, 2, tmp_path, "grpc", f"localhost:{ports['grpc']}", f"localhost:{ports['metrics']}",
+            processes=1)
+    assert s["requests"] == 0 and "note" in s
+
+
+def test_apply_knee_writes_config(tmp_path, tiny_weights):
+    from build.model_config import model_config, parse_pbtxt, to_pbtxt
+    from build.variants import PYTHON_ORT, ServingVariant
+
+    v = ServingVariant("m", str(tiny_weights), PYTHON_ORT, max_batch=4)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text(to_pbtxt(model_config(v, ["a"], [[0, 0, 0]])))
+    apply_knee(tmp_path, "m", {"users": 8, "batch": 1, "server": {"compute_ms": 50.0}})
+    cfg = parse_pbtxt((tmp_path / "m" / "config.pbtxt").read_text())
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 5000
+    json.dumps(cfg.max_batch_size)
