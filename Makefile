@@ -14,13 +14,24 @@ PRECISIONS ?=
 IMAGE ?= samples/camvid_0001TP_008550.jpg
 MODEL ?= segformer_b1
 OUT ?= out
+CALIB ?=
+HOLDOUT ?=
+USERS ?= 1,2,4
+LOAD_USERS ?= 4
+DURATION ?= 20
+SLO_MS ?= 10000
+LOAD_MODEL ?= $(MODEL)
 
-.PHONY: help venv repo serve stop demo test bench-build clean
+.PHONY: help venv repo serve stop demo test evaluate loadtest sweep bench-build clean
 help:
 	@echo "make demo     build the default model, start Triton, segment $(IMAGE), stop"
 	@echo "make test     run the test suite"
 	@echo "make repo     write $(REPO)/ (VARIANTS=\"segformer_b1 ...\" PRECISIONS=\"fp32 fp16\")"
 	@echo "make serve    start Triton on $(REPO)/ in the background; make stop ends it"
+	@echo "make repo CALIB=DIR   also build the int8 / best rows (calibration images)"
+	@echo "make loadtest  headless locust run against the served $(LOAD_MODEL) (USERS, DURATION)"
+	@echo "make sweep     concurrency sweep with knee under SLO_MS"
+	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -34,7 +45,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 repo: venv
-	$(PY) -m build.repository --out $(REPO) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(PRECISIONS),--precisions $(PRECISIONS))
+	$(PY) -m build.repository --out $(REPO) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(PRECISIONS),--precisions $(PRECISIONS)) \
+	  $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT))
 
 serve: venv
 	@test -n "$$(ls $(REPO)/*/config.pbtxt 2>/dev/null)" || $(MAKE) repo
@@ -46,6 +58,17 @@ stop: venv
 demo: venv
 	$(PY) -m build.demo --image $(IMAGE) --model $(MODEL) --repo $(REPO) --out $(OUT) \
 	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+loadtest: venv
+	$(PY) -m loadtest.run --model $(LOAD_MODEL) --users $(LOAD_USERS) --duration $(DURATION) \
+	  --url localhost:$(GRPC_PORT) --metrics-url localhost:$(METRICS_PORT) --out $(OUT)/loadtest
+
+sweep: venv
+	$(PY) -m loadtest.sweep --model $(LOAD_MODEL) --users $(USERS) --duration $(DURATION) --slo-ms $(SLO_MS) \
+	  --url localhost:$(GRPC_PORT) --metrics-url localhost:$(METRICS_PORT) --out $(OUT)/sweep --repo $(REPO)
+
+bench-build: venv
+	$(PY) -m build.bench_build --out results/build_bench $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT))
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \

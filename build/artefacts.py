@@ -39,9 +39,9 @@ def code_hash(files: list[Path]) -> str:
 class QuantSettings:
     calib: Path | None = None  # calibration image folder
     holdout: Path | None = None  # held-out folder for sensitivity (default: the calibration folder)
-    calib_count: int = 8
+    calib_count: int = 4  # ONNX Runtime keeps every calibrated tensor in memory: 8 B1 1024² images need >24 GB
     holdout_count: int = 3
-    method: str = "percentile"
+    method: str = "minmax"
     budget: float = 0.005
     analysis_size: tuple[int, int] | None = (512, 512)
 

@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
     ap.add_argument("--calib", type=Path, help="calibration images for the int8 / best rows")
     ap.add_argument("--holdout", type=Path, help="held-out images for the INT8 sensitivity (default: --calib)")
-    ap.add_argument("--calib-count", type=int, default=8)
+    ap.add_argument("--calib-count", type=int, default=4)
     ap.add_argument("--budget", type=float, default=0.005, help="best: max pixel disagreement with FP32")
     args = ap.parse_args(argv)
     try:
