@@ -46,14 +46,14 @@ def test_remote_targets_are_refused():
 @pytest.mark.integration
 def test_headless_run_against_the_server(server, tmp_path):
     ports = server["ports"]
-    s = run(server["null"], 2, 3, tmp_path, "grpc", f"localhost:{ports['grpc']}", f"localhost:{ports['metrics']}",
+    s = run(server["null"], 2, 8, tmp_path, "grpc", f"localhost:{ports['grpc']}", f"localhost:{ports['metrics']}",
             processes=2)
     assert s["requests"] > 5 and s["failures"] == 0 and s["img_s"] > 0, s
     assert Path(f"{tmp_path}/{server['null']}_u2_stats.csv").is_file() and (tmp_path / f"{server['null']}_u2.json").is_file()
     assert (tmp_path / f"{server['null']}_u2.html").is_file()
     assert s["server"]["requests"] >= s["requests"] and s["server"]["failures"] == 0
     assert read_stats(tmp_path / f"{server['null']}_u2")["requests"] == s["requests"]
-    http = run(server["model"], 1, 3, tmp_path, "http", f"localhost:{ports['http']}",
+    http = run(server["model"], 1, 6, tmp_path, "http", f"localhost:{ports['http']}",
                f"localhost:{ports['metrics']}", processes=1)
     assert http["requests"] >= 1 and http["failures"] == 0 and http["server"]["compute_ms"] > 0
 
