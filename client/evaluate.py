@@ -28,7 +28,7 @@ from tqdm import tqdm
 from client.labels import FORMATS, LabelError, find_label, list_images, load_label
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from client.preprocess import ImageError, load_image, resize_image, resize_labels
-from client.runners import RunnerError, TritonRunner, make_runner, served_models
+from client.runners import RunnerError, TritonRunner, is_local, make_runner, served_models
 
 VERDICTS = ((0.005, "good"), (0.02, "marginal"), (float("inf"), "bad"))
 
@@ -76,8 +76,7 @@ class RunnerPool:
 def resolve(names: list[str], served: list[str]) -> list[str]:
     out = []
     for n in names:
-        local = n.startswith("onnx:") or n == "torch" or n.startswith("torch:")
-        if local or n in served:
+        if is_local(n) or n in served:
             out.append(n)
             continue
         hits = [s for s in served if s.endswith(f"_{n}")]
@@ -235,7 +234,7 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"{args.labels}: no such labels folder")
         wanted = models + ([args.reference] if args.reference else [])
         served = served_models(args.url, args.protocol, args.timeout) if any(
-            not (m.startswith(("onnx:", "torch"))) for m in wanted) else []
+            not is_local(m) for m in wanted) else []
         models = resolve(models, served)
         reference = resolve([args.reference], served)[0] if args.reference else models[0]
         pool = RunnerPool(list(dict.fromkeys([reference, *models])), args.url, args.protocol, args.timeout,

@@ -27,7 +27,18 @@ class ModelInfo:
     palette: list[tuple[int, int, int]] = field(default_factory=list)
 
 
-class TritonRunner:
+class _Runner:
+    """activate() on entering a `with` block, deactivate() on leaving it."""
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+
+class TritonRunner(_Runner):
     def __init__(self, model: str, url: str | None = None, protocol: str = "http", timeout: float = 120.0):
         if protocol not in ("http", "grpc"):
             raise RunnerError(f"unknown protocol {protocol!r}: use http or grpc")
@@ -114,15 +125,8 @@ class TritonRunner:
             self.client.close()
             self.client = None
 
-    def __enter__(self):
-        self.activate()
-        return self
 
-    def __exit__(self, *exc):
-        self.deactivate()
-
-
-class OnnxRunner:
+class OnnxRunner(_Runner):
     """A local ONNX file run with ONNX Runtime on the CPU. Size, classes and palette come from the graph, a
     config.pbtxt beside it (files inside a model repository) or the named weights."""
 
@@ -155,13 +159,6 @@ class OnnxRunner:
 
     def deactivate(self):
         self.session = None
-
-    def __enter__(self):
-        self.activate()
-        return self
-
-    def __exit__(self, *exc):
-        self.deactivate()
 
 
 def _local_info(name: str, onnx_path: Path | None, size, weights: str | None) -> ModelInfo:
@@ -199,7 +196,7 @@ def _local_info(name: str, onnx_path: Path | None, size, weights: str | None) ->
     return ModelInfo(name, tuple(size), 8, classes, palette)
 
 
-class TorchRunner:
+class TorchRunner(_Runner):
     """Shipped weights in PyTorch FP32 on the CPU (the reference of the references)."""
 
     def __init__(self, weights: str, size: tuple[int, int] | None = None):
@@ -231,13 +228,6 @@ class TorchRunner:
     def deactivate(self):
         self.pipe = None
 
-    def __enter__(self):
-        self.activate()
-        return self
-
-    def __exit__(self, *exc):
-        self.deactivate()
-
 
 def served_models(url: str | None = None, protocol: str = "http", timeout: float = 30.0) -> list[str]:
     """Names of the models READY on the server (RunnerError when it cannot be reached)."""
@@ -249,12 +239,17 @@ def served_models(url: str | None = None, protocol: str = "http", timeout: float
         r.deactivate()
 
 
+def is_local(spec: str) -> bool:
+    """`onnx:PATH` and `torch[:WEIGHTS]` run here; any other spec names a model on the server."""
+    return spec.startswith("onnx:") or spec == "torch" or spec.startswith("torch:")
+
+
 def make_runner(spec: str, url: str | None = None, protocol: str = "http", timeout: float = 120.0,
                 size: tuple[int, int] | None = None, weights: str | None = None):
     """`NAME` (a model on the server), `onnx:PATH` (local ONNX Runtime) or `torch[:WEIGHTS]` (local PyTorch)."""
     if spec.startswith("onnx:"):
         return OnnxRunner(spec[5:], size, weights=weights)
-    if spec == "torch" or spec.startswith("torch:"):
+    if is_local(spec):
         name = spec[6:] or weights
         if not name:
             raise RunnerError("torch reference needs weights: use torch:NAME (e.g. torch:segformer-b1-camvid)")
