@@ -21,8 +21,10 @@ LOAD_USERS ?= 4
 DURATION ?= 20
 SLO_MS ?= 10000
 LOAD_MODEL ?= $(MODEL)
+BENCH_IMAGES ?=
+CUDA_ARCH ?=
 
-.PHONY: help venv repo serve stop demo test evaluate loadtest sweep bench-build clean
+.PHONY: help venv repo serve stop demo test evaluate loadtest sweep bench-build bench plugins clean
 help:
 	@echo "make demo     build the default model, start Triton, segment $(IMAGE), stop"
 	@echo "make test     run the test suite"
@@ -32,6 +34,8 @@ help:
 	@echo "make loadtest  headless locust run against the served $(LOAD_MODEL) (USERS, DURATION)"
 	@echo "make sweep     concurrency sweep with knee under SLO_MS"
 	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
+	@echo "make bench     GPU: fast path vs HF eager/compile, model-only and served (BENCH_IMAGES=DIR) -> results/"
+	@echo "make plugins   build the LayerNorm kernels and TensorRT plugin (plugins/build/), run the CPU field test"
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -59,7 +63,14 @@ demo: venv
 	$(PY) -m build.demo --image $(IMAGE) --model $(MODEL) --repo $(REPO) --out $(OUT) \
 	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-loadtest: venv
+loadbench: venv
+	$(PY) -m build.bench_gpu --served --out results/bench_gpu $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES))
+
+plugins: venv
+	$(PY) -c "from plugins.layernorm import build; print(build(cuda_arch='$(CUDA_ARCH)' or None))"
+	cd plugins/build && ctest --output-on-failure
+
+test: venv
 	$(PY) -m loadtest.run --model $(LOAD_MODEL) --users $(LOAD_USERS) --duration $(DURATION) \
 	  --url localhost:$(GRPC_PORT) --metrics-url localhost:$(METRICS_PORT) --out $(OUT)/loadtest
 
@@ -69,6 +80,13 @@ sweep: venv
 
 bench-build: venv
 	$(PY) -m build.bench_build --out results/build_bench $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT))
+
+bench: venv
+	$(PY) -m build.bench_gpu --served --out results/bench_gpu $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES))
+
+plugins: venv
+	$(PY) -c "from plugins.layernorm import build; print(build(cuda_arch='$(CUDA_ARCH)' or None))"
+	cd plugins/build && ctest --output-on-failure
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \

@@ -57,8 +57,9 @@ class QuantSettings:
 
 
 class OnnxCache:
-    def __init__(self, root: Path, quant: QuantSettings | None = None):
+    def __init__(self, root: Path, quant: QuantSettings | None = None, timing_dir: Path | None = None):
         self.root, self.quant = Path(root), quant or QuantSettings()
+        self.timing_dir = Path(timing_dir) if timing_dir else None  # TensorRT timing caches, one per builder version
 
     def _base_key(self, v: ServingVariant) -> str:
         w = get_weights(v.weights)

@@ -85,9 +85,10 @@ def build_plan(builder: Builder, onnx_path: Path, v: ServingVariant, out: Path, 
     profile = b.create_optimization_profile()
     profile.set_shape("images", (1, h, w, 3), (v.opt_batch, h, w, 3), (v.max_batch, h, w, 3))
     config.add_optimization_profile(profile)
-    cache = None
+    cache, cache_in = None, 0
     if timing_cache is not None:
         blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache_in = len(blob)
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, ignore_mismatch=False)
     t0 = time.perf_counter()
@@ -98,10 +99,12 @@ def build_plan(builder: Builder, onnx_path: Path, v: ServingVariant, out: Path, 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(bytes(plan))
     if cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(bytes(cache.serialize()))
+        from segformer.weights import atomic_write_bytes
+
+        atomic_write_bytes(timing_cache, bytes(cache.serialize()))
     log(f"  {builder.name} {builder.version}: built {v.name} ({v.precision}) in {seconds:.1f} s, "
         f"{out.stat().st_size / 1e6:.1f} MB")
     return {"builder": builder.name, "builder_version": builder.version, "rtx": builder.rtx,
-            "engine_build_seconds": round(seconds, 2), "io": io, "engine_bytes": out.stat().st_size,
+            "engine_build_seconds": round(seconds, 2), "io": io,
+            "timing_cache": {"path": str(timing_cache), "bytes_before": cache_in} if timing_cache else None, "engine_bytes": out.stat().st_size,
             "profile": {"min": [1, h, w, 3], "opt": [v.opt_batch, h, w, 3], "max": [v.max_batch, h, w, 3]}}

@@ -6,13 +6,13 @@ import json
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from build.variants import ONNXRUNTIME, PYTHON_NULL, PYTHON_ORT, TENSORRT, ServingVariant
+from build.variants import ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, TENSORRT, ServingVariant
 
 
 def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]], tensorrt_rtx: bool = False
                  ) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=v.name, max_batch_size=v.max_batch)
-    if v.backend in (PYTHON_ORT, PYTHON_NULL):
+    if v.backend in (PYTHON_ORT, PYTHON_NULL, PYTHON_GPU):
         cfg.backend = "python"
     elif v.backend == ONNXRUNTIME:
         cfg.platform = "onnxruntime_onnx"
@@ -24,7 +24,9 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
     else:
         raise ValueError(f"no config writer for backend {v.backend!r}")
     h, w = v.size
-    cfg.input.add(name="images", data_type=mc.TYPE_UINT8, dims=[h, w, 3])
+    cfg.input.add(name="images", data_type=mc.TYPE_UINT8, dims=[h, w, 3], optional=v.backend == PYTHON_GPU)
+    if v.backend == PYTHON_GPU:  # one JPEG/PNG file per request, as uint8 bytes of any length
+        cfg.input.add(name="encoded", data_type=mc.TYPE_UINT8, dims=[-1], optional=True, allow_ragged_batch=True)
     cfg.output.add(name="labels", data_type=mc.TYPE_UINT8, dims=[h, w])
     if v.with_logits:
         cfg.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[len(classes), h, w])
@@ -42,6 +44,8 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
               "precision": v.precision}
     if v.backend == PYTHON_ORT:
         params.update({"onnx_file": "model.onnx", "intra_op_threads": "0"})
+    if v.backend == PYTHON_GPU:
+        params.update({"weights_file": f"{v.weights}.json", **{k: str(x) for k, x in v.extra.items()}})
     for k, val in params.items():
         cfg.parameters[k].string_value = val
     return cfg

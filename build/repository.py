@@ -22,12 +22,14 @@ from tqdm import tqdm
 
 from build.artefacts import EXPORT_CODE, PASS_CODE, NeedsCalibration, OnnxCache, QuantSettings, _sha, code_hash
 from build.model_config import model_config, to_pbtxt
-from build.variants import ONNXRUNTIME, PYTHON_NULL, PYTHON_ORT, TENSORRT, ServingVariant, select
+from build.variants import ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, TENSORRT, ServingVariant, select
 from segformer.weights import get_weights, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "triton_python_model.py", "triton_null_model.py",
-                                                                "engines.py", "artefacts.py")]
+CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "triton_python_model.py",
+                                                                "triton_null_model.py", "triton_gpu_model.py",
+                                                                "engines.py", "artefacts.py")] \
+    + sorted((ROOT / "segformer").glob("*.py"))
 
 
 def recipe(v: ServingVariant, quant: QuantSettings) -> str:
@@ -68,7 +70,8 @@ def build_tensorrt_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) ->
 
     builder = engines.find_builder()  # raises engines.BuilderUnavailable with the fix
     onnx_path, report = cache.get(v, log)
-    result = engines.build_plan(builder, onnx_path, v, stage / "1" / "model.plan", log=log)
+    timing = cache.timing_dir / f"{builder.name}-{builder.version}.timing" if cache.timing_dir else None
+    result = engines.build_plan(builder, onnx_path, v, stage / "1" / "model.plan", log=log, timing_cache=timing)
     return {"artefact": "1/model.plan", "onnx_sha256": sha256_file(onnx_path), "export": report, **result,
             **_layer_precision(v, report)}
 
@@ -79,7 +82,18 @@ def build_null_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
     return {"artefact": "1/model.py"}
 
 
-BUILDERS = {PYTHON_NULL: build_null_dir, PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir, TENSORRT: build_tensorrt_dir}
+def build_gpu_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
+    """Self-contained: model.py, a copy of the segformer package and the weights (hard-linked where possible)."""
+    version = stage / "1"
+    shutil.copytree(ROOT / "segformer", version / "segformer", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "build" / "triton_gpu_model.py", version / "model.py")
+    w = get_weights(v.weights)
+    _link_or_copy(w.tensors, version / w.tensors.name)
+    shutil.copy2(w.tensors.with_suffix(".json"), version / f"{w.name}.json")
+    return {"artefact": "1/model.py", "runs": "segformer.fast on CUDA (FP16, CUDA graphs)"}
+
+
+BUILDERS = {PYTHON_GPU: build_gpu_dir, PYTHON_NULL: build_null_dir, PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir, TENSORRT: build_tensorrt_dir}
 
 
 def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, force: bool = False) -> str:
@@ -117,8 +131,10 @@ def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, fo
 
 
 def write_repository(variants: list[ServingVariant], repo: Path, force: bool = False, log=tqdm.write,
-                     cache_dir: Path = ROOT / ".cache" / "onnx", quant: QuantSettings | None = None) -> dict:
-    cache = OnnxCache(cache_dir, quant)
+                     cache_dir: Path = ROOT / ".cache" / "onnx", quant: QuantSettings | None = None,
+                     timing_dir: Path | None = ROOT / ".cache" / "tensorrt") -> dict:
+    """Build every row; TensorRT rows share a persistent timing cache per builder version in `timing_dir`."""
+    cache = OnnxCache(cache_dir, quant, timing_dir)
     results = {}
     for v in tqdm(variants, desc="model repository", unit="model"):
         try:

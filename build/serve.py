@@ -33,7 +33,12 @@ class ServerError(RuntimeError):
 
 
 def find_tritonserver() -> Path:
-    """A real tritonserver on PATH (e.g. NGC) wins; else the binary inside the nvidia-pytriton wheel."""
+    """$TRITONSERVER, then a real tritonserver on PATH (e.g. NGC), else the binary inside the nvidia-pytriton wheel."""
+    explicit = os.environ.get("TRITONSERVER")
+    if explicit:
+        if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
+            raise ServerError(f"TRITONSERVER={explicit} is not an executable file")
+        return Path(explicit)
     shim = Path(sys.prefix) / "bin" / "tritonserver"
     for d in os.environ.get("PATH", "").split(os.pathsep):
         p = Path(d) / "tritonserver"
@@ -57,8 +62,15 @@ def _is_shim(p: Path) -> bool:
         return False
 
 
-def prepare(binary: Path) -> tuple[dict, set[str], list[str]]:
-    """Environment for the server, the backends it has and the arguments its layout needs."""
+def plugin_libraries() -> list[Path]:
+    """The TensorRT plugin libraries `make plugins` built (plugins/build/libsegformer_plugins*.so)."""
+    d = ROOT / "plugins" / "build"
+    return sorted(d.glob("libsegformer_plugins*.so")) if d.is_dir() else []
+
+
+def prepare(binary: Path, plugins: list[Path] | None = None) -> tuple[dict, set[str], list[str]]:
+    """Environment for the server, the backends it has and the arguments its layout needs; `plugins` (default:
+    the built plugin libraries) are preloaded with LD_PRELOAD so their creators register in the server."""
     root = binary.parent.parent
     backends = root / "backends"
     env = dict(os.environ)
@@ -82,7 +94,7 @@ def prepare(binary: Path) -> tuple[dict, set[str], list[str]]:
         env["VIRTUAL_ENV"] = sys.prefix
     paths = [str(ROOT)] + site.getsitepackages() + [env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    plugins = sorted((ROOT / "plugins" / "build").glob("lib*.so")) if (ROOT / "plugins" / "build").is_dir() else []
+    plugins = plugin_libraries() if plugins is None else plugins
     if plugins:
         env["LD_PRELOAD"] = os.pathsep.join([str(p) for p in plugins] + [env.get("LD_PRELOAD", "")]).strip(":")
     have = {p.name for p in backends.iterdir() if p.is_dir()} if backends.is_dir() else set()
@@ -137,9 +149,11 @@ def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 18
 
 
 def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, state: Path = STATE,
-          timeout: float = 180) -> subprocess.Popen:
+          timeout: float = 180, plugins: list[Path] | None = None) -> subprocess.Popen:
     binary = find_tritonserver()
-    env, have, extra = prepare(binary)
+    env, have, extra = prepare(binary, plugins)
+    if env.get("LD_PRELOAD"):
+        print(f"LD_PRELOAD={env['LD_PRELOAD']}")
     args, skipped = server_args(repo.resolve(), have, http, grpc, metrics)
     args += extra
     state.mkdir(parents=True, exist_ok=True)

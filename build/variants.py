@@ -13,6 +13,7 @@ PYTHON_ORT = "python_onnxruntime"  # python backend running the ONNX with ONNX R
 ONNXRUNTIME = "onnxruntime"  # stock NGC Triton's onnxruntime backend
 PYTHON_NULL = "python_null"  # python backend that returns zeros at once: the load generator's ceiling
 TENSORRT = "tensorrt"  # model.plan for the tensorrt backend (NGC), built by TensorRT or TensorRT-RTX
+PYTHON_GPU = "python_gpu"  # python backend running segformer.fast on a CUDA GPU (FP16, CUDA graphs)
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 
@@ -73,22 +74,38 @@ VARIANTS: dict[str, ServingVariant] = {v.name: v for v in [
     ServingVariant("segformer_null", "segformer-b1-camvid", PYTHON_NULL, max_batch=8, queue_delay_us=0,
                    description="returns zero labels at once: measures the load generator and server overhead"),
     *_trt_rows("segformer-b1-camvid", "segformer_b1"),
+    ServingVariant("segformer_b1_gpu", "segformer-b1-camvid", PYTHON_GPU, precision="fp16", max_batch=16,
+                   preferred_batches=(8, 16), queue_delay_us=1000, instances=2,
+                   extra={"buckets": "1,2,4,8,16", "compile_mode": "default"},
+                   description="GPU fast path: FP16, folded decoder, fused upsample+argmax, CUDA graphs; raw or "
+                               "JPEG/PNG input (needs a CUDA GPU)"),
 ]}
 
 DEFAULT = ("segformer_b1", "segformer_b1_onnx")
 
 
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
 def select(names: list[str] | None = None, precisions: list[str] | None = None) -> list[ServingVariant]:
-    """Rows by name (default: DEFAULT plus every TensorRT row) and optionally by precision."""
+    """Rows by name (default: DEFAULT, every TensorRT row, and the GPU rows where a CUDA GPU is present) and
+    optionally by precision."""
     if names:
         unknown = [n for n in names if n not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variant(s) {', '.join(unknown)}; the table has: {', '.join(VARIANTS)}")
         rows = [VARIANTS[n] for n in names]
     else:
+        gpu = cuda_available()
         rows = [VARIANTS[n] for n in DEFAULT] + [v for v in VARIANTS.values()
-                                                 if v.backend == TENSORRT or v.name.startswith("segformer_b1_")
-                                                 and v.name not in DEFAULT]
+                                                 if v.name not in DEFAULT and (v.backend != PYTHON_GPU or gpu)
+                                                 and (v.backend == TENSORRT or v.name.startswith("segformer_b1_"))]
     if precisions:
         bad = [p for p in precisions if p not in PRECISIONS]
         if bad:

@@ -66,3 +66,24 @@ def test_selection_errors_name_the_table():
     with pytest.raises(ValueError, match="choose from"):
         select(None, ["fp8"])
     assert {v.precision for v in select(None, ["fp16"])} == {"fp16"}
+
+
+def test_gpu_row_config_takes_raw_or_encoded_images():
+    cfg = parse_pbtxt(to_pbtxt(model_config(VARIANTS["segformer_b1_gpu"], CLASSES, PALETTE)))
+    assert cfg.backend == "python" and cfg.max_batch_size == 16
+    inputs = {i.name: i for i in cfg.input}
+    assert inputs["images"].optional and list(inputs["images"].dims) == [1024, 1024, 3]
+    assert inputs["encoded"].optional and inputs["encoded"].allow_ragged_batch and list(inputs["encoded"].dims) == [-1]
+    assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert cfg.parameters["weights_file"].string_value == "segformer-b1-camvid.json"
+
+
+def test_gpu_rows_are_default_only_where_cuda_is(monkeypatch):
+    import build.variants as variants
+
+    monkeypatch.setattr(variants, "cuda_available", lambda: False)
+    assert "segformer_b1_gpu" not in {v.name for v in select()}
+    monkeypatch.setattr(variants, "cuda_available", lambda: True)
+    assert "segformer_b1_gpu" in {v.name for v in select()}
+    assert select(["segformer_b1_gpu"])[0].backend == variants.PYTHON_GPU  # explicit selection always works

@@ -85,3 +85,16 @@ def test_build_quantized_meets_its_budget(tiny_onnx, tmp_path):
     assert rep["best"]["disagreement"] <= 0.02 and set(rep["best"]["precision"]) == set(rep["sensitivity"])
     kept = [t["group"] for t in rep["greedy"] if t["kept"]]
     assert all(rep["best"]["precision"][g] == "int8" for g in kept)
+
+
+def test_repair_drops_the_most_sensitive_groups_until_the_final_check_passes():
+    from build.quantize import repair_to_budget
+
+    sens = {"a": 0.001, "b": 0.004, "c": 0.002}
+    cost = {"a": 0.001, "b": 0.004, "c": 0.0025}  # measured at serving size: a+b+c = 0.75 % > 0.5 %
+    kept, measured, steps = repair_to_budget(["a", "c", "b"], sens, 0.005, lambda ks: sum(cost[k] for k in ks),
+                                             log=lambda *_: None)
+    assert kept == ["a", "c"] and [s["dropped"] for s in steps] == ["b"] and measured <= 0.005
+    kept, measured, steps = repair_to_budget(["a"], sens, 0.0005, lambda ks: sum(cost[k] for k in ks),
+                                             log=lambda *_: None)
+    assert kept == [] and measured == 0.0  # nothing INT8 is left rather than shipping over budget

@@ -73,7 +73,12 @@ def test_every_plan_variant_builds_with_tensorrt_rtx(tmp_path):
         assert all(r.startswith("skipped: no TensorRT builder") for r in res.values())
         assert not repo.exists() or not any(repo.iterdir())  # never a fake plan
         pytest.skip("no TensorRT or TensorRT-RTX installed")
-    res = repository.write_repository(rows, repo, log=lambda *_: None, cache_dir=tmp_path / "cache", quant=quant)
+    res = repository.write_repository(rows, repo, log=lambda *_: None, cache_dir=tmp_path / "cache", quant=quant,
+                                      timing_dir=tmp_path / "timing")
+    caches = list((tmp_path / "timing").glob("*.timing"))
+    assert len(caches) == 1 and caches[0].stat().st_size > 0  # one persistent timing cache per builder version
+    later = json.loads((repo / "b0_trt_fp16" / "build.json").read_text())["timing_cache"]
+    assert later["path"] == str(caches[0]) and later["bytes_before"] > 0  # reused by the builds after the first
     for p in ("fp32", "fp16", "int8", "best"):
         name = f"b0_trt_{p}"
         assert res[name] == "built", res

@@ -72,3 +72,38 @@ def test_segment_cli_bad_files(server, tmp_path, capsys, bad):
     assert segment_main([str(p), "--url", _url(server, "http"), "--model", server["model"]]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_plugin_library_is_preloaded_into_tritonserver(tmp_path):
+    """LD_PRELOAD reaches the server process: a real shared library whose load-time constructor (as the plugin's
+    creator registration does) writes the loading process's name to a file."""
+    import os
+    import shutil
+    import subprocess
+
+    from build.repository import write_repository
+    from build.serve import start, stop_pid
+    from build.variants import PYTHON_NULL, ServingVariant
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the marker library")
+    marker = tmp_path / "loaded_by.txt"
+    src = tmp_path / "marker.c"
+    src.write_text('#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n'
+                   '__attribute__((constructor)) static void loaded(void) {\n'
+                   '  const char* out = getenv("SEGFORMER_PRELOAD_MARKER"); char name[256] = {0};\n'
+                   '  FILE* c = fopen("/proc/self/comm", "r"); if (c) { fgets(name, sizeof name, c); fclose(c); }\n'
+                   '  if (out && strncmp(name, "tritonserver", 12) == 0) { FILE* f = fopen(out, "a");\n'
+                   '    if (f) { fputs(name, f); fclose(f); } } }\n')
+    lib = tmp_path / "libsegformer_plugins_marker.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    repo = tmp_path / "repo"
+    write_repository([ServingVariant("null_preload", "segformer-b0-camvid", PYTHON_NULL, size=(64, 64))], repo,
+                     log=lambda *_: None, cache_dir=tmp_path / "cache")
+    os.environ["SEGFORMER_PRELOAD_MARKER"] = str(marker)
+    try:
+        proc = start(repo, free_port(), free_port(), free_port(), state=tmp_path / "state", plugins=[lib])
+        stop_pid(proc.pid)
+    finally:
+        del os.environ["SEGFORMER_PRELOAD_MARKER"]
+    assert marker.is_file() and marker.read_text().startswith("tritonserver")

@@ -78,3 +78,30 @@ def test_apply_knee_writes_config(tmp_path, tiny_weights):
     assert list(cfg.dynamic_batching.preferred_batch_size) == [4]
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 5000
     json.dumps(cfg.max_batch_size)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("payload", ["raw", "raw-shm"])
+def test_closed_loop_generator_against_the_real_server(server, payload, tmp_path):
+    from loadtest import closed_loop
+
+    args = closed_loop.parser().parse_args(
+        ["--model", server["null"], "--url", f"localhost:{server['ports']['grpc']}", "--metrics-url",
+         f"localhost:{server['ports']['metrics']}", "--processes", "2", "--concurrency", "2", "--duration", "2",
+         "--warmup", "1", "--payload", payload, "--out", str(tmp_path / "s.json")])
+    s = closed_loop.run(args)
+    assert s["requests"] > 10 and s["failures"] == 0, s
+    assert s["in_flight"] == 4 and s["p50_ms"] <= s["p99_ms"]
+    assert s["server"]["requests"] >= s["requests"]  # Triton saw at least what was measured (warm-up too)
+
+
+@pytest.mark.integration
+def test_closed_loop_counts_failures_instead_of_hiding_them(server, capsys):
+    from loadtest import closed_loop
+
+    # the null model has no 'encoded' input: every request fails, and the exit code says so
+    rc = closed_loop.main(["--model", server["null"], "--url", f"localhost:{server['ports']['grpc']}",
+                           "--metrics-url", f"localhost:{server['ports']['metrics']}", "--processes", "1",
+                           "--duration", "1", "--warmup", "0.5", "--payload", "jpeg"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "failures" in out and " 0 failures" not in out

@@ -1,0 +1,227 @@
+"""A lean multi-process closed-loop load generator for rates where locust's per-request overhead shows.
+
+    python -m loadtest.closed_loop --model segformer_b1_gpu --processes 8 --concurrency 2 --duration 15 \
+        --payload jpeg [--images DIR] [--batch 1] [--out results/served.json]
+
+Each of --processes processes runs --concurrency threads; each thread has its own gRPC client and keeps one
+request in flight (closed loop), so in-flight requests = processes x concurrency. Payloads:
+- ``raw``: the uint8 [n,H,W,3] tensor in the gRPC message (3 MB per 1024² image);
+- ``raw-shm``: the tensor written into a system shared-memory region for every request (one memcpy), no
+  payload on the wire;
+- ``jpeg``: the image's JPEG bytes (the model's ``encoded`` input), decoded by the server.
+Labels always come back through a system shared-memory region per thread (no 1 MB/image payload on the wire).
+Latency is measured per request around the blocking call; throughput counts images completed in the measured
+window (after --warmup seconds). Failures are counted with their first message; the run always ends on time.
+Targets are localhost only.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loadtest.run import _local
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _frames(size, folder: str, n: int = 8) -> list[np.ndarray]:
+    if folder:
+        from client.labels import list_images
+        from client.preprocess import load_image, resize_image
+
+        return [resize_image(load_image(p), size) for p in list_images(Path(folder))[:n]]
+    from build.export import sample_images
+
+    return list(sample_images(size, n))
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, out: list, errors: list):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.utils.shared_memory as shm
+
+    client = grpcclient.InferenceServerClient(args.url)
+    h, w = size
+    out_bytes = args.batch * h * w
+    regions = []
+    try:
+        oname = f"out_{tag}"
+        ohandle = shm.create_shared_memory_region(oname, f"/{oname}", out_bytes)
+        regions.append((oname, ohandle))
+        client.register_system_shared_memory(oname, f"/{oname}", out_bytes)
+        output = grpcclient.InferRequestedOutput("labels")
+        output.set_shared_memory(oname, out_bytes)
+        batches = [np.stack([frames[(i + j) % len(frames)] for j in range(args.batch)]) for i in range(len(frames))]
+        if args.payload == "raw-shm":
+            iname = f"in_{tag}"
+            in_bytes = batches[0].nbytes
+            ihandle = shm.create_shared_memory_region(iname, f"/{iname}", in_bytes)
+            regions.append((iname, ihandle))
+            client.register_system_shared_memory(iname, f"/{iname}", in_bytes)
+        elif args.payload == "jpeg":
+            if args.batch != 1:
+                raise ValueError("--payload jpeg sends one image per request: use --batch 1")
+            blobs = [np.frombuffer(_jpeg(f), np.uint8)[None] for f in frames]
+        i = 0
+        while time.perf_counter() < stop_at:
+            k = i % len(batches)
+            i += 1
+            if args.payload == "jpeg":
+                inp = grpcclient.InferInput("encoded", list(blobs[k].shape), "UINT8")
+                inp.set_data_from_numpy(blobs[k])
+            else:
+                inp = grpcclient.InferInput("images", list(batches[k].shape), "UINT8")
+                if args.payload == "raw-shm":
+                    shm.set_shared_memory_region(ihandle, [batches[k]])
+                    inp.set_shared_memory(iname, in_bytes)
+                else:
+                    inp.set_data_from_numpy(batches[k])
+            t0 = time.perf_counter()
+            try:
+                client.infer(args.model, [inp], outputs=[output], client_timeout=args.timeout)
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
+                ok = False
+                if len(errors) < 3:
+                    errors.append(str(exc).splitlines()[0][:300])
+            t1 = time.perf_counter()
+            if t0 >= measure_from:
+                out.append((t0, t1, ok))
+    except Exception as exc:  # noqa: BLE001 - a thread that cannot start is a failure of the run
+        errors.append(f"setup: {str(exc).splitlines()[0][:300]}")
+    finally:
+        for name, handle in regions:
+            try:
+                client.unregister_system_shared_memory(name)
+            except Exception:  # noqa: BLE001 - the server may be gone
+                pass
+            shm.destroy_shared_memory_region(handle)
+        client.close()
+
+
+def _process(args, size, rank: int, t_start: float, queue) -> None:
+    frames = _frames(size, args.images)
+    stop_at = t_start + args.warmup + args.duration
+    measure_from = t_start + args.warmup
+    results, errors = [], []
+    threads = [threading.Thread(target=_thread, args=(args, size, frames, f"{os.getpid()}_{j}", stop_at,
+                                                      measure_from, results, errors), daemon=True)
+               for j in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(1.0, stop_at - time.perf_counter() + args.timeout + 5))
+    queue.put((results, errors))
+
+
+def run(args) -> dict:
+    """One closed-loop run; returns the summary (also what --out gets)."""
+    import tritonclient.grpc as grpcclient
+
+    from loadtest import metrics
+
+    _local(args.url)
+    meta = grpcclient.InferenceServerClient(args.url).get_model_metadata(args.model)
+    dims = next(list(i.shape) for i in meta.inputs if i.name == "images")
+    size = (int(dims[-3]), int(dims[-2]))
+    try:
+        before = metrics.scrape(args.metrics_url)
+    except OSError:
+        before = None
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    t_start = time.perf_counter() + 2.0  # processes start their loops together
+    procs = [ctx.Process(target=_process, args=(args, size, r, t_start, queue)) for r in range(args.processes)]
+    for p in procs:
+        p.start()
+    results, errors = [], []
+    deadline = time.time() + args.warmup + args.duration + args.timeout + 60
+    for _ in procs:
+        try:
+            r, e = queue.get(timeout=max(1.0, deadline - time.time()))
+        except Exception:  # noqa: BLE001 - a process that never reported
+            errors.append("a load process did not report (killed or hung)")
+            continue
+        results += r
+        errors += e
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+    server = None
+    if before is not None:
+        try:
+            server = metrics.breakdown(metrics.diff(before, metrics.scrape(args.metrics_url), args.model))
+        except OSError:
+            server = None
+    ok = np.array([(t1 - t0) * 1e3 for t0, t1, good in results if good])
+    failures = sum(not good for _, _, good in results)
+    window = args.duration
+    summary = {"model": args.model, "payload": args.payload, "batch": args.batch, "processes": args.processes,
+               "concurrency": args.concurrency, "in_flight": args.processes * args.concurrency,
+               "duration_s": window, "requests": int(len(ok)), "failures": int(failures),
+               "img_per_s": float(len(ok) * args.batch / window),
+               "p50_ms": float(np.percentile(ok, 50)) if len(ok) else None,
+               "p90_ms": float(np.percentile(ok, 90)) if len(ok) else None,
+               "p99_ms": float(np.percentile(ok, 99)) if len(ok) else None,
+               "errors": errors[:5], "server": server}
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m loadtest.closed_loop", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="segformer_b1_gpu")
+    ap.add_argument("--url", default="localhost:8001", help="Triton gRPC address (this machine only)")
+    ap.add_argument("--metrics-url", default="localhost:8002")
+    ap.add_argument("--processes", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=1, help="requests in flight per process")
+    ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds run before measuring")
+    ap.add_argument("--payload", choices=("raw", "raw-shm", "jpeg"), default="raw-shm")
+    ap.add_argument("--batch", type=int, default=1, help="images per request")
+    ap.add_argument("--images", default="", help="folder of images (default: generated frames)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    ap.add_argument("--out", type=Path, help="write the summary as JSON here")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. server down or unknown model: one line, exit 2
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if args.out:
+        from segformer.weights import atomic_write_bytes
+
+        atomic_write_bytes(args.out, (json.dumps(summary, indent=1) + "\n").encode())
+    s = summary
+    print(f"{s['model']} {s['payload']} x{s['batch']} in-flight {s['in_flight']}: {s['img_per_s']:.1f} img/s, "
+          f"p50 {s['p50_ms'] or float('nan'):.1f} ms, p99 {s['p99_ms'] or float('nan'):.1f} ms, "
+          f"{s['failures']} failures" + (f" ({s['errors'][0]})" if s["errors"] else ""))
+    return 1 if s["failures"] or not s["requests"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The LayerNorm TensorRT plugin (CUDA/C++ in src/, CMake) and Python helpers to build, load and check it."""

@@ -1,0 +1,80 @@
+"""Build the plugin tree with CMake and call the LayerNorm kernels from Python (ctypes over the C API).
+
+    from plugins.layernorm import build, KernelLibrary
+    build()                                  # cmake -S plugins -B plugins/build && cmake --build ...
+    ln = KernelLibrary()                     # plugins/build/libsegformer_layernorm_kernels.so
+    y = ln(x, gamma, beta, eps)              # CUDA tensors, fp32 or fp16, LayerNorm over the last dim
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE / "build"
+KERNELS = "libsegformer_layernorm_kernels.so"
+PLUGIN = "libsegformer_plugins.so"
+
+
+class PluginBuildError(RuntimeError):
+    """The plugin tree did not build; the message names what is missing."""
+
+
+def build(build_dir: Path = BUILD, cuda_arch: str | None = None, jobs: int = 2, log=print) -> dict:
+    """Configure and build; returns what was built: fields test, kernels, plugin (and why a part was skipped)."""
+    if shutil.which("cmake") is None:
+        raise PluginBuildError("cmake is not installed: apt-get install cmake (or pip install cmake)")
+    args = ["cmake", "-S", str(HERE), "-B", str(build_dir)]
+    arch = cuda_arch or os.environ.get("CUDA_ARCH")
+    if arch:
+        args.append(f"-DCMAKE_CUDA_ARCHITECTURES={arch}")
+    if not shutil.which("nvcc") and Path("/usr/local/cuda/bin/nvcc").is_file():
+        args.append("-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
+    for cmd in (args, ["cmake", "--build", str(build_dir), "-j", str(jobs)]):
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise PluginBuildError(f"{' '.join(cmd[:2])} failed:\n{(res.stdout + res.stderr)[-3000:]}")
+        for line in res.stdout.splitlines():
+            if "segformer_plugins:" in line:
+                log(line.strip("- ").strip())
+    skipped = build_dir / "PLUGIN_SKIPPED"
+    return {"fields_test": (build_dir / "test_fields").is_file(), "kernels": (build_dir / KERNELS).is_file(),
+            "plugin": (build_dir / PLUGIN).is_file(),
+            "plugin_skipped": skipped.read_text().strip() if skipped.is_file() else None}
+
+
+class KernelLibrary:
+    """The kernels' C API: segformer_layernorm(x, gamma, beta, y, rows, channels, eps, dtype, stream)."""
+
+    FP32, FP16 = 0, 1
+
+    def __init__(self, path: Path | None = None):
+        path = Path(path) if path else BUILD / KERNELS
+        if not path.is_file():
+            raise PluginBuildError(f"{path} is missing: run `make plugins` on a machine with nvcc")
+        self.lib = ctypes.CDLL(str(path))
+        f = self.lib.segformer_layernorm
+        f.restype = ctypes.c_int
+        f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int32, ctypes.c_float, ctypes.c_int32,
+                                               ctypes.c_void_p]
+        self.max_channels = self.lib.segformer_layernorm_max_channels()
+
+    def __call__(self, x, gamma, beta, eps: float, out=None):
+        import torch
+
+        if x.dtype not in (torch.float32, torch.float16) or not x.is_cuda:
+            raise ValueError("x must be a CUDA tensor of float32 or float16")
+        x = x.contiguous()
+        c = x.shape[-1]
+        gamma, beta = gamma.to(x.dtype).contiguous(), beta.to(x.dtype).contiguous()
+        y = torch.empty_like(x) if out is None else out
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        rc = self.lib.segformer_layernorm(x.data_ptr(), gamma.data_ptr(), beta.data_ptr(), y.data_ptr(),
+                                          x.numel() // c, c, eps, self.FP16 if x.dtype == torch.float16 else self.FP32,
+                                          stream)
+        if rc != 0:
+            raise RuntimeError(f"segformer_layernorm failed with CUDA error {rc}")
+        return y

@@ -1,0 +1,147 @@
+"""The GPU fast path: the same SegFormer, rearranged so that less memory moves per image.
+
+- **Folded decoder.** Each stage's linear projection, its slice of the 1x1 fuse conv and the (eval) BatchNorm
+  are all linear, and bilinear upsampling commutes with a per-pixel linear map, so
+  ``BN(fuse(concat(up(P_i x_i))))`` equals ``sum_i up(M_i x_i) + c`` with ``M_i = s * W_fuse_i @ P_i`` computed
+  once. Each stage is projected at its own resolution and the 4 x 256-channel concat at 1/4 resolution (and the
+  1024 -> 256 fuse GEMM over it) disappears.
+- **Fused upsample + argmax** (`segformer.kernels.upsample_argmax`): full-resolution logits never hit memory.
+- **FP16** weights and activations (LayerNorm/softmax accumulate in FP32 inside PyTorch's kernels), SDPA
+  (flash) attention, channels-last convolutions on the token layout without copies, `torch.compile` to fuse the
+  elementwise glue, and **CUDA graphs** per batch bucket (`GraphedSegmenter`).
+
+`FastSegmenter` keeps the served contract: uint8 NHWC RGB in, uint8 labels [N, H, W] out.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import upsample_argmax
+from .model import AllMLPDecoder, SegFormer
+
+
+class FoldedDecoder(nn.Module):
+    """The All-MLP decoder with projections, fuse conv and BatchNorm folded into one map per stage."""
+
+    def __init__(self, proj: list[torch.Tensor], bias: torch.Tensor, cls_w: torch.Tensor, cls_b: torch.Tensor):
+        super().__init__()
+        self.proj = nn.ParameterList(nn.Parameter(p, requires_grad=False) for p in proj)  # [d, C_i]
+        self.bias = nn.Parameter(bias, requires_grad=False)  # [d]
+        self.cls_w = nn.Parameter(cls_w, requires_grad=False)  # [K, d]
+        self.cls_b = nn.Parameter(cls_b, requires_grad=False)  # [K]
+
+    @classmethod
+    @torch.no_grad()
+    def fold(cls, dec: AllMLPDecoder) -> "FoldedDecoder":
+        d, n = dec.fuse.out_channels, len(dec.linear_c)
+        fuse = dec.fuse.weight.detach().double().reshape(d, n * d)
+        bn = dec.bn
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        shift = bn.bias.double() - bn.running_mean.double() * scale
+        proj, bias = [], shift.clone()
+        for i, lin in enumerate(dec.linear_c):
+            k = n - 1 - i  # the concat is deepest stage first
+            w_i = fuse[:, k * d:(k + 1) * d]
+            proj.append((scale[:, None] * (w_i @ lin.weight.double())).float())
+            bias += scale * (w_i @ lin.bias.double())
+        cls_w = dec.classifier.weight.detach().reshape(dec.classifier.out_channels, d).float()
+        return cls(proj, bias.float(), cls_w, dec.classifier.bias.detach().float())
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """features: NCHW stage outputs -> logits [N, K, h/4, w/4] (NCHW, contiguous)."""
+        size = features[0].shape[-2:]
+        acc = None
+        for feat, p in zip(features, self.proj):
+            x = F.linear(feat.permute(0, 2, 3, 1), p).permute(0, 3, 1, 2)  # channels-last view, no copy
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            acc = x if acc is None else acc + x
+        x = torch.relu(acc + self.bias.view(1, -1, 1, 1))
+        logits = F.linear(x.permute(0, 2, 3, 1), self.cls_w, self.cls_b)  # [N, h, w, K]
+        return logits.permute(0, 3, 1, 2).contiguous()
+
+
+class FastSegmenter(nn.Module):
+    """uint8 NHWC RGB -> uint8 labels [N, H, W]: normalisation, encoder, folded decoder, fused upsample+argmax."""
+
+    def __init__(self, model: SegFormer, mean, std, dtype: torch.dtype = torch.float16):
+        super().__init__()
+        model = model.eval()
+        self.dtype = dtype
+        self.encoder = model.encoder.to(dtype)
+        self.decoder = FoldedDecoder.fold(model.decode_head).to(dtype)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return self.decoder(self.encoder(x))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return upsample_argmax(self.logits(images), images.shape[1:3])
+
+
+def compile_logits(seg: FastSegmenter, mode: str | None = None) -> None:
+    """Replace `seg.logits` by its torch.compile'd version. GraphedSegmenter marks the batch dimension dynamic, so
+    one compilation serves every bucket above 1 (batch 1 is always specialised: two compilations in all)."""
+    seg.logits = torch.compile(seg.logits, mode=mode)
+
+
+class GraphedSegmenter:
+    """CUDA-graph replay of a FastSegmenter per batch bucket; a batch is padded up to the next bucket.
+
+    Capture happens once per bucket at construction (after a warm-up that also triggers compilation); a call
+    copies the batch into the bucket's static input, replays, and returns a view of the static output.
+    """
+
+    def __init__(self, seg: FastSegmenter, size: tuple[int, int], buckets=(1, 2, 4, 8, 16), warmup: int = 2):
+        self.seg, self.size, self.buckets = seg, tuple(size), tuple(sorted(buckets))
+        dev = next(seg.parameters()).device
+        self.stream = torch.cuda.Stream(dev)
+        self.graphs, self.inputs, self.outputs = {}, {}, {}
+        pool = None
+        for b in reversed(self.buckets):  # largest first, so the smaller graphs reuse its memory pool
+            inp = torch.zeros((b, *self.size, 3), dtype=torch.uint8, device=dev)
+            if b > 1:
+                torch._dynamo.mark_dynamic(inp, 0)
+            with torch.cuda.stream(self.stream), torch.no_grad():
+                for _ in range(warmup):
+                    seg(inp)
+            self.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, stream=self.stream), torch.no_grad():
+                out = seg(inp)
+            pool = graph.pool()
+            self.graphs[b], self.inputs[b], self.outputs[b] = graph, inp, out
+
+    def bucket(self, n: int) -> int:
+        for b in self.buckets:
+            if n <= b:
+                return b
+        raise ValueError(f"batch {n} is larger than the largest bucket {self.buckets[-1]}")
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """images: uint8 [n, H, W, 3] on the GPU (n <= largest bucket) -> labels [n, H, W] (a static buffer:
+        copy or consume it before the next call)."""
+        n = images.shape[0]
+        b = self.bucket(n)
+        self.inputs[b][:n].copy_(images, non_blocking=True)
+        self.graphs[b].replay()
+        return self.outputs[b][:n]
+
+
+def build_fast(weights: str = "segformer-b1-camvid", device: str = "cuda", dtype: torch.dtype = torch.float16,
+               compile_mode: str | None = "default") -> FastSegmenter:
+    """A FastSegmenter for a shipped weights entry on `device` (compiled unless compile_mode is None)."""
+    from .weights import get_weights
+
+    w = get_weights(weights)
+    seg = FastSegmenter(w.build(), w.mean, w.std, dtype=dtype).to(device)
+    if compile_mode is not None:
+        compile_logits(seg, None if compile_mode == "default" else compile_mode)
+    return seg

@@ -1,0 +1,102 @@
+"""The GPU fast path's rewrites, checked on the CPU: decoder folding, the fused upsample+argmax kernel (Triton's
+interpreter) against its PyTorch reference, and the whole FastSegmenter against the served pipeline."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from segformer.fast import FastSegmenter, FoldedDecoder
+from segformer.kernels import upsample_argmax, upsample_argmax_reference
+from segformer.model import SegmentationPipeline, create_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _trained_like(variant="tiny", classes=7, seed=0):
+    """A model with non-trivial BatchNorm statistics, so folding is really exercised."""
+    torch.manual_seed(seed)
+    m = create_model(variant, classes).eval()
+    bn = m.decode_head.bn
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.2, 0.2)
+    for lin in m.decode_head.linear_c:
+        lin.bias.data.uniform_(-0.1, 0.1)
+    return m
+
+
+@pytest.mark.parametrize("variant", ["tiny", "b0"])
+def test_folded_decoder_equals_the_all_mlp_decoder(variant):
+    m = _trained_like(variant)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        feats = m.encoder(x)
+        ref = m.decode_head(feats)
+        out = FoldedDecoder.fold(m.decode_head)(feats)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_folding_removes_the_concat_and_fuse_weights():
+    m = _trained_like("b0", 19)
+    folded = FoldedDecoder.fold(m.decode_head)
+    orig = sum(p.numel() for p in m.decode_head.parameters())
+    assert sum(p.numel() for p in folded.parameters()) < orig / 2  # the 1024x256 fuse conv is gone
+    assert [p.shape[1] for p in folded.proj] == [32, 64, 160, 256]
+
+
+def test_reference_matches_the_served_pipeline_tail():
+    logits = torch.randn(2, 5, 7, 9)
+    ref = torch.nn.functional.interpolate(logits, size=(30, 33), mode="bilinear", align_corners=False)
+    assert torch.equal(upsample_argmax_reference(logits, (30, 33)), ref.argmax(1).to(torch.uint8))
+
+
+def test_fast_segmenter_in_fp32_gives_the_pipeline_labels():
+    m = _trained_like("tiny", 7, seed=3)
+    mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
+    images = torch.randint(0, 256, (2, 64, 96, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        ref = SegmentationPipeline(m, mean, std)(images)
+        fast = FastSegmenter(m, mean, std, dtype=torch.float32)(images)
+    assert fast.dtype == torch.uint8 and fast.shape == (2, 64, 96)
+    assert (fast == ref).float().mean() > 0.999
+
+
+def test_fallback_without_gpu_or_interpreter_is_the_reference():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("interpreter on: the kernel itself runs")
+    logits = torch.randn(1, 3, 4, 4)
+    assert torch.equal(upsample_argmax(logits, (16, 16)), upsample_argmax_reference(logits, (16, 16)))
+
+
+KERNEL_CHECK = textwrap.dedent("""
+    import torch
+    from segformer.kernels import upsample_argmax, upsample_argmax_reference
+    torch.manual_seed(0)
+    cases = [((2, 19, 16, 16), (64, 64)), ((1, 5, 7, 9), (30, 33)), ((1, 3, 1, 1), (4, 5)),
+             ((1, 19, 8, 8), (37, 29))]
+    for shape, size in cases:
+        for dtype in (torch.float32, torch.float16):
+            logits = torch.randn(shape).to(dtype)
+            out = upsample_argmax(logits, size, block=128)
+            ref = upsample_argmax_reference(logits, size)
+            agree = (out == ref).float().mean().item()
+            assert out.shape == ref.shape and out.dtype == torch.uint8, (shape, out.shape)
+            assert agree > 0.999, (shape, size, dtype, agree)
+    ties = torch.zeros(1, 4, 3, 3)
+    assert int(upsample_argmax(ties, (6, 6), block=16).max()) == 0  # ties: the lowest class, like torch.argmax
+    print("kernel ok")
+""")
+
+
+def test_triton_kernel_in_the_interpreter_matches_the_reference():
+    pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0 and "kernel ok" in res.stdout, res.stderr[-3000:]
