@@ -169,11 +169,10 @@ def served(args, log) -> dict:
                         f"{s['p50_ms']} p99 {s['p99_ms']} failures {s['failures']} {s['errors'][:1]}")
         finally:
             serve.stop_pid(proc.pid)
-            log_path = scratch / "state" / "server.log"
-            if log_path.is_file():
-                tail = log_path.read_text(errors="replace").splitlines()[-20:]
-                log("server log tail:\n  " + "\n  ".join(tail))
     finally:
+        log_path = scratch / "state" / "server.log"
+        if log_path.is_file():
+            shutil.copy2(log_path, f"{args.out}.server.log")
         shutil.rmtree(scratch, ignore_errors=True)
     return {"rows": rows}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import site
@@ -136,8 +137,10 @@ def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 18
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
-            raise ServerError("tritonserver exited during start-up:\n  " + "\n  ".join(tail))
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            errors = [ln for ln in lines if re.match(r"^E\d{4} ", ln) or "Traceback" in ln or "Error:" in ln]
+            shown = (errors[-12:] + ["..."] if errors else []) + lines[-6:]
+            raise ServerError(f"tritonserver exited during start-up (log: {log}):\n  " + "\n  ".join(shown))
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:

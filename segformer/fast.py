@@ -6,6 +6,8 @@
   once. Each stage is projected at its own resolution and the 4 x 256-channel concat at 1/4 resolution (and the
   1024 -> 256 fuse GEMM over it) disappears.
 - **Fused upsample + argmax** (`segformer.kernels.upsample_argmax`): full-resolution logits never hit memory.
+- **8-channel input**: the RGB input is zero-padded to 8 channels (and the first conv's weights likewise) so the
+  first patch embedding runs on tensor cores.
 - **FP16** weights and activations (LayerNorm/softmax accumulate in FP32 inside PyTorch's kernels), SDPA
   (flash) attention, channels-last convolutions on the token layout without copies, `torch.compile` to fuse the
   elementwise glue, and **CUDA graphs** per batch bucket (`GraphedSegmenter`).
@@ -66,10 +68,13 @@ class FoldedDecoder(nn.Module):
 class FastSegmenter(nn.Module):
     """uint8 NHWC RGB -> uint8 labels [N, H, W]: normalisation, encoder, folded decoder, fused upsample+argmax."""
 
-    def __init__(self, model: SegFormer, mean, std, dtype: torch.dtype = torch.float16):
+    def __init__(self, model: SegFormer, mean, std, dtype: torch.dtype = torch.float16, pad_input_to: int = 8):
         super().__init__()
-        model = model.eval()
+        import copy
+
+        model = copy.deepcopy(model).eval()
         self.dtype = dtype
+        self.in_pad = _pad_first_conv(model, pad_input_to)
         self.encoder = model.encoder.to(dtype)
         self.decoder = FoldedDecoder.fold(model.decode_head).to(dtype)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -78,11 +83,30 @@ class FastSegmenter(nn.Module):
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        if self.in_pad:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.in_pad))
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         return self.decoder(self.encoder(x))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return upsample_argmax(self.logits(images), images.shape[1:3])
+
+
+@torch.no_grad()
+def _pad_first_conv(model: SegFormer, multiple: int) -> int:
+    """Give the first patch embedding zero weights for extra input channels up to `multiple` (3 -> 8): a
+    3-channel NHWC convolution has no tensor-core kernel, an 8-channel one has. Exact: the extra channels are
+    zeros times zeros. Returns how many channels the input must be padded with."""
+    embed = model.encoder.stages[0].patch_embed
+    conv = embed.proj
+    pad = (-conv.in_channels) % multiple if multiple > 1 else 0
+    if pad:
+        wider = nn.Conv2d(conv.in_channels + pad, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
+        wider.weight.zero_()
+        wider.weight[:, :conv.in_channels] = conv.weight
+        wider.bias.copy_(conv.bias)
+        embed.proj = wider
+    return pad
 
 
 def compile_logits(seg: FastSegmenter, mode: str | None = None) -> None:

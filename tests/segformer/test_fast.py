@@ -79,17 +79,20 @@ KERNEL_CHECK = textwrap.dedent("""
     from segformer.kernels import upsample_argmax, upsample_argmax_reference
     torch.manual_seed(0)
     cases = [((2, 19, 16, 16), (64, 64)), ((1, 5, 7, 9), (30, 33)), ((1, 3, 1, 1), (4, 5)),
-             ((1, 19, 8, 8), (37, 29))]
+             ((1, 19, 8, 8), (37, 29)), ((1, 19, 7, 70), (28, 280)), ((1, 3, 1, 1), (4, 4)),
+             ((2, 6, 5, 3), (10, 6)), ((1, 4, 3, 5), (24, 40))]  # exact x4, x2, x8: the per-cell kernel
     for shape, size in cases:
         for dtype in (torch.float32, torch.float16):
             logits = torch.randn(shape).to(dtype)
-            out = upsample_argmax(logits, size, block=128)
             ref = upsample_argmax_reference(logits, size)
-            agree = (out == ref).float().mean().item()
-            assert out.shape == ref.shape and out.dtype == torch.uint8, (shape, out.shape)
-            assert agree > 0.999, (shape, size, dtype, agree)
+            for cells in (True, False):
+                out = upsample_argmax(logits, size, block=128, cells=cells)
+                agree = (out == ref).float().mean().item()
+                assert out.shape == ref.shape and out.dtype == torch.uint8, (shape, out.shape)
+                assert agree > 0.999, (shape, size, dtype, cells, agree)
     ties = torch.zeros(1, 4, 3, 3)
-    assert int(upsample_argmax(ties, (6, 6), block=16).max()) == 0  # ties: the lowest class, like torch.argmax
+    for size in ((6, 6), (7, 5)):  # ties: the lowest class, like torch.argmax
+        assert int(upsample_argmax(ties, size, block=16).max()) == 0
     print("kernel ok")
 """)
 
