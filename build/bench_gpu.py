@@ -140,41 +140,51 @@ def model_only(args, log) -> dict:
 
 
 def served(args, log) -> dict:
-    """Build the GPU model directory, start Triton, sweep in-flight requests; returns the rows."""
+    """For each instance count: build the segformer_b1_gpu directory, start Triton, sweep in-flight requests."""
+    import dataclasses
+    import os
+    import re
+
     from build import serve
     from build.repository import write_repository
     from build.variants import VARIANTS
     from loadtest import closed_loop
 
-    scratch = Path(tempfile.mkdtemp(prefix="bench_gpu."))
-    rows = []
-    try:
-        repo = scratch / "repo"
-        res = write_repository([VARIANTS["segformer_b1_gpu"]], repo, force=True, log=log)
-        if res["segformer_b1_gpu"] not in ("built", "unchanged"):
-            raise RuntimeError(f"segformer_b1_gpu: {res['segformer_b1_gpu']}")
-        t0 = time.perf_counter()
-        proc = serve.start(repo, state=scratch / "state", timeout=args.served_start_timeout)
-        log(f"Triton ready in {time.perf_counter() - t0:.0f} s")
+    rows, timing = [], {}
+    os.environ["SEGFORMER_GPU_TIMING"] = "1"  # the model prints per-stage times to the server log
+    for instances in args.served_instances:
+        scratch = Path(tempfile.mkdtemp(prefix="bench_gpu."))
         try:
-            for payload, points in (("jpeg", args.served_points), ("raw-shm", args.served_points)):
-                for procs, conc in points:
-                    a = closed_loop.parser().parse_args(
-                        ["--model", "segformer_b1_gpu", "--processes", str(procs), "--concurrency", str(conc),
-                         "--duration", str(args.served_duration), "--payload", payload,
-                         "--images", args.images or ""])
-                    s = closed_loop.run(a)
-                    rows.append(s)
-                    log(f"served {payload} in-flight {s['in_flight']}: {s['img_per_s']:.0f} img/s p50 "
-                        f"{s['p50_ms']} p99 {s['p99_ms']} failures {s['failures']} {s['errors'][:1]}")
+            repo = scratch / "repo"
+            row = dataclasses.replace(VARIANTS["segformer_b1_gpu"], instances=instances)
+            res = write_repository([row], repo, force=True, log=log)
+            if res[row.name] not in ("built", "unchanged"):
+                raise RuntimeError(f"{row.name}: {res[row.name]}")
+            t0 = time.perf_counter()
+            proc = serve.start(repo, state=scratch / "state", timeout=args.served_start_timeout)
+            log(f"Triton ready with {instances} instance(s) in {time.perf_counter() - t0:.0f} s")
+            try:
+                payloads = args.served_payloads if instances == args.served_instances[0] else args.served_payloads[:1]
+                for payload in payloads:
+                    for procs, conc in args.served_points:
+                        a = closed_loop.parser().parse_args(
+                            ["--model", row.name, "--processes", str(procs), "--concurrency", str(conc),
+                             "--duration", str(args.served_duration), "--payload", payload,
+                             "--images", args.images or ""])
+                        s = {**closed_loop.run(a), "instances": instances}
+                        rows.append(s)
+                        log(f"served x{instances} {payload} in-flight {s['in_flight']}: {s['img_per_s']:.0f} img/s "
+                            f"p50 {s['p50_ms']:.1f} p99 {s['p99_ms']:.1f} failures {s['failures']} {s['errors'][:1]}")
+            finally:
+                serve.stop_pid(proc.pid)
         finally:
-            serve.stop_pid(proc.pid)
-    finally:
-        log_path = scratch / "state" / "server.log"
-        if log_path.is_file():
-            shutil.copy2(log_path, f"{args.out}.server.log")
-        shutil.rmtree(scratch, ignore_errors=True)
-    return {"rows": rows}
+            log_path = scratch / "state" / "server.log"
+            if log_path.is_file():
+                text = log_path.read_text(errors="replace")
+                shutil.copy2(log_path, f"{args.out}.server{instances}.log")
+                timing[instances] = re.findall(r"\[segformer_gpu\].*", text)[-4:]
+            shutil.rmtree(scratch, ignore_errors=True)
+    return {"rows": rows, "stage_timing": timing}
 
 
 def knee(rows: list[dict], ratio: float = 2.0) -> dict | None:
@@ -195,18 +205,21 @@ def markdown(result: dict) -> str:
                    f"**{100 * acc['agreement']:.3f} %** of pixels (worst image {100 * acc['min_image_agreement']:.3f} %)."]
     if result.get("served"):
         md += ["", "## Served through Triton (closed loop, multi-process, gRPC)", "",
-               "| payload | in flight | img/s | p50 ms | p99 ms | failures | server queue ms | compute ms | avg batch |",
-               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+               "| instances | payload | in flight | img/s | p50 ms | p99 ms | failures | server queue ms | compute ms "
+               "| avg batch |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in result["served"]["rows"]:
             s = r.get("server") or {}
-            md.append(f"| {r['payload']} | {r['in_flight']} | {r['img_per_s']:.0f} | {r['p50_ms'] or 0:.1f} | "
+            md.append(f"| {r.get('instances', '')} | {r['payload']} | {r['in_flight']} | {r['img_per_s']:.0f} | {r['p50_ms'] or 0:.1f} | "
                       f"{r['p99_ms'] or 0:.1f} | {r['failures']} | {s.get('queue_ms', float('nan')):.2f} | "
                       f"{s.get('compute_ms', float('nan')):.2f} | {s.get('avg_batch', float('nan')):.1f} |")
+        for inst, lines in (result["served"].get("stage_timing") or {}).items():
+            md += ["", f"Per-stage time in the model ({inst} instance(s)), from the server log:"] + \
+                  [f"    {ln}" for ln in lines[-2:]]
         if result["served"].get("error"):
             md += ["", f"Served run failed: {result['served']['error']}"]
         k = result["served"].get("knee")
         if k:
-            md += ["", f"Knee (p99 <= 2 x p50): {k['payload']}, {k['in_flight']} in flight, "
+            md += ["", f"Knee (p99 <= 2 x p50): {k.get('instances')} instance(s), {k['payload']}, {k['in_flight']} in flight, "
                        f"{k['img_per_s']:.0f} img/s, p50 {k['p50_ms']:.1f} ms, p99 {k['p99_ms']:.1f} ms."]
     return "\n".join(md) + "\n"
 
@@ -225,10 +238,13 @@ def main(argv=None) -> int:
     ap.add_argument("--served", action="store_true", help="also serve through Triton and load it")
     ap.add_argument("--served-only", action="store_true")
     ap.add_argument("--served-duration", type=float, default=8.0)
+    ap.add_argument("--served-instances", type=int, nargs="+", default=[2],
+                    help="model instances to try (the first gets every payload, the others the first payload)")
+    ap.add_argument("--served-payloads", nargs="+", default=["jpeg", "raw-shm"], choices=("jpeg", "raw-shm", "raw"))
     ap.add_argument("--served-start-timeout", type=float, default=300.0, help="seconds for Triton to load the model")
     ap.add_argument("--out", type=Path, default=Path("results/bench_gpu"))
     args = ap.parse_args(argv)
-    args.served_points = [(4, 2), (8, 2), (8, 4), (12, 4)]
+    args.served_points = [(8, 2), (8, 4), (12, 4), (16, 4)]
     if args.compile_mode == "none":
         args.compile_mode = None
     try:

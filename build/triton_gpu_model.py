@@ -13,6 +13,7 @@ A bad request gets its own error response; the others in the batch and the serve
 import json
 import os
 import sys
+import time
 
 import triton_python_backend_utils as pb_utils
 
@@ -43,11 +44,14 @@ class TritonPythonModel:
         self.runner = GraphedSegmenter(seg, self.size, buckets)
         self.max_bucket = buckets[-1]
         self.host = [torch.empty((self.max_bucket, *self.size), dtype=torch.uint8).pin_memory() for _ in range(2)]
+        self.stage = torch.empty((self.max_bucket, *self.size, 3), dtype=torch.uint8).pin_memory()
         self.turn = 0
+        self.timing = os.environ.get("SEGFORMER_GPU_TIMING") == "1"
+        self.stats = dict.fromkeys(("batches", "images", "inputs", "model", "outputs"), 0.0)
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def _frames(self, request):
-        """uint8 [n, H, W, 3] on the GPU for one request, or raise ValueError with what is wrong."""
+    def _parse(self, request):
+        """('raw', uint8 CPU tensor [n,H,W,3]) or ('enc', [uint8 CPU tensors]) for one request, or ValueError."""
         torch = self.torch
         raw = pb_utils.get_input_tensor_by_name(request, "images")
         enc = pb_utils.get_input_tensor_by_name(request, "encoded")
@@ -58,45 +62,96 @@ class TritonPythonModel:
             if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (*self.size, 3):
                 raise ValueError(f"'images' must be uint8 [n,{self.size[0]},{self.size[1]},3], got "
                                  f"{x.dtype} {list(x.shape)}")
-            return x.to(self.device, non_blocking=True)
+            return "raw", x
         data = torch.from_dlpack(enc.to_dlpack())
-        if data.dim() != 2:
+        if data.dim() != 2 or data.dtype != torch.uint8:
             raise ValueError("'encoded' must be uint8 [n, bytes], one encoded image per row")
-        return torch.stack([self._decode(row.contiguous().cpu()) for row in data])
+        return "enc", [row.contiguous() for row in data]
 
-    def _decode(self, blob):
-        import torch.nn.functional as F
+    def _upload(self, tensors):
+        """CPU uint8 frames -> one GPU tensor, through a pinned staging buffer (one memcpy, one async copy)."""
+        torch = self.torch
+        total = sum(t.shape[0] for t in tensors)
+        if total > self.stage.shape[0]:
+            self.stage = torch.empty((total, *self.size, 3), dtype=torch.uint8).pin_memory()
+        torch.cat(tensors, out=self.stage[:total])
+        return self.stage[:total].to(self.device, non_blocking=True)
+
+    def _decode_all(self, blobs):
+        """Decoded [H,W,3] GPU tensors (or the exception for an unreadable one), JPEGs in one nvJPEG batch."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        out = [None] * len(blobs)
+        jpeg = [i for i, b in enumerate(blobs) if b.numel() > 2 and int(b[0]) == 0xFF and int(b[1]) == 0xD8]
+        if jpeg:
+            try:
+                imgs = decode_jpeg([blobs[i] for i in jpeg], mode=ImageReadMode.RGB, device=self.device)
+                for i, img in zip(jpeg, imgs):
+                    out[i] = img
+            except RuntimeError:  # one bad file fails the batch: decode each to find it
+                pass
+        for i, b in enumerate(blobs):
+            if out[i] is None:
+                try:
+                    out[i] = self._decode_one(b)
+                except ValueError as exc:
+                    out[i] = exc
+        return [self._fit(x) if not isinstance(x, Exception) else x for x in out]
+
+    def _decode_one(self, blob):
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-        torch = self.torch
         try:
             if blob.numel() > 2 and int(blob[0]) == 0xFF and int(blob[1]) == 0xD8:
-                img = decode_jpeg(blob, mode=ImageReadMode.RGB, device=self.device)
-            else:
-                img = decode_image(blob, mode=ImageReadMode.RGB).to(self.device)
+                return decode_jpeg(blob, mode=ImageReadMode.RGB, device=self.device)
+            return decode_image(blob, mode=ImageReadMode.RGB).to(self.device)
         except (RuntimeError, ValueError) as exc:
-            raise ValueError(f"'encoded' is not a readable JPEG/PNG image ({exc})") from None
+            raise ValueError(f"'encoded' is not a readable JPEG/PNG image ({str(exc).splitlines()[0]})") from None
+
+    def _fit(self, img):
+        """[3,h,w] uint8 on the GPU -> [H,W,3] at the model's size (bilinear when the size differs)."""
+        import torch.nn.functional as F
+
         if tuple(img.shape[1:]) != self.size:
             img = F.interpolate(img[None].float(), size=self.size, mode="bilinear", align_corners=False)[0]
-            img = img.round_().clamp_(0, 255).to(torch.uint8)
+            img = img.round_().clamp_(0, 255).to(self.torch.uint8)
         return img.permute(1, 2, 0)
 
     # -- execution ------------------------------------------------------------------------------------------
     def execute(self, requests):
         torch = self.torch
+        t0 = time.perf_counter()
         responses = [None] * len(requests)
-        frames, owners = [], []
+        parsed = []
         for i, r in enumerate(requests):
             try:
-                x = self._frames(r)
-                frames.append(x)
-                owners.append((i, x.shape[0]))
+                parsed.append((i, *self._parse(r)))
             except Exception as exc:  # noqa: BLE001 - this request's error; the batch goes on
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                responses[i] = _error(str(exc))
+        blobs = [b for _, kind, p in parsed if kind == "enc" for b in p]
+        decoded = iter(self._decode_all(blobs)) if blobs else iter(())
+        raws = [p for _, kind, p in parsed if kind == "raw"]
+        uploaded = self._upload(raws) if raws else None
+        frames, owners, start = [], [], 0
+        for i, kind, p in parsed:
+            if kind == "raw":
+                x = uploaded[start:start + p.shape[0]]
+                start += p.shape[0]
+            else:
+                imgs = [next(decoded) for _ in p]
+                bad = next((x for x in imgs if isinstance(x, Exception)), None)
+                if bad is not None:
+                    responses[i] = _error(str(bad))
+                    continue
+                x = torch.stack(imgs)
+            frames.append(x)
+            owners.append((i, x.shape[0]))
+        t1 = time.perf_counter()
         if frames:
             try:
                 batch = torch.cat(frames) if len(frames) > 1 else frames[0]
                 host = self._run(batch)
+                t2 = time.perf_counter()
                 start = 0
                 for i, n in owners:
                     out = host[start:start + n]
@@ -104,9 +159,27 @@ class TritonPythonModel:
                     tensor = pb_utils.Tensor.from_dlpack("labels", torch.utils.dlpack.to_dlpack(out))
                     responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
             except Exception as exc:  # noqa: BLE001 - reported to every request of the batch
+                t2 = time.perf_counter()
                 for i, _ in owners:
-                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"inference failed: {exc}"))
+                    responses[i] = _error(f"inference failed: {exc}")
+            self._account(sum(n for _, n in owners), t1 - t0, t2 - t1, time.perf_counter() - t2)
         return responses
+
+    def _account(self, images, t_in, t_model, t_out):
+        """Per-stage time, printed to the server log every 200 batches when SEGFORMER_GPU_TIMING=1."""
+        if not self.timing:
+            return
+        st = self.stats
+        st["batches"] += 1
+        st["images"] += images
+        st["inputs"] += t_in
+        st["model"] += t_model
+        st["outputs"] += t_out
+        if st["batches"] % 200 == 0:
+            b = st["batches"]
+            print(f"[segformer_gpu] {b} batches, {st['images'] / b:.1f} img/batch; ms per batch: inputs "
+                  f"{1e3 * st['inputs'] / b:.2f}, model+D2H {1e3 * st['model'] / b:.2f}, responses "
+                  f"{1e3 * st['outputs'] / b:.2f}", flush=True)
 
     def _run(self, batch):
         """Labels of the whole batch in a pinned host buffer (chunks of the largest bucket)."""
@@ -119,8 +192,13 @@ class TritonPythonModel:
         for s in range(0, n, self.max_bucket):
             chunk = batch[s:s + self.max_bucket]
             host[s:s + chunk.shape[0]].copy_(self.runner(chunk), non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
         return host[:n]
 
     def finalize(self):
         self.runner = None
+
+
+def _error(message: str):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))

@@ -111,6 +111,57 @@ if triton is not None:
         tl.store(labels + n.to(tl.int64) * H * W + r * W + q, arg.to(tl.uint8), mask=ok)
 
 
+    @triton.jit
+    def _dwconv3x3_gelu_kernel(x, w, b, y, H, W, C, BW: tl.constexpr, BC: tl.constexpr):
+        """One output row segment of BW pixels x BC channels: 3x3 depthwise conv (zero padding 1) on NHWC
+        input, + bias, exact (erf) GELU, accumulated in FP32, written once."""
+        cblocks = tl.cdiv(C, BC)
+        n = tl.program_id(2) // cblocks
+        cols = tl.program_id(0) * BW + tl.arange(0, BW)
+        row = tl.program_id(1)
+        chans = (tl.program_id(2) % cblocks) * BC + tl.arange(0, BC)
+        cin = chans < C
+        base = x + n.to(tl.int64) * H * W * C
+        acc = tl.zeros([BW, BC], tl.float32)
+        for dy in tl.static_range(3):
+            yy = row + dy - 1 + tl.zeros([BW], tl.int32)  # a vector: Triton's interpreter cannot mix in scalar masks
+            for dx in tl.static_range(3):
+                xx = cols + dx - 1
+                ok = ((xx >= 0) & (xx < W) & (yy >= 0) & (yy < H))[:, None] & cin[None, :]
+                v = tl.load(base + (yy * W + xx)[:, None] * C + chans[None, :], mask=ok, other=0.0)
+                wt = tl.load(w + chans * 9 + (dy * 3 + dx), mask=cin, other=0.0)
+                acc += v.to(tl.float32) * wt.to(tl.float32)[None, :]
+        acc += tl.load(b + chans, mask=cin, other=0.0).to(tl.float32)[None, :]
+        out = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        ok = (cols < W)[:, None] & cin[None, :]
+        tl.store(y + n.to(tl.int64) * H * W * C + (row * W + cols)[:, None] * C + chans[None, :],
+                 out.to(y.dtype.element_ty), mask=ok)
+
+
+def dwconv3x3_gelu_reference(x: torch.Tensor, h: int, w: int, weight: torch.Tensor, bias: torch.Tensor
+                             ) -> torch.Tensor:
+    """Tokens [N, h*w, C] -> GELU(depthwise 3x3 conv + bias) as tokens, in plain PyTorch (Mix-FFN's middle)."""
+    n, _, c = x.shape
+    img = x.transpose(1, 2).reshape(n, c, h, w)
+    out = F.gelu(F.conv2d(img, weight, bias, padding=1, groups=c))
+    return out.flatten(2).transpose(1, 2)
+
+
+def dwconv3x3_gelu(x: torch.Tensor, h: int, w: int, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Fused version of `dwconv3x3_gelu_reference` for token tensors [N, h*w, C] (contiguous, channels last)."""
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if triton is None or (not x.is_cuda and not interpret):
+        return dwconv3x3_gelu_reference(x, h, w, weight, bias)
+    x = x.contiguous()
+    n, _, c = x.shape
+    y = torch.empty_like(x)
+    bc = min(64, triton.next_power_of_2(c))
+    bw = 32
+    grid = (triton.cdiv(w, bw), h, n * triton.cdiv(c, bc))
+    _dwconv3x3_gelu_kernel[grid](x, weight.contiguous(), bias.contiguous(), y, h, w, c, BW=bw, BC=bc, num_warps=4)
+    return y
+
+
 def triton_available() -> bool:
     """True where the Triton kernel can run: a CUDA tensor with triton installed, or the interpreter on CPU."""
     return triton is not None

@@ -103,3 +103,48 @@ def test_triton_kernel_in_the_interpreter_matches_the_reference():
     res = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0 and "kernel ok" in res.stdout, res.stderr[-3000:]
+
+
+DWCONV_CHECK = textwrap.dedent("""
+    import torch
+    from segformer.kernels import dwconv3x3_gelu, dwconv3x3_gelu_reference
+    torch.manual_seed(0)
+    for n, h, w, c in [(2, 5, 7, 16), (1, 3, 40, 96), (1, 1, 1, 8)]:
+        x = torch.randn(n, h * w, c)
+        wt, b = torch.randn(c, 1, 3, 3), torch.randn(c)
+        out = dwconv3x3_gelu(x, h, w, wt, b)
+        ref = dwconv3x3_gelu_reference(x, h, w, wt, b)
+        assert out.shape == ref.shape, (out.shape, ref.shape)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    print("dwconv ok")
+""")
+
+
+def test_fused_dwconv_gelu_kernel_in_the_interpreter_matches_pytorch():
+    pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-c", DWCONV_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "dwconv ok" in res.stdout, res.stderr[-3000:]
+
+
+def test_mixffn_reference_is_the_model_s_mixffn():
+    from segformer.kernels import dwconv3x3_gelu_reference
+    from segformer.model import MixFFN
+
+    torch.manual_seed(0)
+    m = MixFFN(8, 32).eval()
+    x = torch.randn(2, 6 * 5, 8)
+    with torch.no_grad():
+        mid = dwconv3x3_gelu_reference(m.fc1(x), 6, 5, m.dwconv.weight, m.dwconv.bias)
+        torch.testing.assert_close(m.fc2(mid), m(x, 6, 5))
+
+
+def test_fast_segmenter_with_and_without_the_fused_mixffn_agree_on_cpu():
+    m = _trained_like("tiny", 7, seed=4)
+    mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
+    images = torch.randint(0, 256, (1, 64, 96, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        a = FastSegmenter(m, mean, std, dtype=torch.float32, fused_mixffn=True)
+        b = FastSegmenter(m, mean, std, dtype=torch.float32, fused_mixffn=False)
+        assert any(type(blk.mlp).__name__ == "FusedMixFFN" for st in a.encoder.stages for blk in st.blocks)
+        torch.testing.assert_close(a.logits(images), b.logits(images), rtol=1e-4, atol=1e-4)

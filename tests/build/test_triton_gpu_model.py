@@ -1,0 +1,112 @@
+"""The GPU python-backend model's request handling, on the CPU: batching of raw and encoded requests, one error
+response per bad request while the rest of the batch is served. Triton's pb_utils and torchvision's decoders are
+replaced by small stand-ins (torchvision has no CPU build here); the model itself is a stub that labels each
+pixel with its red channel // 16, so every response can be checked against its own request."""
+import importlib
+import io
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+SIZE = (8, 12)
+
+
+class _Tensor:
+    def __init__(self, name, t):
+        self.name, self.t = name, t
+
+    def to_dlpack(self):
+        return torch.utils.dlpack.to_dlpack(self.t)
+
+    @classmethod
+    def from_dlpack(cls, name, capsule):
+        return cls(name, torch.from_dlpack(capsule).clone())
+
+
+class _Response:
+    def __init__(self, output_tensors=None, error=None):
+        self.output_tensors, self.error = output_tensors or [], error
+
+
+class _Error:
+    def __init__(self, msg):
+        self.msg = msg
+
+
+def _fake_modules(monkeypatch):
+    pb = types.ModuleType("triton_python_backend_utils")
+    pb.Tensor, pb.InferenceResponse, pb.TritonError = _Tensor, _Response, _Error
+    pb.TritonModelException = RuntimeError
+    pb.get_input_tensor_by_name = lambda req, name: req.get(name)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+
+    def decode(data, mode=None, device="cpu"):
+        if isinstance(data, list):
+            return [decode(d) for d in data]
+        try:
+            img = Image.open(io.BytesIO(data.numpy().tobytes())).convert("RGB")
+        except Exception as exc:
+            raise RuntimeError(f"bad image: {exc}") from None
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+    tv, tvio = types.ModuleType("torchvision"), types.ModuleType("torchvision.io")
+    tvio.decode_jpeg = tvio.decode_image = decode
+    tvio.ImageReadMode = types.SimpleNamespace(RGB="RGB")
+    tv.io = tvio
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.io", tvio)
+
+
+@pytest.fixture
+def model(monkeypatch):
+    _fake_modules(monkeypatch)
+    mod = importlib.import_module("build.triton_gpu_model")
+    mod = importlib.reload(mod)  # bind the stand-in pb_utils
+    m = mod.TritonPythonModel.__new__(mod.TritonPythonModel)
+    m.torch, m.device, m.size, m.max_bucket, m.turn = torch, torch.device("cpu"), SIZE, 4, 0
+    m.host = [torch.empty((4, *SIZE), dtype=torch.uint8) for _ in range(2)]
+    m.stage = torch.empty((4, *SIZE, 3), dtype=torch.uint8)
+    m.timing, m.stats = True, dict.fromkeys(("batches", "images", "inputs", "model", "outputs"), 0.0)
+    m.runner = lambda x: (x[..., 0] // 16).contiguous()
+    return m
+
+
+def _raw(n, value):
+    return {"images": _Tensor("images", torch.full((n, *SIZE, 3), value, dtype=torch.uint8))}
+
+
+def _encoded(fmt, value, size=SIZE):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((*size, 3), value, np.uint8)).save(buf, format=fmt, quality=100)
+    return {"encoded": _Tensor("encoded", torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)[None])}
+
+
+def test_mixed_batch_is_served_and_bad_requests_get_their_own_error(model):
+    bad_shape = {"images": _Tensor("images", torch.zeros((1, 4, 4, 3), dtype=torch.uint8))}
+    corrupt = {"encoded": _Tensor("encoded", torch.tensor([[0xFF, 0xD8, 1, 2, 3]], dtype=torch.uint8))}
+    both = {**_raw(1, 0), **_encoded("PNG", 0)}
+    requests = [_raw(2, 160), _encoded("JPEG", 96), bad_shape, _encoded("PNG", 48, size=(16, 20)), corrupt, both, {}]
+    out = model.execute(requests)
+    assert len(out) == len(requests)
+    assert [r.error.msg if r.error else "ok" for r in out][:2] == ["ok", "ok"]
+    labels = [r.output_tensors[0].t if not r.error else None for r in out]
+    assert labels[0].shape == (2, *SIZE) and (labels[0] == 10).all()
+    assert labels[1].shape == (1, *SIZE) and (labels[1] == 6).all()  # JPEG decoded (value 96 survives q=100)
+    assert labels[3].shape == (1, *SIZE) and (labels[3] == 3).all()  # PNG of another size, resized
+    assert "must be uint8 [n,8,12,3]" in out[2].error.msg
+    assert "not a readable JPEG/PNG" in out[4].error.msg
+    assert "exactly one input" in out[5].error.msg and "exactly one input" in out[6].error.msg
+    assert model.stats["batches"] == 1 and model.stats["images"] == 4
+
+
+def test_a_failing_model_answers_every_request_with_the_error(model):
+    def boom(x):
+        raise RuntimeError("CUDA out of memory")
+
+    model.runner = boom
+    out = model.execute([_raw(1, 0), _encoded("PNG", 0)])
+    assert all(r.error and "inference failed: CUDA out of memory" in r.error.msg for r in out)
