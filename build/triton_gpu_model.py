@@ -40,7 +40,8 @@ class TritonPythonModel:
         buckets = tuple(int(b) for b in params.get("buckets", "1,2,4,8,16").split(","))
         mode = params.get("compile_mode", "default") or None
         seg = build_fast(os.path.join(here, params["weights_file"]), str(self.device),
-                         compile_mode=None if mode == "none" else mode)
+                         compile_mode=None if mode == "none" else mode,
+                         fused_mixffn=params.get("fused_mixffn", "0") == "1")
         self.runner = GraphedSegmenter(seg, self.size, buckets)
         self.max_bucket = buckets[-1]
         self.host = [torch.empty((self.max_bucket, *self.size), dtype=torch.uint8).pin_memory() for _ in range(2)]

@@ -76,7 +76,7 @@ VARIANTS: dict[str, ServingVariant] = {v.name: v for v in [
     *_trt_rows("segformer-b1-camvid", "segformer_b1"),
     ServingVariant("segformer_b1_gpu", "segformer-b1-camvid", PYTHON_GPU, precision="fp16", max_batch=16,
                    preferred_batches=(8, 16), queue_delay_us=1000, instances=2,
-                   extra={"buckets": "1,2,4,8,16", "compile_mode": "default"},
+                   extra={"buckets": "1,2,4,8,16", "compile_mode": "default", "fused_mixffn": "0"},
                    description="GPU fast path: FP16, folded decoder, fused upsample+argmax, CUDA graphs; raw or "
                                "JPEG/PNG input (needs a CUDA GPU)"),
 ]}
