@@ -63,14 +63,7 @@ demo: venv
 	$(PY) -m build.demo --image $(IMAGE) --model $(MODEL) --repo $(REPO) --out $(OUT) \
 	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-loadbench: venv
-	$(PY) -m build.bench_gpu --served --out results/bench_gpu $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES))
-
-plugins: venv
-	$(PY) -c "from plugins.layernorm import build; print(build(cuda_arch='$(CUDA_ARCH)' or None))"
-	cd plugins/build && ctest --output-on-failure
-
-test: venv
+loadtest: venv
 	$(PY) -m loadtest.run --model $(LOAD_MODEL) --users $(LOAD_USERS) --duration $(DURATION) \
 	  --url localhost:$(GRPC_PORT) --metrics-url localhost:$(METRICS_PORT) --out $(OUT)/loadtest
 

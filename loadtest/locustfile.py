@@ -19,6 +19,13 @@ import numpy as np
 from locust import User, between, events, task  # noqa: F401 - between kept for users who want think time
 from locust.exception import StopUser
 
+try:  # make blocking gRPC calls yield to locust's greenlets (stats, heartbeats) while they wait for the server
+    import grpc.experimental.gevent as _grpc_gevent
+
+    _grpc_gevent.init_gevent()
+except (ImportError, AttributeError):  # pragma: no cover - grpc without gevent support: calls block the worker
+    pass
+
 _IMAGES: dict = {}
 
 
