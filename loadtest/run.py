@@ -42,9 +42,31 @@ def _percentile(hist: dict[float, int], q: float) -> float:
     return float(max(hist))
 
 
+def read_csv_stats(prefix: Path, duration: float | None = None) -> dict | None:
+    """The 'Aggregated' row of locust's <prefix>_stats.csv (written by the master only), or None."""
+    import csv
+
+    path = Path(f"{prefix}_stats.csv")
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        row = next((r for r in csv.DictReader(f) if r.get("Name") == "Aggregated"), None)
+    if not row or not int(row["Request Count"]):
+        return None
+    n = int(row["Request Count"])
+    return {"requests": n, "failures": int(row["Failure Count"]),
+            "rps": n / duration if duration else float(row["Requests/s"]),
+            "p50_ms": float(row["50%"]), "p90_ms": float(row["90%"]), "p99_ms": float(row["99%"]),
+            "avg_ms": float(row["Average Response Time"]), "max_ms": float(row["Max Response Time"])}
+
+
 def read_stats(prefix: Path, duration: float | None = None) -> dict:
-    """Final stats from locust's <prefix>.json (all request names together); throughput over `duration`
-    (the run's fixed length, start-up included) when given."""
+    """Final stats of a run: locust's CSV (the master's aggregate), else its <prefix>.json (all request names
+    together). With --processes the workers write the same JSON path after the master, sometimes empty, so the
+    CSV is preferred. Throughput over `duration` (the run's fixed length, start-up included) when given."""
+    from_csv = read_csv_stats(prefix, duration)
+    if from_csv:
+        return from_csv
     path = Path(f"{prefix}.json")
     entries = json.loads(path.read_text() or "[]") if path.is_file() else []
     n = sum(e["num_requests"] for e in entries)

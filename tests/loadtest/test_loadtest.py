@@ -105,3 +105,18 @@ def test_closed_loop_counts_failures_instead_of_hiding_them(server, capsys):
                            "--duration", "1", "--warmup", "0.5", "--payload", "jpeg"])
     out = capsys.readouterr().out
     assert rc == 1 and "failures" in out and " 0 failures" not in out
+
+
+def test_stats_come_from_the_masters_csv_when_a_worker_left_an_empty_json(tmp_path):
+    prefix = tmp_path / "m_u2"
+    (tmp_path / "m_u2.json").write_text("[]")  # what a worker writes over the master's file
+    (tmp_path / "m_u2_stats.csv").write_text(
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+        "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,"
+        "99.99%,100%\n"
+        "grpc,m x1,31,1,2300,2230.0,1184.0,2340.3,1048576.0,0.83,0.0,2300,2300,2300,2300,2300,2300,2300,2400,2400,"
+        "2400,2400\n"
+        ",Aggregated,31,1,2300,2230.0,1184.0,2340.3,1048576.0,0.83,0.0,2300,2300,2300,2300,2300,2300,2300,2400,"
+        "2400,2400,2400\n")
+    s = read_stats(prefix, duration=40)
+    assert s["requests"] == 31 and s["failures"] == 1 and s["p99_ms"] == 2400 and s["rps"] == 31 / 40
