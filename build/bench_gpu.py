@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _time(fn, x, iters: int, repeats: int = 3, warmup: int = 3) -> float:
-    """Median ms per call over `repeats` CUDA-event-timed loops of `iters` calls."""
+def cuda_ms(fn, x, iters: int, repeats: int = 3, warmup: int = 3) -> float:
+    """Median ms per call of fn(x) over `repeats` CUDA-event-timed loops of `iters` calls (no autograd)."""
     import torch
 
     with torch.no_grad():
@@ -109,7 +109,7 @@ def model_only(args, log) -> dict:
         compile_s[name] = round(time.perf_counter() - t0, 1)
         log(f"{name}: compiled and captured {len(args.batches)} CUDA graphs in {compile_s[name]:.0f} s")
         for b in args.batches:
-            ms = _time(runner, x_all[:b], iters=max(5, 160 // b))
+            ms = cuda_ms(runner, x_all[:b], iters=max(5, 160 // b))
             rows.append({"impl": name, "batch": b, "ms_per_batch": ms, "ms_per_img": ms / b,
                          "img_per_s": 1e3 * b / ms})
             log(f"{name} b{b}: {ms / b:.3f} ms/img")
@@ -130,7 +130,7 @@ def model_only(args, log) -> dict:
     cfg = w.build().config
     hf = hf_pipeline(cfg, w.mean, w.std, dev)
     for b in args.hf_batches:
-        ms = _time(hf, x_all[:b], iters=max(3, 48 // b))
+        ms = cuda_ms(hf, x_all[:b], iters=max(3, 48 // b))
         rows.append({"impl": "HF eager fp16", "batch": b, "ms_per_batch": ms, "ms_per_img": ms / b,
                      "img_per_s": 1e3 * b / ms})
         log(f"HF eager b{b}: {ms / b:.3f} ms/img")
@@ -138,7 +138,7 @@ def model_only(args, log) -> dict:
         hfc = torch.compile(hf)
         for b in args.hf_batches:
             t1 = time.perf_counter()
-            ms = _time(hfc, x_all[:b], iters=max(3, 48 // b))
+            ms = cuda_ms(hfc, x_all[:b], iters=max(3, 48 // b))
             rows.append({"impl": "HF torch.compile fp16", "batch": b, "ms_per_batch": ms, "ms_per_img": ms / b,
                          "img_per_s": 1e3 * b / ms, "compile_and_time_s": round(time.perf_counter() - t1, 1)})
             log(f"HF compile b{b}: {ms / b:.3f} ms/img")

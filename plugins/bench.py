@@ -10,29 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 # (channels, tokens per 1024x1024 image) per SegFormer stage; B0 widths 32/64/160/256, B1 64/128/320/512
 SHAPES = [(32, 65536), (64, 65536), (128, 16384), (160, 4096), (256, 1024), (320, 4096), (512, 1024)]
-
-
-def _ms(fn, repeats=5, iters=20):
-    import torch
-
-    fn()
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(iters):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        runs.append(a.elapsed_time(b) / iters)
-    return statistics.median(runs)
 
 
 def main(argv=None) -> int:
@@ -44,6 +26,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
+    from build.bench_gpu import cuda_ms
     from plugins.layernorm import KernelLibrary, PluginBuildError
 
     if not torch.cuda.is_available():
@@ -62,8 +45,8 @@ def main(argv=None) -> int:
             g = torch.randn(c, device="cuda", dtype=dtype)
             b = torch.randn(c, device="cuda", dtype=dtype)
             y = torch.empty_like(x)
-            ours = _ms(lambda: ln(x, g, b, 1e-6, out=y))
-            ref = _ms(lambda: F.layer_norm(x, (c,), g, b, 1e-6))
+            ours = cuda_ms(lambda _: ln(x, g, b, 1e-6, out=y), None, iters=20, repeats=5)
+            ref = cuda_ms(lambda _: F.layer_norm(x, (c,), g, b, 1e-6), None, iters=20, repeats=5)
             exact = F.layer_norm(x.float(), (c,), g.float(), b.float(), 1e-6)
             err = (ln(x, g, b, 1e-6).float() - exact).abs().max().item()
             moved = 2 * x.numel() * x.element_size()
