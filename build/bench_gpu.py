@@ -9,7 +9,7 @@ architecture (variant, classes) with their own initial weights: only their speed
 of pixels where our labels equal the FP32 PyTorch reference (TF32 off) on --images, resized as the server does.
 --served: builds the segformer_b1_gpu model directory, starts Triton, and sweeps in-flight requests with the
 project's multi-process closed-loop generator (loadtest.closed_loop), JPEG and raw-shared-memory payloads.
-Writes <out>.json and <out>.md (one run, every number side by side).
+Writes <out>.json, <out>.md and <out>.png (one run, every number side by side); --replot redraws from a JSON.
 """
 from __future__ import annotations
 
@@ -199,6 +199,40 @@ def knee(rows: list[dict], ratio: float = 2.0) -> dict | None:
     return max(ok, key=lambda r: r["img_per_s"]) if ok else None
 
 
+def plot(result: dict, path: Path) -> None:
+    """Two panels: model-only ms/img per batch size for each implementation; served img/s against p99."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    impls = dict.fromkeys(r["impl"] for r in result["model_only"]["rows"])
+    for impl in impls:
+        rows = [r for r in result["model_only"]["rows"] if r["impl"] == impl]
+        a.plot([r["batch"] for r in rows], [r["ms_per_img"] for r in rows], "o-", label=impl)
+    a.set(xscale="log", xlabel="batch", ylabel="ms per image (lower is better)",
+          title=f"model only, {result['device']}")
+    a.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
+    a.grid(alpha=0.3)
+    a.legend(fontsize=8)
+    served_rows = (result.get("served") or {}).get("rows") or []
+    for key in dict.fromkeys((r.get("instances"), r["payload"]) for r in served_rows):
+        rows = [r for r in served_rows if (r.get("instances"), r["payload"]) == key and r["p99_ms"]]
+        b.plot([r["p99_ms"] for r in rows], [r["img_per_s"] for r in rows], "o-",
+               label=f"{key[1]}, {key[0]} instance(s)")
+        for r in rows:
+            b.annotate(str(r["in_flight"]), (r["p99_ms"], r["img_per_s"]), fontsize=7, xytext=(3, 3),
+                       textcoords="offset points")
+    b.set(xlabel="p99 latency (ms)", ylabel="images per second", title="served through Triton (labels: in flight)")
+    b.grid(alpha=0.3)
+    if served_rows:
+        b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def markdown(result: dict) -> str:
     md = [f"# GPU benchmark — {result['device']} ({result['date']})", "",
           "## Model only (uint8 in -> uint8 labels, on the GPU)", "",
@@ -252,7 +286,13 @@ def main(argv=None) -> int:
     ap.add_argument("--served-payloads", nargs="+", default=["jpeg", "raw-shm"], choices=("jpeg", "raw-shm", "raw"))
     ap.add_argument("--served-start-timeout", type=float, default=300.0, help="seconds for Triton to load the model")
     ap.add_argument("--out", type=Path, default=Path("results/bench_gpu"))
+    ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw <JSON>.png and .md from a results file")
     args = ap.parse_args(argv)
+    if args.replot:
+        result = json.loads(args.replot.read_text())
+        plot(result, args.replot.with_suffix(".png"))
+        args.replot.with_suffix(".md").write_text(markdown(result))
+        return 0
     args.served_points = [(8, 2), (8, 4), (12, 4), (16, 4)]
     if args.compile_mode == "none":
         args.compile_mode = None
@@ -276,6 +316,7 @@ def main(argv=None) -> int:
     def write():
         atomic_write_bytes(Path(f"{args.out}.json"), (json.dumps(result, indent=1) + "\n").encode())
         atomic_write_bytes(Path(f"{args.out}.md"), markdown(result).encode())
+        plot(result, Path(f"{args.out}.png"))
 
     if not args.served_only:
         result["model_only"] = model_only(args, log)
