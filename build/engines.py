@@ -86,6 +86,8 @@ def build_plan(builder: Builder, onnx_path: Path, v: ServingVariant, out: Path, 
     profile.set_shape("images", (1, h, w, 3), (v.opt_batch, h, w, 3), (v.max_batch, h, w, 3))
     config.add_optimization_profile(profile)
     cache, cache_in = None, 0
+    if builder.rtx:
+        timing_cache = None  # TensorRT-RTX: timing-cache calls are no-ops (it tunes at run time on the GPU)
     if timing_cache is not None:
         blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
         cache_in = len(blob)
