@@ -78,7 +78,7 @@ bench: venv
 	$(PY) -m build.bench_gpu --served --out results/bench_gpu $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES))
 
 plugins: venv
-	$(PY) -c "from plugins.layernorm import build; print(build(cuda_arch='$(CUDA_ARCH)' or None))"
+	$(PY) -m plugins.layernorm $(if $(CUDA_ARCH),--cuda-arch $(CUDA_ARCH))
 	cd plugins/build && ctest --output-on-failure
 
 test: venv

@@ -78,3 +78,27 @@ class KernelLibrary:
         if rc != 0:
             raise RuntimeError(f"segformer_layernorm failed with CUDA error {rc}")
         return y
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m plugins.layernorm", description="Build plugins/ with CMake: the "
+                                 "field test always, the kernels with nvcc, the TensorRT plugin with TensorRT.")
+    ap.add_argument("--build-dir", type=Path, default=BUILD)
+    ap.add_argument("--cuda-arch", help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 or native (default: 80 86 89 90)")
+    args = ap.parse_args(argv)
+    try:
+        info = build(args.build_dir, cuda_arch=args.cuda_arch)
+    except PluginBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"field test: {'built' if info['fields_test'] else 'missing'}; kernels: "
+          f"{'built' if info['kernels'] else 'skipped (no nvcc)'}; plugin: "
+          f"{'built' if info['plugin'] else 'skipped (' + (info['plugin_skipped'] or 'no nvcc') + ')'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
