@@ -147,8 +147,26 @@ def model_only(args, log) -> dict:
 
 def served(args, log) -> dict:
     """For each instance count: build the segformer_b1_gpu directory, start Triton, sweep in-flight requests."""
-    import dataclasses
     import os
+
+    rows, timing, error = [], {}, None
+    previous = os.environ.get("SEGFORMER_GPU_TIMING")
+    os.environ["SEGFORMER_GPU_TIMING"] = "1"  # the model prints per-stage times to the server log
+    try:
+        _sweep_instances(args, log, rows, timing)
+    except Exception as exc:  # noqa: BLE001 - kept in the results with the rows measured before it
+        error = f"{type(exc).__name__}: {exc}"
+        log(f"served benchmark failed: {exc}")
+    finally:
+        if previous is None:
+            os.environ.pop("SEGFORMER_GPU_TIMING", None)
+        else:
+            os.environ["SEGFORMER_GPU_TIMING"] = previous
+    return {"rows": rows, "stage_timing": timing, **({"error": error} if error else {})}
+
+
+def _sweep_instances(args, log, rows: list, timing: dict) -> None:
+    import dataclasses
     import re
 
     from build import serve
@@ -156,8 +174,6 @@ def served(args, log) -> dict:
     from build.variants import VARIANTS
     from loadtest import closed_loop
 
-    rows, timing = [], {}
-    os.environ["SEGFORMER_GPU_TIMING"] = "1"  # the model prints per-stage times to the server log
     for instances in args.served_instances:
         scratch = Path(tempfile.mkdtemp(prefix="bench_gpu."))
         try:
@@ -180,7 +196,7 @@ def served(args, log) -> dict:
                         s = {**closed_loop.run(a), "instances": instances}
                         rows.append(s)
                         log(f"served x{instances} {payload} in-flight {s['in_flight']}: {s['img_per_s']:.0f} img/s "
-                            f"p50 {s['p50_ms']:.1f} p99 {s['p99_ms']:.1f} failures {s['failures']} {s['errors'][:1]}")
+                            f"p50 {s['p50_ms'] or float('nan'):.1f} p99 {s['p99_ms'] or float('nan'):.1f} failures {s['failures']} {s['errors'][:1]}")
             finally:
                 serve.stop_pid(proc.pid)
         finally:
@@ -190,7 +206,6 @@ def served(args, log) -> dict:
                 shutil.copy2(log_path, f"{args.out}.server{instances}.log")
                 timing[instances] = re.findall(r"\[segformer_gpu\].*", text)[-4:]
             shutil.rmtree(scratch, ignore_errors=True)
-    return {"rows": rows, "stage_timing": timing}
 
 
 def knee(rows: list[dict], ratio: float = 2.0) -> dict | None:
@@ -322,12 +337,8 @@ def main(argv=None) -> int:
         result["model_only"] = model_only(args, log)
         write()  # kept even if serving fails below
     if args.served or args.served_only:
-        try:
-            result["served"] = served(args, log)
-            result["served"]["knee"] = knee(result["served"]["rows"])
-        except Exception as exc:  # noqa: BLE001 - recorded in the results, the model-only table stays
-            result["served"] = {"rows": [], "error": f"{type(exc).__name__}: {exc}"}
-            log(f"served benchmark failed: {exc}")
+        result["served"] = served(args, log)
+        result["served"]["knee"] = knee(result["served"]["rows"])
         write()
     print(markdown(result))
     return 0 if not result.get("served", {}).get("error") else 1

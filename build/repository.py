@@ -28,14 +28,15 @@ from segformer.weights import get_weights, sha256_file
 ROOT = Path(__file__).resolve().parent.parent
 CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "triton_python_model.py",
                                                                 "triton_null_model.py", "triton_gpu_model.py",
-                                                                "engines.py", "artefacts.py")] \
-    + sorted((ROOT / "segformer").glob("*.py"))
+                                                                "engines.py", "artefacts.py")]
+GPU_CODE = sorted((ROOT / "segformer").glob("*.py"))  # copied into the GPU row's directory
 
 
 def recipe(v: ServingVariant, quant: QuantSettings) -> str:
     w = get_weights(v.weights)
     q = quant.key() if v.precision in ("int8", "best") else ""
-    return _sha(json.dumps([v.spec(), w.meta["sha256"], q, code_hash(CODE)], sort_keys=True).encode())[:16]
+    code = code_hash(CODE + (GPU_CODE if v.backend == PYTHON_GPU else []))
+    return _sha(json.dumps([v.spec(), w.meta["sha256"], q, code], sort_keys=True).encode())[:16]
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -1,6 +1,8 @@
 """The GPU benchmark's reporting, on synthetic results (the measuring itself needs a GPU: `make bench`)."""
 import json
 
+import pytest
+
 from build.bench_gpu import knee, main, markdown, plot
 
 
@@ -33,3 +35,22 @@ def test_report_and_plot_are_written(tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 10_000 and "| HF | 1 |" in (tmp_path / "r.md").read_text()
     plot({**RESULT, "served": {"rows": []}}, tmp_path / "no_served.png")  # model-only results plot too
     assert (tmp_path / "no_served.png").is_file()
+
+
+@pytest.mark.integration
+def test_served_run_on_a_machine_without_a_gpu_reports_the_model_s_error(tmp_path):
+    """The real pip Triton refuses the GPU row's KIND_GPU instances without a GPU; the benchmark records the
+    server's reason instead of crashing or reporting numbers."""
+    import argparse
+
+    import torch
+
+    from build.bench_gpu import served
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the no-GPU error path")
+    args = argparse.Namespace(served_instances=[1], served_payloads=["jpeg"], served_points=[(1, 1)],
+                              served_duration=1.0, images="", served_start_timeout=120, out=tmp_path / "bench")
+    res = served(args, log=lambda *_: None)
+    assert res["rows"] == [] and "KIND_GPU but no GPUs are available" in res["error"]
+    assert (tmp_path / "bench.server1.log").is_file()
