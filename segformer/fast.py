@@ -5,7 +5,8 @@
   ``BN(fuse(concat(up(P_i x_i))))`` equals ``sum_i up(M_i x_i) + c`` with ``M_i = s * W_fuse_i @ P_i`` computed
   once. Each stage is projected at its own resolution and the 4 x 256-channel concat at 1/4 resolution (and the
   1024 -> 256 fuse GEMM over it) disappears.
-- **Fused Mix-FFN middle**: depthwise 3x3 conv + bias + GELU in one Triton kernel (`FusedMixFFN`).
+- **Fused Mix-FFN middle** (optional, `fused_mixffn=True`): depthwise 3x3 conv + bias + GELU in one Triton kernel
+  (`FusedMixFFN`); measured faster alone and at batch 1, slower in the compiled model at batch 16, so off by default.
 - **Fused upsample + argmax** (`segformer.kernels.upsample_argmax`): full-resolution logits never hit memory.
 - **8-channel input**: the RGB input is zero-padded to 8 channels (and the first conv's weights likewise) so the
   first patch embedding runs on tensor cores.
