@@ -1,6 +1,7 @@
-// One warp per row: every lane loads its share of the row once (16-byte vectors where the row and pointers allow,
-// else scalars), keeps it in registers, and the warp reduces the mean and then the centred sum of squares with
-// shuffles (an exact two-level reduction in FP32: no E[x^2] - E[x]^2 cancellation, no FP16 overflow when squaring).
+// A group of lanes per row (a whole warp for long rows, 4-16 lanes for short ones): every lane loads its share of
+// the row once (16-byte vectors where the row and pointers allow, else scalars), keeps it in registers, and the
+// group reduces the mean and then the centred sum of squares with shuffles (an exact two-level reduction in FP32:
+// no E[x^2] - E[x]^2 cancellation, no FP16 overflow when squaring).
 #include "layernorm_kernel.h"
 
 #include <cuda_fp16.h>
@@ -11,9 +12,11 @@ constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 4;
 constexpr int kMaxChannels = 2048;
 
-__device__ __forceinline__ float warp_sum(float v) {
+// Sum over the LANES lanes of one row (LANES a power of two <= 32: xor offsets below LANES stay in the group).
+template <int LANES>
+__device__ __forceinline__ float group_sum(float v) {
 #pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = LANES / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 
@@ -36,22 +39,26 @@ __device__ __forceinline__ float from_float<float>(float v) { return v; }
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 
-// VEC elements per load (16 bytes for the vector path, 1 for the scalar path); PER_LANE loads per lane at most.
-template <typename T, int VEC, int PER_LANE>
+// VEC elements per load (16 bytes for the vector path, 1 for the scalar path); a row is handled by LANES lanes
+// (32 / LANES rows per warp, so short rows such as C = 32 in FP16 still keep every lane busy), each doing at most
+// PER_LANE loads. Lanes whose row is past the end compute on nothing but still take part in the shuffles.
+template <typename T, int VEC, int PER_LANE, int LANES>
 __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
 layernorm_rows(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ beta,
                T* __restrict__ y, int64_t rows, int channels, float eps) {
   using P = Packet<T, VEC>;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
-  if (row >= rows) return;  // whole warps leave together: the shuffles below stay full-warp
-  const int packets = channels / VEC;
-  const P* xr = reinterpret_cast<const P*>(x + row * channels);
+  constexpr int kRowsPerWarp = kWarp / LANES;
+  const int lane = threadIdx.x % LANES;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp) * kRowsPerWarp +
+                      (threadIdx.x % kWarp) / LANES;
+  const bool valid = row < rows;
+  const int packets = valid ? channels / VEC : 0;
+  const P* xr = reinterpret_cast<const P*>(x + (valid ? row : 0) * channels);
   float v[PER_LANE][VEC];
   float sum = 0.f;
 #pragma unroll
   for (int i = 0; i < PER_LANE; ++i) {
-    const int p = lane + i * kWarp;
+    const int p = lane + i * LANES;
     if (p < packets) {
       const P pk = xr[p];
 #pragma unroll
@@ -61,11 +68,11 @@ layernorm_rows(const T* __restrict__ x, const T* __restrict__ gamma, const T* __
       }
     }
   }
-  const float mean = warp_sum(sum) / channels;
+  const float mean = group_sum<LANES>(sum) / channels;
   float sq = 0.f;
 #pragma unroll
   for (int i = 0; i < PER_LANE; ++i) {
-    if (lane + i * kWarp < packets) {
+    if (lane + i * LANES < packets) {
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         const float d = v[i][k] - mean;
@@ -73,13 +80,13 @@ layernorm_rows(const T* __restrict__ x, const T* __restrict__ gamma, const T* __
       }
     }
   }
-  const float rstd = rsqrtf(warp_sum(sq) / channels + eps);
+  const float rstd = rsqrtf(group_sum<LANES>(sq) / channels + eps);
   const P* g = reinterpret_cast<const P*>(gamma);
   const P* b = reinterpret_cast<const P*>(beta);
-  P* yr = reinterpret_cast<P*>(y + row * channels);
+  P* yr = reinterpret_cast<P*>(y + (valid ? row : 0) * channels);
 #pragma unroll
   for (int i = 0; i < PER_LANE; ++i) {
-    const int p = lane + i * kWarp;
+    const int p = lane + i * LANES;
     if (p < packets) {
       const P gp = g[p];
       const P bp = b[p];
@@ -94,20 +101,30 @@ layernorm_rows(const T* __restrict__ x, const T* __restrict__ gamma, const T* __
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+template <typename T, int VEC, int PER_LANE, int LANES>
+cudaError_t launch_rows(const T* x, const T* g, const T* b, T* y, int64_t rows, int c, float eps, cudaStream_t s) {
+  constexpr int64_t kRowsPerBlock = kWarpsPerBlock * (kWarp / LANES);
+  const dim3 block(kWarp * kWarpsPerBlock);
+  const dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
+  layernorm_rows<T, VEC, PER_LANE, LANES><<<grid, block, 0, s>>>(x, g, b, y, rows, c, eps);
+  return cudaGetLastError();
+}
+
 template <typename T, int VEC>
 cudaError_t launch_vec(const T* x, const T* g, const T* b, T* y, int64_t rows, int c, float eps, cudaStream_t s) {
-  const int per_lane = (c / VEC + kWarp - 1) / kWarp;
-  const dim3 block(kWarp * kWarpsPerBlock);
-  const dim3 grid(static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock));
-  if (per_lane <= 1) layernorm_rows<T, VEC, 1><<<grid, block, 0, s>>>(x, g, b, y, rows, c, eps);
-  else if (per_lane <= 2) layernorm_rows<T, VEC, 2><<<grid, block, 0, s>>>(x, g, b, y, rows, c, eps);
-  else if (per_lane <= 4) layernorm_rows<T, VEC, 4><<<grid, block, 0, s>>>(x, g, b, y, rows, c, eps);
-  else if (per_lane <= 8) layernorm_rows<T, VEC, 8><<<grid, block, 0, s>>>(x, g, b, y, rows, c, eps);
-  else if (per_lane <= 16) layernorm_rows<T, VEC, 16><<<grid, block, 0, s>>>(x, g, b, y, rows, c, eps);
-  else if (per_lane <= 32) layernorm_rows<T, VEC, 32><<<grid, block, 0, s>>>(x, g, b, y, rows, c, eps);
-  else if (per_lane <= 64) layernorm_rows<T, VEC, 64><<<grid, block, 0, s>>>(x, g, b, y, rows, c, eps);
-  else return cudaErrorInvalidValue;
-  return cudaGetLastError();
+  const int packets = c / VEC;
+  if (packets <= 4) return launch_rows<T, VEC, 1, 4>(x, g, b, y, rows, c, eps, s);
+  if (packets <= 8) return launch_rows<T, VEC, 1, 8>(x, g, b, y, rows, c, eps, s);
+  if (packets <= 16) return launch_rows<T, VEC, 1, 16>(x, g, b, y, rows, c, eps, s);
+  const int per_lane = (packets + kWarp - 1) / kWarp;
+  if (per_lane <= 1) return launch_rows<T, VEC, 1, 32>(x, g, b, y, rows, c, eps, s);
+  if (per_lane <= 2) return launch_rows<T, VEC, 2, 32>(x, g, b, y, rows, c, eps, s);
+  if (per_lane <= 4) return launch_rows<T, VEC, 4, 32>(x, g, b, y, rows, c, eps, s);
+  if (per_lane <= 8) return launch_rows<T, VEC, 8, 32>(x, g, b, y, rows, c, eps, s);
+  if (per_lane <= 16) return launch_rows<T, VEC, 16, 32>(x, g, b, y, rows, c, eps, s);
+  if (per_lane <= 32) return launch_rows<T, VEC, 32, 32>(x, g, b, y, rows, c, eps, s);
+  if (per_lane <= 64) return launch_rows<T, VEC, 64, 32>(x, g, b, y, rows, c, eps, s);
+  return cudaErrorInvalidValue;
 }
 
 template <typename T>
@@ -130,7 +147,7 @@ extern "C" int segformer_layernorm(const void* x, const void* gamma, const void*
   if (rows < 0 || channels < 1 || channels > kMaxChannels || !(eps > 0.f)) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   if (!x || !gamma || !beta || !y) return cudaErrorInvalidValue;
-  if ((rows + kWarpsPerBlock - 1) / kWarpsPerBlock > 0x7fffffff) return cudaErrorInvalidValue;
+  if ((rows + kWarpsPerBlock - 1) / kWarpsPerBlock > 0x7fffffff) return cudaErrorInvalidValue;  // grid.x limit
   switch (dtype) {
     case SEGFORMER_FP32: return launch<float>(x, gamma, beta, y, rows, channels, eps, stream);
     case SEGFORMER_FP16: return launch<__half>(x, gamma, beta, y, rows, channels, eps, stream);
