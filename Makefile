@@ -75,6 +75,7 @@ bench-build: venv
 	$(PY) -m build.bench_build --out results/build_bench $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT))
 
 bench: venv
+	$(PY) -m pip install -q -e ".[gpu]"
 	$(PY) -m build.bench_gpu --served --out results/bench_gpu $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES))
 
 plugins: venv

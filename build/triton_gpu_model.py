@@ -80,7 +80,12 @@ class TritonPythonModel:
 
     def _decode_all(self, blobs):
         """Decoded [H,W,3] GPU tensors (or the exception for an unreadable one), JPEGs in one nvJPEG batch."""
-        from torchvision.io import ImageReadMode, decode_jpeg
+        try:
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except ImportError:
+            err = ValueError("'encoded' input needs torchvision on the server (pip install torchvision, matching "
+                             "torch); or send raw uint8 'images'")
+            return [err] * len(blobs)
 
         out = [None] * len(blobs)
         jpeg = [i for i, b in enumerate(blobs) if b.numel() > 2 and int(b[0]) == 0xFF and int(b[1]) == 0xD8]

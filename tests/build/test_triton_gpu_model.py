@@ -110,3 +110,10 @@ def test_a_failing_model_answers_every_request_with_the_error(model):
     model.runner = boom
     out = model.execute([_raw(1, 0), _encoded("PNG", 0)])
     assert all(r.error and "inference failed: CUDA out of memory" in r.error.msg for r in out)
+
+
+def test_encoded_input_without_torchvision_is_a_clear_error_and_raw_requests_still_run(model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision.io", None)  # import fails as if torchvision were absent
+    out = model.execute([_encoded("PNG", 0), _raw(1, 32)])
+    assert "needs torchvision" in out[0].error.msg
+    assert out[1].error is None and (out[1].output_tensors[0].t == 2).all()
