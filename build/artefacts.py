@@ -20,7 +20,7 @@ from segformer.weights import atomic_write_bytes, get_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_CODE = [ROOT / "build" / "export.py", ROOT / "segformer" / "model.py"]
-PASS_CODE = [ROOT / "build" / "passes.py", ROOT / "build" / "quantize.py"]
+PASS_CODE = [ROOT / "build" / f for f in ("passes.py", "quantize.py", "quantize_cpu.py")]
 
 
 class NeedsCalibration(RuntimeError):
@@ -110,26 +110,34 @@ class OnnxCache:
         return path, extra
 
     def _quantized(self, v: ServingVariant, base: Path, log) -> tuple[Path, dict]:
-        from build import quantize
+        """Q/DQ int8 + best (build.quantize) or the ONNX Runtime CPU mix (build.quantize_cpu), cached per recipe."""
+        from build import quantize, quantize_cpu
 
         q = self.quant
         if q.calib is None:
             raise NeedsCalibration(f"{v.precision} needs calibration images: make repo CALIB=DIR "
                                    f"(or --calib DIR), a folder of images like the ones you will serve")
-        key = _sha(json.dumps([base.name, q.key(), code_hash(PASS_CODE)]).encode())[:16]
+        cpu = v.int8_recipe == "dynamic"
+        key = _sha(json.dumps([base.name, q.key(), v.int8_recipe, code_hash(PASS_CODE)]).encode())[:16]
         folder = self.root / f"quant-{key}"
-        if not (folder / "quantize.json").is_file():
+        report_name = "quantize_cpu.json" if cpu else "quantize.json"
+        if not (folder / report_name).is_file():
             size = v.size
-            calib = quantize.load_batch(q.calib, size, q.calib_count)
             hold = quantize.load_batch(q.holdout or q.calib, q.analysis_size or size, q.holdout_count, "held-out")
             full = quantize.load_batch(q.holdout or q.calib, size, q.holdout_count, "held-out") \
                 if q.analysis_size and tuple(q.analysis_size) != tuple(size) else None
             stage = Path(tempfile.mkdtemp(prefix=f".quant-{key}.", dir=self.root))
             try:
-                quantize.build_quantized(base, stage, calib, hold, q.method, q.budget, log=log, holdout_full=full)
+                if cpu:
+                    quantize_cpu.build_cpu_int8(base, stage, hold, q.budget, log=log, holdout_full=full)
+                else:
+                    calib = quantize.load_batch(q.calib, size, q.calib_count)
+                    quantize.build_quantized(base, stage, calib, hold, q.method, q.budget, log=log,
+                                             holdout_full=full)
                 shutil.rmtree(folder, ignore_errors=True)
                 stage.replace(folder)
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
-        qreport = json.loads((folder / "quantize.json").read_text())
-        return folder / ("int8.onnx" if v.precision == "int8" else "best.onnx"), qreport
+        qreport = json.loads((folder / report_name).read_text())
+        name = "best_cpu.onnx" if cpu else "int8.onnx" if v.precision == "int8" else "best.onnx"
+        return folder / name, qreport

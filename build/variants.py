@@ -32,6 +32,7 @@ class ServingVariant:
     instances: int = 1
     with_logits: bool = False
     layernorm: str = "native"  # "plugin": LayerNorm nodes become the TensorRT plugin op (plugins/)
+    int8_recipe: str = "qdq"  # int8/best: "qdq" (explicit Q/DQ, TensorRT's input) or "dynamic" (ONNX Runtime CPU)
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -60,7 +61,9 @@ def _cpu_rows(weights: str, prefix: str) -> list[ServingVariant]:
     """The same precisions served by ONNX Runtime in the python backend: measurable on a CPU-only machine."""
     return [ServingVariant(f"{prefix}_{p}", weights, PYTHON_ORT, precision=p, max_batch=2,
                            description=f"ONNX Runtime {p} graph in the python backend")
-            for p in PRECISIONS if p != "fp32"]
+            for p in PRECISIONS if p != "fp32"] + [
+        ServingVariant(f"{prefix}_best_cpu", weights, PYTHON_ORT, precision="best", max_batch=2, int8_recipe="dynamic",
+                       description="ONNX Runtime CPU INT8 (dynamic-activation weight products), accuracy-guarded")]
 
 
 VARIANTS: dict[str, ServingVariant] = {v.name: v for v in [

@@ -7,27 +7,6 @@ import torch
 
 from build.quantize import (BudgetExceeded, build_quantized, check_budget, greedy_best, group_of, groups,
                             quantizable, quantize)
-from segformer.model import SegmentationPipeline, create_model
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory):
-    torch.manual_seed(0)
-    pipe = SegmentationPipeline(create_model("tiny", 19).eval(), (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
-    buf = io.BytesIO()
-    torch.onnx.export(pipe, (torch.zeros(1, 64, 64, 3, dtype=torch.uint8),), buf, input_names=["images"],
-                      output_names=["labels"], dynamic_axes={"images": {0: "N", 1: "H", 2: "W"}}, opset_version=17,
-                      dynamo=False)
-    path = tmp_path_factory.mktemp("q") / "fp32.onnx"
-    path.write_bytes(buf.getvalue())
-    return path
-
-
-def _images(n, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:64, 0:64] / 64
-    return np.stack([((np.stack([np.sin(4 * xx + i), np.cos(3 * yy), xx * yy], -1) * 0.5 + 0.5) * 255
-                      + rng.normal(0, 10, (64, 64, 3))).clip(0, 255).astype(np.uint8) for i in range(n)])
 
 
 def _dq_fed(model):
@@ -39,9 +18,9 @@ def _dq_fed(model):
     return fed
 
 
-def test_qdq_placement_symmetric_per_channel(tiny_onnx, tmp_path):
+def test_qdq_placement_symmetric_per_channel(tiny_onnx, make_images, tmp_path):
     model = onnx.load(str(tiny_onnx))
-    out = quantize(tiny_onnx, tmp_path / "int8.onnx", tmp_path / "ranges.json", _images(4), "minmax")
+    out = quantize(tiny_onnx, tmp_path / "int8.onnx", tmp_path / "ranges.json", make_images(4), "minmax")
     q = onnx.load(str(out))
     assert _dq_fed(q) >= set(quantizable(model)) - {""}  # every MatMul/Conv/Gemm reads Q/DQ'd inputs
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
@@ -79,8 +58,8 @@ def test_budget_check_fails_when_violated():
         check_budget(0.0051, 0.005)
 
 
-def test_build_quantized_meets_its_budget(tiny_onnx, tmp_path):
-    rep = build_quantized(tiny_onnx, tmp_path, _images(4), _images(2, seed=1), "minmax", budget=0.02, log=lambda *_: None)
+def test_build_quantized_meets_its_budget(tiny_onnx, make_images, tmp_path):
+    rep = build_quantized(tiny_onnx, tmp_path, make_images(4), make_images(2, seed=1), "minmax", budget=0.02, log=lambda *_: None)
     assert (tmp_path / "int8.onnx").is_file() and (tmp_path / "best.onnx").is_file()
     assert rep["best"]["disagreement"] <= 0.02 and set(rep["best"]["precision"]) == set(rep["sensitivity"])
     kept = [t["group"] for t in rep["greedy"] if t["kept"]]
