@@ -1,3 +1,4 @@
+import numpy as np
 import onnx
 import pytest
 
@@ -27,6 +28,26 @@ def test_dynamic_quantization_touches_only_the_chosen_nodes(tiny_onnx, tmp_path)
     assert _int8_products(q) == len(nodes)
     none = onnx.load(str(quantize_dynamic(tiny_onnx, tmp_path / "none.onnx", [])))
     assert _int8_products(none) == 0
+
+
+def test_gemm_and_matmul_weights_are_both_quantized(tmp_path):
+    """onnxsim writes Linear layers as Gemm; the quantizer renames them on the way (Gemm -> NAME_MatMul + Add)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+         for n, s in (("w1", (8, 8)), ("b1", (8,)), ("w2", (8, 8)))]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="Gemm_1"),
+             helper.make_node("MatMul", ["h", "w2"], ["g"], name="/fc/MatMul"),
+             helper.make_node("MatMul", ["g", "x"], ["y"], name="/scores/MatMul")]  # activation x activation
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])], w)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    model = onnx.load(str(path))
+    assert weight_products(model) == ["Gemm_1", "/fc/MatMul"]
+    assert _int8_products(onnx.load(str(quantize_dynamic(path, tmp_path / "q.onnx", weight_products(model))))) == 2
+    assert _int8_products(onnx.load(str(quantize_dynamic(path, tmp_path / "g.onnx", ["Gemm_1"])))) == 1
 
 
 def test_cpu_best_meets_its_budget_or_refuses(tiny_onnx, make_images, tmp_path):
