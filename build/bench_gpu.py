@@ -215,13 +215,16 @@ def knee(rows: list[dict], ratio: float = 2.0) -> dict | None:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Two panels: model-only ms/img per batch size for each implementation; served img/s against p99."""
+    """Model-only ms/img per batch size for each implementation; beside it, when there was a served run, served
+    img/s against p99."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    served_rows = (result.get("served") or {}).get("rows") or []
+    fig, axes = plt.subplots(1, 2 if served_rows else 1, figsize=(12 if served_rows else 6.5, 4.5), squeeze=False)
+    a = axes[0][0]
     impls = dict.fromkeys(r["impl"] for r in result["model_only"]["rows"])
     for impl in impls:
         rows = [r for r in result["model_only"]["rows"] if r["impl"] == impl]
@@ -231,7 +234,14 @@ def plot(result: dict, path: Path) -> None:
     a.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
     a.grid(alpha=0.3)
     a.legend(fontsize=8)
-    served_rows = (result.get("served") or {}).get("rows") or []
+    if served_rows:
+        _plot_served(axes[0][1], served_rows)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_served(b, served_rows: list[dict]) -> None:
     for key in dict.fromkeys((r.get("instances"), r["payload"]) for r in served_rows):
         rows = [r for r in served_rows if (r.get("instances"), r["payload"]) == key and r["p99_ms"]]
         b.plot([r["p99_ms"] for r in rows], [r["img_per_s"] for r in rows], "o-",
@@ -241,11 +251,7 @@ def plot(result: dict, path: Path) -> None:
                        textcoords="offset points")
     b.set(xlabel="p99 latency (ms)", ylabel="images per second", title="served through Triton (labels: in flight)")
     b.grid(alpha=0.3)
-    if served_rows:
-        b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    b.legend(fontsize=8)
 
 
 def markdown(result: dict) -> str:
