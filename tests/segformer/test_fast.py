@@ -47,7 +47,7 @@ def test_folding_removes_the_concat_and_fuse_weights():
     folded = FoldedDecoder.fold(m.decode_head)
     orig = sum(p.numel() for p in m.decode_head.parameters())
     assert sum(p.numel() for p in folded.parameters()) < orig / 2  # the 1024x256 fuse conv is gone
-    assert [p.shape[1] for p in folded.proj] == [32, 64, 160, 256]
+    assert [c.in_channels for c in folded.proj] == [32, 64, 160, 256]
 
 
 def test_reference_matches_the_served_pipeline_tail():
