@@ -18,6 +18,7 @@ from pathlib import Path
 from build.artefacts import QuantSettings
 from build.repository import write_repository
 from build.variants import TENSORRT, select
+from segformer.weights import atomic_write_bytes
 
 
 def main(argv=None) -> int:
@@ -46,13 +47,13 @@ def main(argv=None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": table}
-    Path(f"{args.out}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write_bytes(Path(f"{args.out}.json"), (json.dumps(meta, indent=1) + "\n").encode())
     md = ["| variant | precision | builder | build s | engine MB | result |", "|---|---|---|---:|---:|---|"]
     for r in table:
         md.append(f"| {r['variant']} | {r['precision']}{' +plugin' if r['layernorm'] == 'plugin' else ''} | "
                   f"{r['builder'] or '-'} {r['builder_version'] or ''} | {r['engine_build_s'] or '-'} | "
-                  f"{r['engine_mb'] or '-'} | {r['result'][:90]} |")
-    Path(f"{args.out}.md").write_text("\n".join(md) + "\n")
+                  f"{r['engine_mb'] or '-'} | {r['result'].split(' (')[0]} |")
+    atomic_write_bytes(Path(f"{args.out}.md"), ("\n".join(md) + "\n").encode())
     print("\n".join(md))
     return 0
 
