@@ -255,28 +255,27 @@ def build_quantized(fp32: Path, out_dir: Path, calib: np.ndarray, holdout: np.nd
     return report
 
 
-def main(argv=None) -> int:
-    from build.export import build_onnx
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The options build.quantize and build.quantize_cpu share: model, sizes, held-out set, budget, output."""
     from build.train import parse_size
-    from segformer.weights import atomic_write_bytes
 
-    ap = argparse.ArgumentParser(prog="python -m build.quantize", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default="segformer-b1-camvid")
     ap.add_argument("--size", type=parse_size, default=(1024, 1024))
-    ap.add_argument("--calib", type=Path, required=True, help="calibration image folder")
-    ap.add_argument("--calib-count", type=int, default=16)
-    ap.add_argument("--holdout", type=Path, required=True, help="held-out image folder for the sensitivity")
+    ap.add_argument("--holdout", type=Path, required=True, help="held-out image folder for the accuracy guard")
     ap.add_argument("--holdout-count", type=int, default=4)
-    ap.add_argument("--method", choices=METHODS, default="percentile")
     ap.add_argument("--budget", type=float, default=0.005, help="max pixel disagreement of best (0.005 = 0.5 %%)")
     ap.add_argument("--margin", type=float, default=0.6, help="search target = budget x margin (default 0.6)")
     ap.add_argument("--analysis-size", type=parse_size, default=(512, 512),
                     help="HxW for sensitivity and search (the final check runs at --size)")
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
+
+
+def prepare(ap: argparse.ArgumentParser, args) -> tuple[Path, np.ndarray, np.ndarray]:
+    """Held-out images (analysis and serving size) and the verified FP32 export in --out; exits 2 on bad input."""
+    from build.export import build_onnx
+    from segformer.weights import atomic_write_bytes
+
     try:
-        calib = load_batch(args.calib, args.size, args.calib_count)
         holdout = load_batch(args.holdout, args.analysis_size, args.holdout_count, "held-out")
         full = load_batch(args.holdout, args.size, args.holdout_count, "held-out")
     except CalibrationError as exc:
@@ -285,6 +284,22 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     fp32 = args.out / "fp32.onnx"
     atomic_write_bytes(fp32, data)
+    return fp32, holdout, full
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m build.quantize", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap)
+    ap.add_argument("--calib", type=Path, required=True, help="calibration image folder")
+    ap.add_argument("--calib-count", type=int, default=16)
+    ap.add_argument("--method", choices=METHODS, default="percentile")
+    args = ap.parse_args(argv)
+    try:
+        calib = load_batch(args.calib, args.size, args.calib_count)
+    except CalibrationError as exc:
+        ap.exit(2, f"error: {exc}\n")
+    fp32, holdout, full = prepare(ap, args)
     build_quantized(fp32, args.out, calib, holdout, args.method, args.budget, args.margin, holdout_full=full)
     return 0
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from build.quantize import (CalibrationError, check_budget, disagreement, greedy_best, groups, load_batch,
+from build.quantize import (add_common_args, check_budget, disagreement, greedy_best, groups, prepare,
                             repair_to_budget, run_labels)
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
@@ -105,31 +105,11 @@ def build_cpu_int8(fp32: Path, out_dir: Path, holdout: np.ndarray, budget: float
 
 
 def main(argv=None) -> int:
-    from build.export import build_onnx
-    from build.train import parse_size
-    from segformer.weights import atomic_write_bytes
-
     ap = argparse.ArgumentParser(prog="python -m build.quantize_cpu", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default="segformer-b1-camvid")
-    ap.add_argument("--size", type=parse_size, default=(1024, 1024))
-    ap.add_argument("--holdout", type=Path, required=True, help="held-out image folder for the accuracy guard")
-    ap.add_argument("--holdout-count", type=int, default=3)
-    ap.add_argument("--budget", type=float, default=0.005, help="max pixel disagreement (0.005 = 0.5 %%)")
-    ap.add_argument("--margin", type=float, default=0.6, help="search target = budget x margin (default 0.6)")
-    ap.add_argument("--analysis-size", type=parse_size, default=(512, 512),
-                    help="HxW for the search (the final check runs at --size)")
-    ap.add_argument("--out", type=Path, required=True)
+    add_common_args(ap)
     args = ap.parse_args(argv)
-    try:
-        holdout = load_batch(args.holdout, args.analysis_size, args.holdout_count, "held-out")
-        full = load_batch(args.holdout, args.size, args.holdout_count, "held-out")
-    except CalibrationError as exc:
-        ap.exit(2, f"error: {exc}\n")
-    data, _ = build_onnx(args.weights, args.size)
-    args.out.mkdir(parents=True, exist_ok=True)
-    fp32 = args.out / "fp32.onnx"
-    atomic_write_bytes(fp32, data)
+    fp32, holdout, full = prepare(ap, args)
     build_cpu_int8(fp32, args.out, holdout, args.budget, args.margin, holdout_full=full)
     return 0
 

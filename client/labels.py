@@ -38,7 +38,7 @@ def list_images(folder: Path) -> list[Path]:
     """Image files directly in `folder` or below it, sorted; errors name the fix."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder (pass --images DIR with image files)")
+        raise FileNotFoundError(f"{folder}: no such folder (pass a folder that holds image files)")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")

@@ -57,3 +57,12 @@ def test_cpu_best_meets_its_budget_or_refuses(tiny_onnx, make_images, tmp_path):
     with pytest.raises(BudgetExceeded):  # a budget nothing INT8 can meet on purpose: -1 is below any share
         build_cpu_int8(tiny_onnx, tmp_path / "never", make_images(2, seed=1), budget=-1.0, log=lambda *_: None)
     assert not (tmp_path / "never" / "best_cpu.onnx").exists()
+
+
+def test_cli_names_a_missing_holdout_folder(tmp_path, capsys):
+    from build.quantize_cpu import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--holdout", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert "held-out images" in capsys.readouterr().err and not (tmp_path / "out").exists()
