@@ -86,3 +86,26 @@ def test_unknown_layout_is_a_clear_error(tmp_path):
     torch.save({"foo.weight": torch.zeros(1)}, path)
     with pytest.raises(CheckpointError, match="unrecognised checkpoint layout"):
         load_checkpoint(path)
+
+
+def test_folded_pipeline_gives_the_same_labels_and_leaves_the_model_alone():
+    from segformer.model import AllMLPDecoder, FoldedAllMLPDecoder, SegmentationPipeline
+
+    torch.manual_seed(0)
+    m = create_model("tiny", 7).eval()
+    bn = m.decode_head.bn
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    for lin in m.decode_head.linear_c:
+        lin.bias.data.uniform_(-0.1, 0.1)
+    mean, std = (120.0, 115.0, 100.0), (60.0, 58.0, 57.0)
+    ref, folded = SegmentationPipeline(m, mean, std), SegmentationPipeline(m, mean, std, fold_decoder=True)
+    assert isinstance(m.decode_head, AllMLPDecoder) and isinstance(folded.model.decode_head, FoldedAllMLPDecoder)
+    images = torch.randint(0, 256, (2, 64, 96, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        ref.with_logits = folded.with_logits = True
+        (la, lo_a), (lb, lo_b) = ref(images), folded(images)
+    torch.testing.assert_close(lo_b, lo_a, rtol=1e-4, atol=1e-4)
+    assert (la == lb).float().mean() > 0.999
+    assert not any(p.requires_grad for p in folded.model.decode_head.parameters())
