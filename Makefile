@@ -22,6 +22,12 @@ DURATION ?= 20
 SLO_MS ?= 10000
 LOAD_MODEL ?= $(MODEL)
 BENCH_IMAGES ?=
+EVAL_IMAGES ?=
+EVAL_LABELS ?=
+LABEL_FORMAT ?= auto
+EVAL_MODELS ?= segformer_b1_fp16,segformer_b1_int8,segformer_b1_best,segformer_b1_best_cpu
+REFERENCE ?= segformer_b1
+THRESHOLD ?=
 CUDA_ARCH ?=
 
 .PHONY: help venv repo serve stop demo test evaluate loadtest sweep bench-build bench plugins clean
@@ -31,6 +37,7 @@ help:
 	@echo "make repo     write $(REPO)/ (VARIANTS=\"segformer_b1 ...\" PRECISIONS=\"fp32 fp16\")"
 	@echo "make serve    start Triton on $(REPO)/ in the background; make stop ends it"
 	@echo "make repo CALIB=DIR   also build the int8 / best rows (calibration images)"
+	@echo "make evaluate EVAL_IMAGES=DIR [EVAL_LABELS=DIR LABEL_FORMAT=camvid]  accuracy of the served variants vs $(REFERENCE)"
 	@echo "make loadtest  headless locust run against the served $(LOAD_MODEL) (USERS, DURATION)"
 	@echo "make sweep     concurrency sweep with knee under SLO_MS"
 	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
@@ -62,6 +69,12 @@ stop: venv
 demo: venv
 	$(PY) -m build.demo --image $(IMAGE) --model $(MODEL) --repo $(REPO) --out $(OUT) \
 	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+evaluate: venv
+	@test -n "$(EVAL_IMAGES)" || { echo "error: set EVAL_IMAGES=DIR (a folder of images to evaluate on)"; exit 2; }
+	$(PY) -m client.evaluate --images $(EVAL_IMAGES) $(if $(EVAL_LABELS),--labels $(EVAL_LABELS) --label-format $(LABEL_FORMAT)) \
+	  --models $(EVAL_MODELS) --reference $(REFERENCE) --url localhost:$(HTTP_PORT) --out $(OUT)/evaluate \
+	  $(if $(THRESHOLD),--threshold $(THRESHOLD))
 
 loadtest: venv
 	$(PY) -m loadtest.run --model $(LOAD_MODEL) --users $(LOAD_USERS) --duration $(DURATION) \
