@@ -5,7 +5,8 @@
 Graph: ``images`` uint8 [N,H,W,3] (RGB) -> ``labels`` uint8 [N,H,W] (and optionally ``logits`` float32
 [N,C,H,W]). Batch, height and width are dynamic. The decoder is exported folded
 (`segformer.model.FoldedAllMLPDecoder`: exact; no 4 x 256-channel concat and fuse conv at 1/4 resolution, 1.16x
-faster for B1 1024² FP32 on ONNX Runtime, CPU); the check below compares against the unfolded PyTorch model. Opset 17 keeps every LayerNorm a single LayerNormalization node.
+faster for B1 1024² FP32 on ONNX Runtime, CPU); the check below compares against the unfolded PyTorch model.
+Opset 17 keeps every LayerNorm a single LayerNormalization node.
 The export is simplified with onnxsim when it is installed and checked against PyTorch with ONNX Runtime:
 label agreement under --min-agreement (99.99 % by default) fails the export, and nothing is written.
 """

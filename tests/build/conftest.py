@@ -28,8 +28,6 @@ def _images(n, seed=0):
                       + rng.normal(0, 10, (64, 64, 3))).clip(0, 255).astype(np.uint8) for i in range(n)])
 
 
-
-
 @pytest.fixture(scope="session")
 def make_images():
     """make_images(n, seed=0): n smooth, noisy 64x64 RGB uint8 images."""

@@ -1,9 +1,6 @@
-import io
-
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from build.quantize import (BudgetExceeded, build_quantized, check_budget, greedy_best, group_of, groups,
                             quantizable, quantize)

@@ -11,28 +11,14 @@ import torch
 
 from segformer.fast import FastSegmenter, FoldedDecoder
 from segformer.kernels import upsample_argmax, upsample_argmax_reference
-from segformer.model import SegmentationPipeline, create_model
+from segformer.model import SegmentationPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _trained_like(variant="tiny", classes=7, seed=0):
-    """A model with non-trivial BatchNorm statistics, so folding is really exercised."""
-    torch.manual_seed(seed)
-    m = create_model(variant, classes).eval()
-    bn = m.decode_head.bn
-    bn.running_mean.uniform_(-0.5, 0.5)
-    bn.running_var.uniform_(0.5, 2.0)
-    bn.weight.data.uniform_(0.5, 1.5)
-    bn.bias.data.uniform_(-0.2, 0.2)
-    for lin in m.decode_head.linear_c:
-        lin.bias.data.uniform_(-0.1, 0.1)
-    return m
-
-
 @pytest.mark.parametrize("variant", ["tiny", "b0"])
-def test_folded_decoder_equals_the_all_mlp_decoder(variant):
-    m = _trained_like(variant)
+def test_folded_decoder_equals_the_all_mlp_decoder(variant, trained_like):
+    m = trained_like(variant)
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         feats = m.encoder(x)
@@ -42,8 +28,8 @@ def test_folded_decoder_equals_the_all_mlp_decoder(variant):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_folding_removes_the_concat_and_fuse_weights():
-    m = _trained_like("b0", 19)
+def test_folding_removes_the_concat_and_fuse_weights(trained_like):
+    m = trained_like("b0", 19)
     folded = FoldedDecoder.fold(m.decode_head)
     orig = sum(p.numel() for p in m.decode_head.parameters())
     assert sum(p.numel() for p in folded.parameters()) < orig / 2  # the 1024x256 fuse conv is gone
@@ -56,8 +42,8 @@ def test_reference_matches_the_served_pipeline_tail():
     assert torch.equal(upsample_argmax_reference(logits, (30, 33)), ref.argmax(1).to(torch.uint8))
 
 
-def test_fast_segmenter_in_fp32_gives_the_pipeline_labels():
-    m = _trained_like("tiny", 7, seed=3)
+def test_fast_segmenter_in_fp32_gives_the_pipeline_labels(trained_like):
+    m = trained_like("tiny", 7, seed=3)
     mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
     images = torch.randint(0, 256, (2, 64, 96, 3), dtype=torch.uint8)
     with torch.no_grad():
@@ -139,8 +125,8 @@ def test_mixffn_reference_is_the_model_s_mixffn():
         torch.testing.assert_close(m.fc2(mid), m(x, 6, 5))
 
 
-def test_fast_segmenter_with_and_without_the_fused_mixffn_agree_on_cpu():
-    m = _trained_like("tiny", 7, seed=4)
+def test_fast_segmenter_with_and_without_the_fused_mixffn_agree_on_cpu(trained_like):
+    m = trained_like("tiny", 7, seed=4)
     mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
     images = torch.randint(0, 256, (1, 64, 96, 3), dtype=torch.uint8)
     with torch.no_grad():
