@@ -50,7 +50,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
-	printf '#!/bin/sh\nexec "%s" -m build.serve exec -- "$$@"\n' "$(abspath $(PY))" > $(BIN)/tritonserver
+	printf '#!/bin/sh\nexec "%s" -m server.serve exec -- "$$@"\n' "$(abspath $(PY))" > $(BIN)/tritonserver
 	sed -i '2i export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"' $(BIN)/tritonserver
 	chmod +x $(BIN)/tritonserver
 	touch $@
@@ -61,13 +61,13 @@ repo: venv
 
 serve: venv
 	@test -n "$$(ls $(REPO)/*/config.pbtxt 2>/dev/null)" || $(MAKE) repo
-	$(PY) -m build.serve start --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(PY) -m server.serve start --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 stop: venv
-	$(PY) -m build.serve stop
+	$(PY) -m server.serve stop
 
 demo: venv
-	$(PY) -m build.demo --image $(IMAGE) --model $(MODEL) --repo $(REPO) --out $(OUT) \
+	$(PY) -m server.demo --image $(IMAGE) --model $(MODEL) --repo $(REPO) --out $(OUT) \
 	  --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 evaluate: venv
@@ -85,11 +85,11 @@ sweep: venv
 	  --url localhost:$(GRPC_PORT) --metrics-url localhost:$(METRICS_PORT) --out $(OUT)/sweep --repo $(REPO)
 
 bench-build: venv
-	$(PY) -m build.bench_build --out results/build_bench $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT))
+	$(PY) -m bench.build_times --out results/build_bench $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT))
 
 bench: venv
 	$(PY) -m pip install -q -e ".[gpu]"
-	$(PY) -m build.bench_gpu --served --out results/bench_gpu $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES))
+	$(PY) -m bench.gpu --served --out results/bench_gpu $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES))
 
 plugins: venv
 	$(PY) -m plugins.layernorm $(if $(CUDA_ARCH),--cuda-arch $(CUDA_ARCH))

@@ -1,6 +1,6 @@
-"""The build pipeline: train -> export -> graph passes -> engines -> Triton model repository.
+"""What `make repo` runs, in data-path order: import_weights -> export -> passes -> quantize -> engines -> model_config -> repository.
 
-The import name is ``build`` because the product's layout promises ``build/`` and ``python -m build.<step>``.
-It shadows PyPA's ``build`` tool inside this project's environment only; the Makefile never installs that tool
-(wheels are made with ``pip wheel``).
+Imports the model library (`segformer`) and the client's image preprocessing (calibration reads images exactly as
+the client sends them); never `server`, `training`, `bench` or `loadtest`. The import name is ``build`` because the
+product's layout promises ``build/``; it shadows PyPA's ``build`` tool inside this project's environment only.
 """

@@ -20,26 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from client.preprocess import sample_images
 from segformer.model import SegmentationPipeline
 from segformer.weights import atomic_write_bytes as atomic_write, get_weights
 
 OPSET = 17
-
-
-def sample_images(size: tuple[int, int], n: int = 2, images: list[Path] | None = None) -> np.ndarray:
-    """Real images (resized with the serving policy) when given, else smooth synthetic street-like frames."""
-    from client.preprocess import load_image, resize_image
-
-    if images:
-        return np.stack([resize_image(load_image(p), size) for p in images[:n]])
-    h, w = size
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    frames = []
-    for i in range(n):
-        base = np.stack([np.sin(3 * xx + i), np.cos(2 * yy - i), np.sin(xx * yy * 5)], -1)
-        frames.append(((base * 0.5 + 0.5) * 255 + rng.normal(0, 8, base.shape)).clip(0, 255).astype(np.uint8))
-    return np.stack(frames)
 
 
 def export_onnx(pipeline: SegmentationPipeline, size: tuple[int, int], with_logits: bool = False) -> bytes:
@@ -112,7 +97,7 @@ def build_onnx(weights: str, size: tuple[int, int], with_logits: bool = False, m
 
 
 def main(argv=None) -> int:
-    from build.train import parse_size
+    from segformer.config import parse_size
 
     ap = argparse.ArgumentParser(prog="python -m build.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -257,7 +257,7 @@ def build_quantized(fp32: Path, out_dir: Path, calib: np.ndarray, holdout: np.nd
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
     """The options build.quantize and build.quantize_cpu share: model, sizes, held-out set, budget, output."""
-    from build.train import parse_size
+    from segformer.config import parse_size
 
     ap.add_argument("--weights", default="segformer-b1-camvid")
     ap.add_argument("--size", type=parse_size, default=(1024, 1024))

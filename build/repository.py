@@ -26,9 +26,9 @@ from build.variants import ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, TEN
 from segformer.weights import get_weights, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "triton_python_model.py",
-                                                                "triton_null_model.py", "triton_gpu_model.py",
-                                                                "engines.py", "artefacts.py")]
+SERVER_MODELS = ROOT / "server" / "models"  # the programs that run inside Triton's python backend
+CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "engines.py", "artefacts.py")] + \
+    [SERVER_MODELS / f for f in ("onnxruntime_model.py", "null_model.py", "gpu_model.py")]
 GPU_CODE = sorted((ROOT / "segformer").glob("*.py"))  # copied into the GPU row's directory
 
 
@@ -51,7 +51,7 @@ def build_onnx_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) -> dic
     onnx_path, report = cache.get(v, log)
     _link_or_copy(onnx_path, stage / "1" / "model.onnx")
     if v.backend == PYTHON_ORT:
-        shutil.copy2(ROOT / "build" / "triton_python_model.py", stage / "1" / "model.py")
+        shutil.copy2(SERVER_MODELS / "onnxruntime_model.py", stage / "1" / "model.py")
     return {"artefact": "1/model.onnx", "onnx_sha256": sha256_file(onnx_path), "export": report,
             **_layer_precision(v, report)}
 
@@ -79,7 +79,7 @@ def build_tensorrt_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) ->
 
 def build_null_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
     (stage / "1").mkdir(parents=True)
-    shutil.copy2(ROOT / "build" / "triton_null_model.py", stage / "1" / "model.py")
+    shutil.copy2(SERVER_MODELS / "null_model.py", stage / "1" / "model.py")
     return {"artefact": "1/model.py"}
 
 
@@ -87,7 +87,7 @@ def build_gpu_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
     """Self-contained: model.py, a copy of the segformer package and the weights (hard-linked where possible)."""
     version = stage / "1"
     shutil.copytree(ROOT / "segformer", version / "segformer", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(ROOT / "build" / "triton_gpu_model.py", version / "model.py")
+    shutil.copy2(SERVER_MODELS / "gpu_model.py", version / "model.py")
     w = get_weights(v.weights)
     _link_or_copy(w.tensors, version / w.tensors.name)
     shutil.copy2(w.tensors.with_suffix(".json"), version / f"{w.name}.json")

@@ -48,3 +48,17 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if labels.shape[:2] == (h, w):
         return labels
     return np.array(Image.fromarray(labels).resize((w, h), Image.NEAREST), dtype=np.uint8)
+
+
+def sample_images(size: tuple[int, int], n: int = 2, images: list[Path] | None = None) -> np.ndarray:
+    """Real images (resized with the serving policy) when given, else smooth synthetic street-like frames."""
+    if images:
+        return np.stack([resize_image(load_image(p), size) for p in images[:n]])
+    h, w = size
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    frames = []
+    for i in range(n):
+        base = np.stack([np.sin(3 * xx + i), np.cos(2 * yy - i), np.sin(xx * yy * 5)], -1)
+        frames.append(((base * 0.5 + 0.5) * 255 + rng.normal(0, 8, base.shape)).clip(0, 255).astype(np.uint8))
+    return np.stack(frames)

@@ -39,7 +39,7 @@ def _frames(size, folder: str, n: int = 8) -> list[np.ndarray]:
         from client.preprocess import load_image, resize_image
 
         return [resize_image(load_image(p), size) for p in list_images(Path(folder))[:n]]
-    from build.export import sample_images
+    from client.preprocess import sample_images
 
     return list(sample_images(size, n))
 

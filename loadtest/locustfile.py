@@ -47,7 +47,7 @@ def _frames(size: tuple[int, int], folder: str, n: int = 8) -> list[np.ndarray]:
 
             _IMAGES[key] = [resize_image(load_image(p), size) for p in list_images(Path(folder))[:n]]
         else:
-            from build.export import sample_images
+            from client.preprocess import sample_images
 
             _IMAGES[key] = list(sample_images(size, n))
     return _IMAGES[key]

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from build.bench_gpu import cuda_ms
+    from bench.gpu import cuda_ms
     from plugins.layernorm import KernelLibrary, PluginBuildError
 
     if not torch.cuda.is_available():

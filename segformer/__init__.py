@@ -1,4 +1,7 @@
-"""SegFormer model library: variant table, model, checkpoint loading, shipped weights."""
+"""SegFormer model library: variant table, model, checkpoint loading, weights entries, GPU fast path.
+
+Imports nothing of this project's other rooms (build, server, client, training, bench, loadtest, plugins).
+"""
 from .config import VARIANTS, SegFormerConfig, get_config, get_preset
 from .model import SegFormer, SegmentationPipeline, create_model
 

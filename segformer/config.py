@@ -21,6 +21,9 @@ class SegFormerConfig:
     strides: tuple[int, ...] = (4, 2, 2, 2)
     mlp_ratio: int = 4
     decoder_width: int = 256
+    # "mlp": the paper's All-MLP head (NVlabs, Hugging Face); "mmseg": mmsegmentation's SegformerHead
+    # (1x1 conv + BN + ReLU per stage, concatenated shallowest first, 1x1 conv + BN + ReLU fusion)
+    decoder: str = "mlp"
     num_classes: int = 19
     in_channels: int = 3
     # NVlabs uses eps=1e-6 for the block and stage LayerNorms, PyTorch's default 1e-5 for the patch-embedding
@@ -32,6 +35,17 @@ class SegFormerConfig:
 
     def with_classes(self, num_classes: int) -> "SegFormerConfig":
         return replace(self, num_classes=num_classes)
+
+    def architecture(self) -> dict:
+        """Everything that decides the tensors' shapes and the forward pass (kept in a weights entry's metadata)."""
+        keys = ("widths", "depths", "heads", "sr_ratios", "patch_sizes", "strides", "mlp_ratio", "decoder_width",
+                "decoder", "num_classes", "block_norm_eps", "embed_norm_eps")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in keys)}
+
+    @classmethod
+    def from_architecture(cls, name: str, arch: dict) -> "SegFormerConfig":
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
+        return cls(name=name, **fields)
 
 
 VARIANTS: dict[str, SegFormerConfig] = {
@@ -45,6 +59,24 @@ VARIANTS: dict[str, SegFormerConfig] = {
     "tiny": SegFormerConfig("tiny", widths=(8, 16, 24, 32), depths=(1, 1, 1, 1), heads=(1, 1, 2, 2),
                             decoder_width=16),
 }
+
+
+DECODERS = ("mlp", "mmseg")
+
+# The smallest input every stage can take (total stride 32) and the granularity of a served size.
+SIZE_MULTIPLE = 32
+MIN_SIZE = 64
+
+
+def check_size(size: tuple[int, int], what: str = "size") -> tuple[int, int]:
+    """A served input size must be a multiple of 32 (the encoder's total stride) and at least 64 on each side."""
+    h, w = size
+    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+        raise ValueError(f"{what} {h}x{w} is not a multiple of {SIZE_MULTIPLE} (the encoder's total stride); "
+                         f"try {round(h / 32) * 32 or 32}x{round(w / 32) * 32 or 32}")
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise ValueError(f"{what} {h}x{w} is below the minimum {MIN_SIZE}x{MIN_SIZE}")
+    return h, w
 
 
 def get_config(variant: str, num_classes: int | None = None) -> SegFormerConfig:
@@ -99,17 +131,36 @@ def _ade20k_palette(n: int = 150) -> tuple[tuple[int, int, int], ...]:
     return tuple(colours)
 
 
-ADE20K = DatasetPreset(
-    "ade20k",
-    classes=tuple(f"class_{i}" for i in range(150)),  # names are carried by the checkpoint's metadata
-    palette=_ade20k_palette(150),
-)
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet", "sidewalk",
+    "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water", "painting", "sofa",
+    "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp",
+    "bathtub", "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand",
+    "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case",
+    "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table",
+    "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer",
+    "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower",
+    "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel",
+    "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship",
+    "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
+    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name",
+    "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce",
+    "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board",
+    "shower", "radiator", "glass", "clock", "flag")
 
-PRESETS: dict[str, DatasetPreset] = {p.name: p for p in (CITYSCAPES, ADE20K)}
+ADE20K = DatasetPreset("ade20k", classes=ADE20K_CLASSES, palette=_ade20k_palette(150))
 
-# CamVid (SegNet 11-class split) -> Cityscapes train ids; 11 (void) -> ignore.
+# CamVid (SegNet 11-class split) in its own label space, with the SegNet tutorial's colours.
 CAMVID_CLASSES = ("sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car",
                   "pedestrian", "bicyclist")
+CAMVID = DatasetPreset(
+    "camvid", classes=CAMVID_CLASSES,
+    palette=((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+             (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)))
+
+PRESETS: dict[str, DatasetPreset] = {p.name: p for p in (CITYSCAPES, ADE20K, CAMVID)}
+
+# CamVid (SegNet 11-class split) -> Cityscapes train ids; 11 (void) -> ignore.
 CAMVID_TO_CITYSCAPES = {0: 10, 1: 2, 2: 5, 3: 0, 4: 1, 5: 8, 6: 7, 7: 4, 8: 13, 9: 11, 10: 12, 11: 255}
 
 
@@ -122,3 +173,14 @@ def get_preset(name: str) -> DatasetPreset:
 # Cityscapes label ids (*_gtFine_labelIds.png) -> train ids; every other id -> ignore (cityscapesScripts labels.py).
 CITYSCAPES_ID_TO_TRAINID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
                             25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1024x2048"`` -> ``(1024, 2048)`` (height x width); a clear ValueError otherwise (argparse shows it)."""
+    try:
+        h, w = (int(t) for t in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size {text!r} is not HxW, e.g. 1024x2048 (height x width)") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size {text!r}: height and width must be positive")
+    return h, w

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import dwconv3x3_gelu, upsample_argmax
-from .model import FoldedAllMLPDecoder, MixFFN, SegFormer
+from .model import AllMLPDecoder, FoldedAllMLPDecoder, MixFFN, SegFormer, folded_decoder
 
 
 @torch.library.custom_op("segformer::dwconv3x3_gelu", mutates_args=())
@@ -82,7 +82,9 @@ class FastSegmenter(nn.Module):
         self.dtype = dtype
         self.in_pad = _pad_first_conv(model, pad_input_to)
         self.encoder = model.encoder.to(dtype)
-        self.decoder = FoldedDecoder.fold(model.decode_head).to(dtype)
+        # the All-MLP head gets the channels-last GEMM form; mmseg's head runs its generic folded form
+        head = model.decode_head
+        self.decoder = (FoldedDecoder.fold(head) if isinstance(head, AllMLPDecoder) else folded_decoder(head)).to(dtype)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)

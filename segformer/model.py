@@ -3,8 +3,10 @@
 Follows the NVlabs reference implementation: overlapping patch embeddings (strided conv + LayerNorm),
 efficient self-attention whose keys/values are spatially reduced by a strided conv (ratio R_i), Mix-FFN
 (Linear -> 3x3 depthwise conv -> GELU -> Linear), pre-norm residual blocks with stochastic depth, a LayerNorm
-after each stage; the decoder projects each stage to a common width, upsamples to 1/4 resolution, concatenates
-(deepest stage first), fuses with a 1x1 conv + BatchNorm + ReLU and classifies with a 1x1 conv.
+after each stage. Two decoders (the config's ``decoder``): the paper's All-MLP head (NVlabs, Hugging Face)
+projects each stage to a common width, upsamples to 1/4 resolution, concatenates (deepest stage first), fuses
+with a 1x1 conv + BatchNorm + ReLU and classifies with a 1x1 conv; mmsegmentation's SegformerHead adds BN + ReLU
+to each stage's projection and concatenates shallowest first. Both have an exact folded inference form.
 """
 from __future__ import annotations
 
@@ -200,6 +202,101 @@ class FoldedAllMLPDecoder(nn.Module):
         return self.classifier(F.relu(acc + self.bias.view(1, -1, 1, 1)))
 
 
+class ConvBNReLU(nn.Module):
+    """1x1 conv (no bias) + BatchNorm + ReLU: mmsegmentation's ConvModule as SegformerHead uses it."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+    @torch.no_grad()
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [out, in], bias [out]) of the conv with the eval BatchNorm folded in (float64)."""
+        bn = self.bn
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        return scale[:, None] * self.conv.weight.double().flatten(1), bn.bias.double() - bn.running_mean.double() * scale
+
+
+class MMSegHead(nn.Module):
+    """mmsegmentation's SegformerHead: per stage 1x1 conv + BN + ReLU to a common width, upsample to 1/4, concatenate
+    (shallowest stage first), fuse with 1x1 conv + BN + ReLU, classify with a 1x1 conv."""
+
+    def __init__(self, cfg: SegFormerConfig):
+        super().__init__()
+        d = cfg.decoder_width
+        self.convs = nn.ModuleList(ConvBNReLU(c, d) for c in cfg.widths)
+        self.fusion = ConvBNReLU(len(cfg.widths) * d, d)
+        self.dropout = nn.Dropout2d(cfg.dropout)
+        self.classifier = nn.Conv2d(d, cfg.num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        outs = []
+        for feat, conv in zip(features, self.convs):
+            x = conv(feat)
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            outs.append(x)
+        return self.classifier(self.dropout(self.fusion(torch.cat(outs, dim=1))))
+
+
+class FoldedMMSegHead(nn.Module):
+    """`MMSegHead` folded for inference (exact, eval mode).
+
+    BatchNorms fold into their convs. The fusion conv is linear over the concatenation and commutes with the
+    bilinear upsample, so its slice for stage i is applied at stage i's own resolution before upsampling and the
+    four maps are summed: no 4 x d-channel concat and no 4d -> d conv at 1/4 resolution. The per-stage ReLU stays
+    before the fusion slice, the fusion's BN + ReLU after the sum."""
+
+    def __init__(self, widths: tuple[int, ...], width: int, num_classes: int):
+        super().__init__()
+        self.reduce = nn.ModuleList(nn.Conv2d(c, width, 1) for c in widths)
+        self.proj = nn.ModuleList(nn.Conv2d(width, width, 1, bias=False) for _ in widths)
+        self.bias = nn.Parameter(torch.zeros(width), requires_grad=False)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    @classmethod
+    @torch.no_grad()
+    def fold(cls, head: MMSegHead) -> "FoldedMMSegHead":
+        d = head.fusion.conv.out_channels
+        out = cls(tuple(c.conv.in_channels for c in head.convs), d, head.classifier.out_channels)
+        fw, fb = head.fusion.folded()
+        for i, (stage, reduce, proj) in enumerate(zip(head.convs, out.reduce, out.proj)):
+            w, b = stage.folded()
+            reduce.weight.copy_(w[:, :, None, None])
+            reduce.bias.copy_(b)
+            proj.weight.copy_(fw[:, i * d:(i + 1) * d][:, :, None, None])
+        out.bias.copy_(fb)
+        out.classifier.load_state_dict(head.classifier.state_dict())
+        return out.requires_grad_(False).to(head.classifier.weight.device)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        acc = None
+        for feat, reduce, proj in zip(features, self.reduce, self.proj):
+            x = proj(F.relu(reduce(feat)))
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            acc = x if acc is None else acc + x
+        return self.classifier(F.relu(acc + self.bias.view(1, -1, 1, 1)))
+
+
+DECODER_CLASSES = {"mlp": AllMLPDecoder, "mmseg": MMSegHead}
+
+
+def folded_decoder(head: nn.Module) -> nn.Module:
+    """The inference form of a decoder (exact): BatchNorms and the fuse conv folded, no 1/4-resolution concat."""
+    if isinstance(head, AllMLPDecoder):
+        return FoldedAllMLPDecoder.fold(head.eval())
+    if isinstance(head, MMSegHead):
+        return FoldedMMSegHead.fold(head.eval())
+    raise TypeError(f"no folded form for {type(head).__name__}")
+
+
 class SegFormer(nn.Module):
     """SegFormer returning logits at 1/4 of the input resolution (N, num_classes, H/4, W/4)."""
 
@@ -207,7 +304,9 @@ class SegFormer(nn.Module):
         super().__init__()
         self.config = cfg
         self.encoder = MixTransformer(cfg)
-        self.decode_head = AllMLPDecoder(cfg)
+        if cfg.decoder not in DECODER_CLASSES:
+            raise ValueError(f"unknown decoder {cfg.decoder!r}; choose one of {', '.join(DECODER_CLASSES)}")
+        self.decode_head = DECODER_CLASSES[cfg.decoder](cfg)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -249,7 +348,7 @@ class SegmentationPipeline(nn.Module):
             import copy
 
             model = copy.deepcopy(model)
-            model.decode_head = FoldedAllMLPDecoder.fold(model.decode_head.eval())
+            model.decode_head = folded_decoder(model.decode_head)
         self.model = model
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1),

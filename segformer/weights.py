@@ -1,7 +1,9 @@
-"""Weights bundled with their metadata (variant, classes, palette, normalisation, measured accuracy).
+"""Weights bundled with their metadata (architecture, classes, palette, normalisation, input size, source).
 
 A weights entry is two files side by side: ``NAME.safetensors`` (FP16 tensors) and ``NAME.json`` (metadata,
-including the sha256 of the tensors file). Loading verifies the hash and matches keys strictly.
+including the sha256 of the tensors file). Loading verifies the hash and matches keys strictly. The shipped
+entries live in ``weights/`` (tracked); entries imported from a user's checkpoint (``python -m
+build.import_weights``) live in ``weights/imported/``, which git ignores: a user's weights never become tracked.
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from .config import get_config
+from .config import SegFormerConfig, get_config
 from .model import SegFormer
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+IMPORTED_DIR = WEIGHTS_DIR / "imported"
 
 
 class WeightsError(RuntimeError):
@@ -58,6 +61,24 @@ class Weights:
         return self.meta["variant"]
 
     @property
+    def config(self) -> SegFormerConfig:
+        """The architecture: the metadata's own (imported entries) or the variant table's row (shipped ones)."""
+        if isinstance(self.meta.get("architecture"), dict):
+            return SegFormerConfig.from_architecture(self.variant, self.meta["architecture"])
+        return get_config(self.variant, self.num_classes)
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        size = self.meta.get("input_size")
+        return (int(size[0]), int(size[1])) if size else None
+
+    @property
+    def size_range(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(min HxW, max HxW) when the entry asks for dynamic-size rows, else None."""
+        r = self.meta.get("size_range")
+        return (tuple(r[0]), tuple(r[1])) if r else None
+
+    @property
     def num_classes(self) -> int:
         return len(self.meta["classes"])
 
@@ -86,7 +107,7 @@ class Weights:
             raise WeightsError(f"{self.tensors}: sha256 {digest[:12]}… does not match its metadata "
                                f"({self.meta['sha256'][:12]}…); the file is corrupt or was replaced — restore it "
                                f"with `git checkout -- {self.tensors.name}`")
-        model = SegFormer(get_config(self.variant, self.num_classes))
+        model = SegFormer(self.config)
         state = {k: v.float() for k, v in load_file(str(self.tensors)).items()}
         from .checkpoints import load_state_dict_strict
 
@@ -95,14 +116,23 @@ class Weights:
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.json"))
+    """Names of the shipped and imported entries."""
+    return sorted({p.stem for d in (WEIGHTS_DIR, IMPORTED_DIR) for p in d.glob("*.json")})
+
+
+def find_entry(name: str) -> Path | None:
+    """The metadata file of entry `name` (shipped first, then imported), or None."""
+    for d in (WEIGHTS_DIR, IMPORTED_DIR):
+        if (d / f"{name}.json").is_file():
+            return d / f"{name}.json"
+    return None
 
 
 def get_weights(name_or_path: str | Path) -> Weights:
     """Find a weights entry by name (``segformer-b1-camvid``) or by path to its .json or .safetensors."""
     p = Path(name_or_path)
-    meta_path = p.with_suffix(".json") if p.suffix in (".json", ".safetensors") else WEIGHTS_DIR / f"{p}.json"
-    if not meta_path.is_file():
+    meta_path = p.with_suffix(".json") if p.suffix in (".json", ".safetensors") else find_entry(str(p))
+    if meta_path is None or not meta_path.is_file():
         raise WeightsError(f"no weights named {str(name_or_path)!r}; shipped weights: "
                            f"{', '.join(available()) or 'none'} (or pass a path to NAME.json)")
     meta = json.loads(meta_path.read_text())
@@ -124,5 +154,14 @@ def save_weights(model: SegFormer, directory: Path, name: str, meta: dict) -> We
     tensors = directory / f"{name}.safetensors"
     atomic_write_bytes(tensors, save(state, metadata={"variant": model.config.name}))
     meta = dict(meta, file=tensors.name, sha256=sha256_file(tensors), variant=model.config.name)
+    if model.config.name not in _table_names() or model.config != get_config(model.config.name,
+                                                                             model.config.num_classes):
+        meta["architecture"] = model.config.architecture()  # anything the table row alone would not rebuild
     atomic_write_bytes(directory / f"{name}.json", (json.dumps(meta, indent=1) + "\n").encode())
     return Weights(name, tensors, meta)
+
+
+def _table_names() -> set[str]:
+    from .config import VARIANTS
+
+    return set(VARIANTS)

@@ -44,7 +44,7 @@ SMALL_SIZE = (360, 480)
 def server(tmp_path_factory):
     """The real Triton (pip-shipped, python backend) on free ports, serving B0 at two input sizes."""
     from build.repository import write_repository
-    from build.serve import start, stop_pid
+    from server.serve import start, stop_pid
     from build.variants import PYTHON_NULL, PYTHON_ORT, ServingVariant
 
     tmp = tmp_path_factory.mktemp("triton")

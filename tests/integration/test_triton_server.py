@@ -82,7 +82,7 @@ def test_plugin_library_is_preloaded_into_tritonserver(tmp_path):
     import subprocess
 
     from build.repository import write_repository
-    from build.serve import start, stop_pid
+    from server.serve import start, stop_pid
     from build.variants import PYTHON_NULL, ServingVariant
 
     if shutil.which("gcc") is None:

@@ -37,7 +37,7 @@ def test_unknown_weights_name():
 
 def test_shipped_b0_reproduces_recorded_miou(camvid):
     """The 'check' entry was measured at training time on the GPU; CPU FP32 must agree within 0.01."""
-    from build.train import evaluate
+    from training.train import evaluate
 
     w = get_weights("segformer-b0-camvid")
     assert w.meta["check"]["image_names"][0] == sorted(p.name for p in (camvid / "test" / "images").iterdir())[0]

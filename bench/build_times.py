@@ -1,6 +1,6 @@
 """Build time and engine size of every TensorRT variant, written to a results file.
 
-    python -m build.bench_build [--variants ...] [--calib DIR] [--out results/build_bench]
+    python -m bench.build_times [--variants ...] [--calib DIR] [--out results/build_bench]
 
 Builds the plan rows into a scratch repository (the ONNX and quantization caches are reused, so the numbers are
 the engine builds themselves plus any pass not cached yet) and writes <out>.json and <out>.md.
@@ -22,7 +22,7 @@ from segformer.weights import atomic_write_bytes
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m build.bench_build", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench.build_times", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="*", help="TensorRT rows (default: every TensorRT row)")
     ap.add_argument("--calib", type=Path, help="calibration images for int8 / best")

@@ -1,6 +1,6 @@
 """Picture of shipped weights at work: test images, ground truth and each model's prediction side by side.
 
-    python -m build.weights_figure --data ../shared/datasets/camvid --out docs/camvid_predictions.png
+    python -m training.figure --data ../shared/datasets/camvid --out docs/camvid_predictions.png
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from build.data import find_samples, load_pair
+from training.data import find_samples, load_pair
 from client.preprocess import resize_image, resize_labels
 from client.runners import TorchRunner
 from client.visualize import colourise
@@ -17,7 +17,7 @@ from segformer.weights import get_weights
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m build.weights_figure", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m training.figure", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--split", default="test")

@@ -1,6 +1,6 @@
 """The demo behind `make demo`: build one model, start Triton, segment an image, print what happened, stop.
 
-    python -m build.demo [--image samples/camvid_0001TP_008550.jpg] [--model segformer_b1]
+    python -m server.demo [--image samples/camvid_0001TP_008550.jpg] [--model segformer_b1]
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from build.repository import write_repository
-from build.serve import ServerError, start, stop_pid
+from server.serve import ServerError, start, stop_pid
 from build.variants import select
 from client.preprocess import ImageError
 from client.runners import RunnerError, TritonRunner
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m build.demo", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m server.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", type=Path, default=ROOT / "samples" / "camvid_0001TP_008550.jpg")
     ap.add_argument("--model", default="segformer_b1", help="row of build/variants.py served by pip Triton")

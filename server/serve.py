@@ -1,8 +1,8 @@
 """Run Triton on the generated repository: the pip-shipped server (nvidia-pytriton) or one already on PATH.
 
-    python -m build.serve start [--repo model_repository] [--http-port 8000 ...]   # background, waits for ready
-    python -m build.serve stop
-    python -m build.serve exec -- --model-repository model_repository            # what `tritonserver` runs
+    python -m server.serve start [--repo model_repository] [--http-port 8000 ...]   # background, waits for ready
+    python -m server.serve stop
+    python -m server.serve exec -- --model-repository model_repository            # what `tritonserver` runs
 
 For the pip-shipped server it puts the python-backend stub for this interpreter in place, adds libpython to
 LD_LIBRARY_PATH and puts this interpreter first on PATH (the stub takes its environment from there). Models whose backend this server lacks
@@ -58,7 +58,7 @@ def find_tritonserver() -> Path:
 
 def _is_shim(p: Path) -> bool:
     try:
-        return b"build.serve" in p.read_bytes()[:400]
+        return b"server.serve" in p.read_bytes()[:400]
     except OSError:
         return False
 
@@ -196,7 +196,7 @@ def stop_pid(pid: int, timeout: float = 30) -> bool:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m build.serve", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m server.serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("start", help="start in the background and wait until ready")

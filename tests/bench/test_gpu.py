@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from build.bench_gpu import knee, main, markdown, plot
+from bench.gpu import knee, main, markdown, plot
 
 
 def _served(in_flight, rate, p50, p99, failures=0, payload="jpeg"):
@@ -45,7 +45,7 @@ def test_served_run_on_a_machine_without_a_gpu_reports_the_model_s_error(tmp_pat
 
     import torch
 
-    from build.bench_gpu import served
+    from bench.gpu import served
 
     if torch.cuda.is_available():
         pytest.skip("this checks the no-GPU error path")

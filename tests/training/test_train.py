@@ -3,7 +3,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from build.train import main as train_main
+from training.train import main as train_main
 
 
 def _toy_dataset(root, n=4, size=(64, 64)):

@@ -1,6 +1,6 @@
 """Train SegFormer on a CamVid- or Cityscapes-layout folder and write shippable weights.
 
-    python -m build.train --data ../shared/datasets/camvid --variant b1 --steps 2000 --out runs/b1
+    python -m training.train --data ../shared/datasets/camvid --variant b1 --steps 2000 --out runs/b1
 
 AdamW + linear warm-up + poly decay, random scale/aspect/crop/flip/colour jitter, ignore index 255,
 bf16 autocast on CUDA, checkpoint + resume, mIoU on the validation split every --eval-every steps, and at the
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from build.data import Augment, TrainSet, find_samples, load_pair
+from training.data import Augment, TrainSet, find_samples, load_pair
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from client.preprocess import resize_image, resize_labels
-from segformer.config import CITYSCAPES, CAMVID_TO_CITYSCAPES
+from segformer.config import CITYSCAPES, CAMVID_TO_CITYSCAPES, parse_size
 from segformer.model import SegmentationPipeline, create_model
 from segformer.weights import save_weights
 
@@ -54,13 +54,8 @@ def evaluate(model, root: Path, split: str, size: tuple[int, int], device: str, 
             "iou": {CITYSCAPES.classes[c]: float(iou[c]) for c in present}}
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = text.lower().split("x")
-    return int(h), int(w)
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m build.train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="dataset root (CamVid or Cityscapes layout)")
     ap.add_argument("--variant", default="b1", help="SegFormer variant (b0..b5, tiny)")

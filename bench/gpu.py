@@ -1,6 +1,6 @@
 """GPU benchmark of the fast path against Hugging Face SegFormer, model-only and served through Triton.
 
-    python -m build.bench_gpu [--weights segformer-b1-camvid] [--images DIR] [--served] [--out results/bench_gpu]
+    python -m bench.gpu [--weights segformer-b1-camvid] [--images DIR] [--served] [--out results/bench_gpu]
 
 Model only (uint8 [N,1024,1024,3] on the GPU -> uint8 labels on the GPU, CUDA-event timed, median of repeats):
 HF transformers SegFormer eager FP16, the same under torch.compile, and ours (segformer.fast: FP16, folded
@@ -169,7 +169,7 @@ def _sweep_instances(args, log, rows: list, timing: dict) -> None:
     import dataclasses
     import re
 
-    from build import serve
+    from server import serve
     from build.repository import write_repository
     from build.variants import VARIANTS
     from loadtest import closed_loop
@@ -286,7 +286,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m build.bench_gpu", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default="segformer-b1-camvid")
     ap.add_argument("--size", type=int, nargs=2, default=(1024, 1024), metavar=("H", "W"))

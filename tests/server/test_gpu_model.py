@@ -64,7 +64,7 @@ def _fake_modules(monkeypatch):
 @pytest.fixture
 def model(monkeypatch):
     _fake_modules(monkeypatch)
-    mod = importlib.import_module("build.triton_gpu_model")
+    mod = importlib.import_module("server.models.gpu_model")
     mod = importlib.reload(mod)  # bind the stand-in pb_utils
     m = mod.TritonPythonModel.__new__(mod.TritonPythonModel)
     m.torch, m.device, m.size, m.max_bucket, m.turn = torch, torch.device("cpu"), SIZE, 4, 0
