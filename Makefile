@@ -15,6 +15,13 @@ IMAGE ?= samples/camvid_0001TP_008550.jpg
 MODEL ?= segformer_b1
 OUT ?= out
 CALIB ?=
+CHECKPOINT ?=
+NAME ?=
+PRESET ?=
+CLASSES ?=
+SIZE ?=
+DYNAMIC ?=
+FORCE ?=
 HOLDOUT ?=
 USERS ?= 1,2,4
 LOAD_USERS ?= 4
@@ -34,7 +41,9 @@ CUDA_ARCH ?=
 help:
 	@echo "make demo     build the default model, start Triton, segment $(IMAGE), stop"
 	@echo "make test     run the test suite"
-	@echo "make repo     write $(REPO)/ (VARIANTS=\"segformer_b1 ...\" PRECISIONS=\"fp32 fp16\")"
+	@echo "make repo CHECKPOINT=your.pth [NAME=city_b1 PRESET=cityscapes|ade20k|camvid CLASSES=classes.json SIZE=1024x2048 DYNAMIC=512x512:1024x2048]"
+	@echo "              import your trained SegFormer (NVlabs, mmsegmentation, Hugging Face) and build every row for it"
+	@echo "make repo     write $(REPO)/ (VARIANTS=\"segformer_b1 ...\" PRECISIONS=\"fp32 fp16\", NAME=entry)"
 	@echo "make serve    start Triton on $(REPO)/ in the background; make stop ends it"
 	@echo "make repo CALIB=DIR   also build the int8 / best rows (calibration images)"
 	@echo "make evaluate EVAL_IMAGES=DIR [EVAL_LABELS=DIR LABEL_FORMAT=camvid]  accuracy of the served variants vs $(REFERENCE)"
@@ -57,7 +66,10 @@ $(VENV)/.installed: pyproject.toml
 
 repo: venv
 	$(PY) -m build.repository --out $(REPO) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(PRECISIONS),--precisions $(PRECISIONS)) \
-	  $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT))
+	  $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT)) \
+	  $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(NAME),--name $(NAME)) $(if $(PRESET),--preset $(PRESET)) \
+	  $(if $(CLASSES),--classes "$(CLASSES)") $(if $(SIZE),--size $(SIZE)) $(if $(DYNAMIC),--dynamic $(DYNAMIC)) \
+	  $(if $(FORCE),--force)
 
 serve: venv
 	@test -n "$$(ls $(REPO)/*/config.pbtxt 2>/dev/null)" || $(MAKE) repo

@@ -63,14 +63,18 @@ class OnnxCache:
 
     def _base_key(self, v: ServingVariant) -> str:
         w = get_weights(v.weights)
-        return _sha(json.dumps([w.meta["sha256"], list(v.size), v.with_logits, code_hash(EXPORT_CODE)]).encode())[:16]
+        key = [w.meta["sha256"], list(v.size), v.with_logits, code_hash(EXPORT_CODE)]
+        if v.dynamic:  # the same graph, verified at the range's ends too
+            key.append([list(s) for s in v.size_range])
+        return _sha(json.dumps(key).encode())[:16]
 
     def base(self, v: ServingVariant, log) -> tuple[Path, dict]:
         key = self._base_key(v)
         path, report_path = self.root / f"{key}.onnx", self.root / f"{key}.json"
         if path.is_file() and report_path.is_file():
             return path, json.loads(report_path.read_text())
-        data, report = build_onnx(v.weights, v.size, v.with_logits, log=log)
+        data, report = build_onnx(v.weights, v.size, v.with_logits, log=log,
+                                  also_sizes=[s for s in (v.size_range or ()) if tuple(s) != tuple(v.size)])
         atomic_write_bytes(path, data)
         atomic_write_bytes(report_path, json.dumps(report, indent=1).encode())
         return path, report

@@ -82,8 +82,10 @@ def build_plan(builder: Builder, onnx_path: Path, v: ServingVariant, out: Path, 
     if workspace_gb:  # left to the builder by default: TensorRT-RTX on a CPU-only host allocates the limit
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     h, w = v.size
+    (lo_h, lo_w), (hi_h, hi_w) = v.size_range or ((h, w), (h, w))  # a dynamic row: its min / opt / max sizes
+    shapes = {"min": [1, lo_h, lo_w, 3], "opt": [v.opt_batch, h, w, 3], "max": [v.max_batch, hi_h, hi_w, 3]}
     profile = b.create_optimization_profile()
-    profile.set_shape("images", (1, h, w, 3), (v.opt_batch, h, w, 3), (v.max_batch, h, w, 3))
+    profile.set_shape("images", *(tuple(shapes[k]) for k in ("min", "opt", "max")))
     config.add_optimization_profile(profile)
     cache, cache_in = None, 0
     if builder.rtx:
@@ -109,4 +111,4 @@ def build_plan(builder: Builder, onnx_path: Path, v: ServingVariant, out: Path, 
     return {"builder": builder.name, "builder_version": builder.version, "rtx": builder.rtx,
             "engine_build_seconds": round(seconds, 2), "io": io,
             "timing_cache": {"path": str(timing_cache), "bytes_before": cache_in} if timing_cache else None, "engine_bytes": out.stat().st_size,
-            "profile": {"min": [1, h, w, 3], "opt": [v.opt_batch, h, w, 3], "max": [v.max_batch, h, w, 3]}}
+            "profile": shapes}

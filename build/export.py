@@ -71,8 +71,9 @@ def verify(model_bytes: bytes, pipeline: SegmentationPipeline, images: np.ndarra
 
 
 def build_onnx(weights: str, size: tuple[int, int], with_logits: bool = False, min_agreement: float = 0.9999,
-               verify_images: list[Path] | None = None, log=print) -> tuple[bytes, dict]:
-    """Export + simplify + verify; returns the ONNX bytes and a report dict. Raises when verification fails."""
+               verify_images: list[Path] | None = None, log=print, also_sizes=()) -> tuple[bytes, dict]:
+    """Export + simplify + verify (at `size`, and at each of `also_sizes` for a dynamic-size row); returns the
+    ONNX bytes and a report dict. Raises when verification fails."""
     w = get_weights(weights)
     pipeline = SegmentationPipeline(w.build(), w.mean, w.std)  # the reference the export is verified against
     t0 = time.perf_counter()
@@ -82,14 +83,19 @@ def build_onnx(weights: str, size: tuple[int, int], with_logits: bool = False, m
     t_simplify = time.perf_counter() - t0 - t_export
     imgs = sample_images(size, 2, verify_images)
     agreement = verify(data, pipeline, imgs)
+    per_size = {f"{size[0]}x{size[1]}": agreement}
+    for other in also_sizes:
+        per_size[f"{other[0]}x{other[1]}"] = verify(data, pipeline, sample_images(tuple(other), 1, verify_images))
+    agreement = min(per_size.values())
     t_verify = time.perf_counter() - t0 - t_export - t_simplify
     report = {"weights": w.name, "weights_sha256": w.meta["sha256"], "size": list(size), "opset": OPSET,
               "with_logits": with_logits, "decoder": "folded", "simplify": how, "agreement": agreement,
+              "agreement_by_size": per_size,
               "verify_images": [str(p) for p in verify_images[:2]] if verify_images else "synthetic",
               "seconds": {"export": round(t_export, 2), "simplify": round(t_simplify, 2),
                           "verify": round(t_verify, 2)}}
     log(f"ONNX {w.name} {size[0]}x{size[1]}: {how}; ONNX Runtime vs PyTorch label agreement "
-        f"{agreement * 100:.4f} % on {len(imgs)} image(s)")
+        f"{agreement * 100:.4f} % on {len(imgs)} image(s)" + (f" (sizes {', '.join(per_size)})" if also_sizes else ""))
     if agreement < min_agreement:
         raise RuntimeError(f"ONNX export of {w.name} disagrees with PyTorch: {agreement * 100:.4f} % label "
                            f"agreement < {min_agreement * 100:.2f} %; nothing was written")

@@ -23,7 +23,7 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
         cfg.backend = "tensorrt_rtx"
     else:
         raise ValueError(f"no config writer for backend {v.backend!r}")
-    h, w = v.size
+    h, w = (-1, -1) if v.dynamic else v.size  # a dynamic row takes any H, W in its range (Triton dims -1)
     cfg.input.add(name="images", data_type=mc.TYPE_UINT8, dims=[h, w, 3], optional=v.backend == PYTHON_GPU)
     if v.backend == PYTHON_GPU:  # one JPEG/PNG file per request, as uint8 bytes of any length
         cfg.input.add(name="encoded", data_type=mc.TYPE_UINT8, dims=[-1], optional=True, allow_ragged_batch=True)
@@ -38,10 +38,13 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
     if v.backend == TENSORRT:
         warm = cfg.model_warmup.add(name="zeros", batch_size=max(1, v.opt_batch))
         warm.inputs["images"].data_type = mc.TYPE_UINT8
-        warm.inputs["images"].dims.extend([h, w, 3])
+        warm.inputs["images"].dims.extend([*v.size, 3])
         warm.inputs["images"].zero_data = True
     params = {"classes": json.dumps(classes), "palette": json.dumps(palette), "weights": v.weights,
               "precision": v.precision}
+    if v.dynamic:  # the range the client may send: it resizes within these bounds
+        params["size_range"] = json.dumps([list(s) for s in v.size_range])
+        params["opt_size"] = json.dumps(list(v.size))
     if v.backend == PYTHON_ORT:
         params.update({"onnx_file": "model.onnx", "intra_op_threads": "0"})
     if v.backend == PYTHON_GPU:

@@ -1,6 +1,11 @@
 """Write the Triton model repository from the serving-variant table.
 
+    python -m build.repository --checkpoint city.pth --name city_b1 [--preset cityscapes] [--size 1024x2048]
     python -m build.repository [--variants segformer_b1 ...] [--precisions fp16 ...] [--out model_repository]
+
+With --checkpoint, your trained SegFormer is imported (build.import_weights) and every template of the table is
+built for it: city_b1 (ONNX Runtime, pip Triton), city_b1_onnx (NGC onnxruntime), city_b1_{fp16,int8,best,best_cpu},
+city_b1_trt_{fp32,fp16,int8,best,plugin}, and city_b1_gpu where a CUDA GPU is present.
 
 Each row becomes one model directory (config.pbtxt, 1/<artefact>, build.json provenance). Every directory is
 built in a staging folder beside the repository and renamed into place, so a failed build leaves the previous
@@ -14,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +28,9 @@ from tqdm import tqdm
 
 from build.artefacts import EXPORT_CODE, PASS_CODE, NeedsCalibration, OnnxCache, QuantSettings, _sha, code_hash
 from build.model_config import model_config, to_pbtxt
-from build.variants import ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, TENSORRT, ServingVariant, select
-from segformer.weights import get_weights, sha256_file
+from build.variants import SHIPPED, ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, TENSORRT, ServingVariant, select
+from segformer.checkpoints import CheckpointError
+from segformer.weights import WeightsError, find_entry, get_weights, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_MODELS = ROOT / "server" / "models"  # the programs that run inside Triton's python backend
@@ -153,19 +160,46 @@ def write_repository(variants: list[ServingVariant], repo: Path, force: bool = F
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m build.repository", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="*", help="rows of build/variants.py (default: the standard set)")
+    ap.add_argument("--checkpoint", type=Path, help="your trained SegFormer (NVlabs/mmseg .pth, HF folder, ...): "
+                    "imported as --name, then every row of the table is built for it")
+    ap.add_argument("--name", help="weights entry to build every row for (with --checkpoint: the name to import as)")
+    ap.add_argument("--preset", help="with --checkpoint: class names and palette (cityscapes, ade20k, camvid)")
+    ap.add_argument("--classes", type=Path, help="with --checkpoint: JSON class list")
+    ap.add_argument("--size", help="with --checkpoint: served input HxW (multiples of 32)")
+    ap.add_argument("--dynamic", help="with --checkpoint: MIN:MAX for dynamic-size rows, e.g. 512x512:1024x2048")
+    ap.add_argument("--variants", nargs="*", help="rows by model name (default: the standard set)")
     ap.add_argument("--precisions", nargs="*", help="keep only rows of these precisions (fp32 fp16 int8 best)")
     ap.add_argument("--out", type=Path, default=ROOT / "model_repository")
-    ap.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged")
+    ap.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged (and re-import)")
     ap.add_argument("--calib", type=Path, help="calibration images for the int8 / best rows")
     ap.add_argument("--holdout", type=Path, help="held-out images for the INT8 sensitivity (default: --calib)")
     ap.add_argument("--calib-count", type=int, default=4)
     ap.add_argument("--budget", type=float, default=0.005, help="best: max pixel disagreement with FP32")
     args = ap.parse_args(argv)
     try:
-        rows = select(args.variants, args.precisions)
-    except ValueError as exc:
-        ap.error(str(exc))
+        weights = None
+        if args.checkpoint is not None:
+            from build.import_weights import ImportError_, default_name, import_weights, parse_range
+            from segformer.config import parse_size
+
+            weights = args.name or default_name(args.checkpoint)
+            try:
+                import_weights(args.checkpoint, weights, args.preset, args.classes,
+                               parse_size(args.size) if args.size else None,
+                               parse_range(args.dynamic) if args.dynamic else None, args.force)
+            except ImportError_ as exc:
+                raise ValueError(str(exc)) from None
+        elif args.name:
+            weights = args.name if args.name in SHIPPED or find_entry(args.name) else None
+            if weights is None:
+                raise ValueError(f"no weights entry {args.name!r}: import one with CHECKPOINT=path (make repo) or "
+                                 "python -m build.import_weights")
+        elif args.size or args.dynamic or args.preset or args.classes:
+            raise ValueError("SIZE, DYNAMIC, PRESET and CLASSES apply to an import: pass CHECKPOINT=path too")
+        rows = select(args.variants, args.precisions, weights=weights)
+    except (CheckpointError, WeightsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     quant = QuantSettings(args.calib, args.holdout, args.calib_count, budget=args.budget)
     results = write_repository(rows, args.out, args.force, quant=quant)
     failed = [n for n, r in results.items() if r.startswith("FAILED")]

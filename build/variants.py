@@ -1,8 +1,11 @@
-"""The serving-variant table: one row per Triton model directory that `make repo` can write.
+"""The serving-variant table: templates applied to a weights entry, one row per Triton model directory.
 
-A row names the weights, the backend that serves it, the precision, the input resolution and the batch
-profile. Export, engine building and config writing all read this table; adding a precision or backend is one
-row here plus one builder function in `build.repository.BUILDERS`.
+A template names the backend, the precision and the batch profile; applying it to a weights entry (shipped or
+imported with build.import_weights) gives a row with that entry's weights, input size (fixed, or a dynamic range)
+and a model name ``<prefix><suffix>`` (``city_b1`` -> ``city_b1_fp16``, ``city_b1_trt_fp16`` ...). Export, engine
+building and config writing all read the rows; adding a precision or backend is one template here plus one
+builder function in `build.repository.BUILDERS`. The shipped CamVid entries keep their model names
+(``segformer_b1``, ``segformer_b1_fp16`` ..., ``segformer_b0``).
 """
 from __future__ import annotations
 
@@ -21,10 +24,10 @@ PRECISIONS = ("fp32", "fp16", "int8", "best")
 @dataclass(frozen=True)
 class ServingVariant:
     name: str  # Triton model name
-    weights: str  # shipped weights entry (segformer/weights)
+    weights: str  # weights entry (segformer/weights): shipped or imported
     backend: str
     precision: str = "fp32"
-    size: tuple[int, int] = (1024, 1024)  # H, W the config declares
+    size: tuple[int, int] = (1024, 1024)  # H, W: the fixed size, or the optimum of a dynamic range
     max_batch: int = 4
     opt_batch: int = 1
     preferred_batches: tuple[int, ...] = ()
@@ -33,56 +36,115 @@ class ServingVariant:
     with_logits: bool = False
     layernorm: str = "native"  # "plugin": LayerNorm nodes become the TensorRT plugin op (plugins/)
     int8_recipe: str = "qdq"  # int8/best: "qdq" (explicit Q/DQ, TensorRT's input) or "dynamic" (ONNX Runtime CPU)
+    size_range: tuple[tuple[int, int], tuple[int, int]] | None = None  # (min HxW, max HxW): dynamic H and W
     description: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.size_range is not None
 
     def spec(self) -> dict:
         """The row as plain data (recorded in build.json; its hash decides whether a rebuild is needed)."""
         d = asdict(self)
         d["size"] = list(self.size)
         d["preferred_batches"] = list(self.preferred_batches)
+        if self.size_range is None:
+            d.pop("size_range")  # keeps the recipes of fixed-size rows what they were
+        else:
+            d["size_range"] = [list(s) for s in self.size_range]
         return d
 
     def resized(self, size: tuple[int, int]) -> "ServingVariant":
         return replace(self, size=tuple(size))
 
 
-def _trt_rows(weights: str, prefix: str) -> list[ServingVariant]:
-    rows = [ServingVariant(f"{prefix}_trt_{p}", weights, TENSORRT, precision=p, max_batch=8, opt_batch=4,
-                           preferred_batches=(4, 8), description=f"TensorRT plan, {p}")
-            for p in PRECISIONS]
-    rows.append(ServingVariant(f"{prefix}_trt_plugin", weights, TENSORRT, max_batch=8, opt_batch=4,
-                               preferred_batches=(4, 8), layernorm="plugin",
-                               description="TensorRT plan, fp32, LayerNorm as the plugin op (needs make plugins)"))
-    return rows
+@dataclass(frozen=True)
+class Template:
+    """A row without weights: applied to an entry by `Template.apply`."""
+
+    suffix: str
+    backend: str
+    precision: str = "fp32"
+    max_batch: int = 4
+    opt_batch: int = 1
+    preferred_batches: tuple[int, ...] = ()
+    queue_delay_us: int = 2000
+    instances: int = 1
+    layernorm: str = "native"
+    int8_recipe: str = "qdq"
+    fixed_size: bool = False  # the row cannot take a dynamic size (CUDA graphs per shape): served at the optimum
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def apply(self, prefix: str, weights: str, size: tuple[int, int], size_range=None, with_logits=False
+              ) -> ServingVariant:
+        fields = {k: v for k, v in asdict(self).items() if k not in ("suffix", "fixed_size")}
+        return ServingVariant(name=prefix + self.suffix, weights=weights, size=tuple(size),
+                              size_range=None if self.fixed_size else size_range, with_logits=with_logits,
+                              **fields)
 
 
-def _cpu_rows(weights: str, prefix: str) -> list[ServingVariant]:
-    """The same precisions served by ONNX Runtime in the python backend: measurable on a CPU-only machine."""
-    return [ServingVariant(f"{prefix}_{p}", weights, PYTHON_ORT, precision=p, max_batch=2,
-                           description=f"ONNX Runtime {p} graph in the python backend")
-            for p in PRECISIONS if p != "fp32"] + [
-        ServingVariant(f"{prefix}_best_cpu", weights, PYTHON_ORT, precision="best", max_batch=2, int8_recipe="dynamic",
-                       description="ONNX Runtime CPU INT8 (dynamic-activation weight products), accuracy-guarded")]
+TRT = {"max_batch": 8, "opt_batch": 4, "preferred_batches": (4, 8)}
+TEMPLATES: tuple[Template, ...] = (
+    Template("", PYTHON_ORT, max_batch=2, description="ONNX Runtime inside the python backend (runs on pip Triton)"),
+    Template("_onnx", ONNXRUNTIME, max_batch=8, preferred_batches=(4, 8),
+             description="stock Triton onnxruntime backend (NGC)"),
+    *(Template(f"_{p}", PYTHON_ORT, precision=p, max_batch=2, description=f"ONNX Runtime {p} graph in the python "
+               "backend") for p in PRECISIONS if p != "fp32"),
+    Template("_best_cpu", PYTHON_ORT, precision="best", max_batch=2, int8_recipe="dynamic",
+             description="ONNX Runtime CPU INT8 (dynamic-activation weight products), accuracy-guarded"),
+    *(Template(f"_trt_{p}", TENSORRT, precision=p, description=f"TensorRT plan, {p}", **TRT) for p in PRECISIONS),
+    Template("_trt_plugin", TENSORRT, layernorm="plugin", description="TensorRT plan, fp32, LayerNorm as the plugin "
+             "op (needs make plugins)", **TRT),
+    Template("_gpu", PYTHON_GPU, precision="fp16", max_batch=16, preferred_batches=(8, 16), queue_delay_us=1000,
+             instances=2, fixed_size=True,
+             extra={"buckets": "1,2,4,8,16", "compile_mode": "default", "fused_mixffn": "0"},
+             description="GPU fast path: FP16, folded decoder, fused upsample+argmax, CUDA graphs; raw or JPEG/PNG "
+                         "input (needs a CUDA GPU)"),
+)
+TEMPLATE_BY_SUFFIX = {t.suffix: t for t in TEMPLATES}
+
+# The shipped entries: weights name -> (model-name prefix, served size, templates built by default)
+SHIPPED = {"segformer-b1-camvid": ("segformer_b1", (1024, 1024), None),
+           "segformer-b0-camvid": ("segformer_b0", (512, 1024), ("",))}
 
 
-VARIANTS: dict[str, ServingVariant] = {v.name: v for v in [
-    ServingVariant("segformer_b1", "segformer-b1-camvid", PYTHON_ORT, max_batch=2,
-                   description="SegFormer-B1 1024x1024, ONNX Runtime inside the python backend (runs on pip Triton)"),
-    ServingVariant("segformer_b1_onnx", "segformer-b1-camvid", ONNXRUNTIME, max_batch=8, preferred_batches=(4, 8),
-                   description="SegFormer-B1 1024x1024, stock Triton onnxruntime backend (NGC)"),
-    ServingVariant("segformer_b0", "segformer-b0-camvid", PYTHON_ORT, size=(512, 1024), max_batch=2,
-                   description="SegFormer-B0 512x1024, ONNX Runtime inside the python backend"),
-    *_cpu_rows("segformer-b1-camvid", "segformer_b1"),
-    ServingVariant("segformer_null", "segformer-b1-camvid", PYTHON_NULL, max_batch=8, queue_delay_us=0,
-                   description="returns zero labels at once: measures the load generator and server overhead"),
-    *_trt_rows("segformer-b1-camvid", "segformer_b1"),
-    ServingVariant("segformer_b1_gpu", "segformer-b1-camvid", PYTHON_GPU, precision="fp16", max_batch=16,
-                   preferred_batches=(8, 16), queue_delay_us=1000, instances=2,
-                   extra={"buckets": "1,2,4,8,16", "compile_mode": "default", "fused_mixffn": "0"},
-                   description="GPU fast path: FP16, folded decoder, fused upsample+argmax, CUDA graphs; raw or "
-                               "JPEG/PNG input (needs a CUDA GPU)"),
-]}
+def rows_for(weights: str, prefix: str | None = None, size: tuple[int, int] | None = None,
+             suffixes: tuple[str, ...] | None = None, with_logits: bool | None = None) -> list[ServingVariant]:
+    """Every template applied to one weights entry (its own input size and dynamic range unless given)."""
+    from segformer.weights import get_weights
+
+    if weights in SHIPPED:
+        prefix = prefix or SHIPPED[weights][0]
+        size = size or SHIPPED[weights][1]
+        suffixes = suffixes if suffixes is not None else SHIPPED[weights][2]
+        size_range = None
+        logits = False
+    else:
+        w = get_weights(weights)
+        prefix = prefix or w.name
+        size = size or w.input_size or (512, 512)
+        size_range = w.size_range
+        logits = bool(w.meta.get("with_logits"))
+    logits = logits if with_logits is None else with_logits
+    return [t.apply(prefix, weights, size, size_range, logits) for t in TEMPLATES
+            if suffixes is None or t.suffix in suffixes]
+
+
+NULL_ROW = ServingVariant("segformer_null", "segformer-b1-camvid", PYTHON_NULL, max_batch=8, queue_delay_us=0,
+                          description="returns zero labels at once: measures the load generator and server overhead")
+
+
+def _shipped_rows() -> list[ServingVariant]:
+    rows = []
+    for weights in SHIPPED:
+        rows += [replace(r, description=f"SegFormer-{weights.split('-')[1].upper()} {r.size[0]}x{r.size[1]}, "
+                                         + r.description) for r in rows_for(weights)]
+    return rows + [NULL_ROW]
+
+
+VARIANTS: dict[str, ServingVariant] = {v.name: v for v in _shipped_rows()}
 
 DEFAULT = ("segformer_b1", "segformer_b1_onnx")
 
@@ -96,14 +158,34 @@ def cuda_available() -> bool:
         return False
 
 
-def select(names: list[str] | None = None, precisions: list[str] | None = None) -> list[ServingVariant]:
-    """Rows by name (default: DEFAULT, every TensorRT row, and the GPU rows where a CUDA GPU is present) and
-    optionally by precision."""
+def imported_rows() -> dict[str, ServingVariant]:
+    """Rows of every imported weights entry, by model name."""
+    from segformer.weights import IMPORTED_DIR
+
+    out = {}
+    for meta in sorted(IMPORTED_DIR.glob("*.json")):
+        out.update({v.name: v for v in rows_for(meta.stem)})
+    return out
+
+
+def entry_rows(weights: str, gpu: bool | None = None) -> list[ServingVariant]:
+    """The rows `make repo` builds for one entry: every template, the GPU row only where a CUDA GPU is present."""
+    gpu = cuda_available() if gpu is None else gpu
+    return [v for v in rows_for(weights) if v.backend != PYTHON_GPU or gpu]
+
+
+def select(names: list[str] | None = None, precisions: list[str] | None = None, weights: str | None = None
+           ) -> list[ServingVariant]:
+    """Rows by name (shipped or imported), or every row of one weights entry, or the default set (DEFAULT, every
+    TensorRT row and the GPU rows where a CUDA GPU is present); optionally filtered by precision."""
     if names:
-        unknown = [n for n in names if n not in VARIANTS]
+        table = {**VARIANTS, **imported_rows()}
+        unknown = [n for n in names if n not in table]
         if unknown:
-            raise ValueError(f"unknown variant(s) {', '.join(unknown)}; the table has: {', '.join(VARIANTS)}")
-        rows = [VARIANTS[n] for n in names]
+            raise ValueError(f"unknown variant(s) {', '.join(unknown)}; the table has: {', '.join(table)}")
+        rows = [table[n] for n in names]
+    elif weights:
+        rows = entry_rows(weights)
     else:
         gpu = cuda_available()
         rows = [VARIANTS[n] for n in DEFAULT] + [v for v in VARIANTS.values()

@@ -262,15 +262,20 @@ def _placeholder(qualified: str) -> type:
 def safe_load(path: Path) -> tuple[object, list[str]]:
     """torch.load(weights_only=True); globals it refuses (in metadata) become placeholders, listed in the result."""
     import pickle
+    import zipfile
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True), []
     except pickle.UnpicklingError as first:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be scanned
-            raise CheckpointError(f"{path}: torch.load(weights_only=True) refused it ({str(first).splitlines()[0]}) "
-                                  "and it cannot be read safely; re-save its state_dict with torch.save") from None
+        if not zipfile.is_zipfile(path):  # a legacy pickle (or no checkpoint at all) cannot be scanned safely
+            reason = str(first).split(". ")[-1].splitlines()[0][:200]
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint with weights_only=True ({reason}); "
+                                  "if it is one in the legacy format, re-save its state_dict with torch.save") from None
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes the unpickler raise
+        msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}"
+                              f"{': ' + msg if msg else ''})") from None
     stand_ins = [_placeholder(g) for g in unsafe]
     try:
         with torch.serialization.safe_globals(stand_ins):
