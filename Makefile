@@ -22,6 +22,7 @@ CLASSES ?=
 SIZE ?=
 DYNAMIC ?=
 FORCE ?=
+LOGITS ?=
 HOLDOUT ?=
 USERS ?= 1,2,4
 LOAD_USERS ?= 4
@@ -69,7 +70,7 @@ repo: venv
 	  $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT)) \
 	  $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(NAME),--name $(NAME)) $(if $(PRESET),--preset $(PRESET)) \
 	  $(if $(CLASSES),--classes "$(CLASSES)") $(if $(SIZE),--size $(SIZE)) $(if $(DYNAMIC),--dynamic $(DYNAMIC)) \
-	  $(if $(FORCE),--force)
+	  $(if $(LOGITS),--logits) $(if $(FORCE),--force)
 
 serve: venv
 	@test -n "$$(ls $(REPO)/*/config.pbtxt 2>/dev/null)" || $(MAKE) repo

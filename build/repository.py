@@ -167,6 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", type=Path, help="with --checkpoint: JSON class list")
     ap.add_argument("--size", help="with --checkpoint: served input HxW (multiples of 32)")
     ap.add_argument("--dynamic", help="with --checkpoint: MIN:MAX for dynamic-size rows, e.g. 512x512:1024x2048")
+    ap.add_argument("--logits", action="store_true", help="with --checkpoint: rows also output logits (--slide)")
     ap.add_argument("--variants", nargs="*", help="rows by model name (default: the standard set)")
     ap.add_argument("--precisions", nargs="*", help="keep only rows of these precisions (fp32 fp16 int8 best)")
     ap.add_argument("--out", type=Path, default=ROOT / "model_repository")
@@ -186,7 +187,8 @@ def main(argv=None) -> int:
             try:
                 import_weights(args.checkpoint, weights, args.preset, args.classes,
                                parse_size(args.size) if args.size else None,
-                               parse_range(args.dynamic) if args.dynamic else None, args.force)
+                               parse_range(args.dynamic) if args.dynamic else None, args.force,
+                               logits=args.logits)
             except ImportError_ as exc:
                 raise ValueError(str(exc)) from None
         elif args.name:
@@ -194,8 +196,8 @@ def main(argv=None) -> int:
             if weights is None:
                 raise ValueError(f"no weights entry {args.name!r}: import one with CHECKPOINT=path (make repo) or "
                                  "python -m build.import_weights")
-        elif args.size or args.dynamic or args.preset or args.classes:
-            raise ValueError("SIZE, DYNAMIC, PRESET and CLASSES apply to an import: pass CHECKPOINT=path too")
+        elif args.size or args.dynamic or args.preset or args.classes or args.logits:
+            raise ValueError("SIZE, DYNAMIC, PRESET, CLASSES and LOGITS apply to an import: pass CHECKPOINT=path too")
         rows = select(args.variants, args.precisions, weights=weights)
     except (CheckpointError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

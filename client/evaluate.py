@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from client.labels import FORMATS, LabelError, find_label, list_images, load_label
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from client.preprocess import ImageError, load_image, resize_image, resize_labels
+from client.placement import MODES, predict
+from client.preprocess import ImageError, load_image
 from client.runners import RunnerError, TritonRunner, is_local, make_runner, served_models
 
 VERDICTS = ((0.005, "good"), (0.02, "marginal"), (float("inf"), "bad"))
@@ -99,7 +100,7 @@ class ModelStats:
         self.cm = np.zeros((self.num_classes, self.num_classes), np.int64)
 
 
-def _run_one(path: Path, pool: RunnerPool, specs: list[str], labels_dir, label_fmt):
+def _run_one(path: Path, pool: RunnerPool, specs: list[str], labels_dir, label_fmt, mode="fit", stride=None):
     image = load_image(path)
     label, label_path = None, None
     if labels_dir is not None:
@@ -109,11 +110,9 @@ def _run_one(path: Path, pool: RunnerPool, specs: list[str], labels_dir, label_f
     preds, seconds = {}, {}
     for spec in specs:
         r = pool.get(spec)
-        x = resize_image(image, pool.info[spec].size)[None]
         t0 = time.perf_counter()
-        out = r.infer(x)[0]
+        preds[spec] = predict(image, r, mode, stride)
         seconds[spec] = time.perf_counter() - t0
-        preds[spec] = resize_labels(out, image.shape[:2])
     return image, label, label_path, preds, seconds
 
 
@@ -123,7 +122,8 @@ def _thumb(a: np.ndarray, width: int = 640) -> np.ndarray:
 
 
 def evaluate(images: list[Path], pool: RunnerPool, reference: str, models: list[str], labels_dir=None,
-             label_fmt="auto", concurrency: int = 4, keep_worst: int = 6, progress: bool = True) -> dict:
+             label_fmt="auto", concurrency: int = 4, keep_worst: int = 6, progress: bool = True, mode: str = "fit",
+             stride=None) -> dict:
     """Run every image through reference + models; returns the report dict (and '_worst' picture samples)."""
     specs = [reference] + [m for m in models if m != reference]
     info = pool.info[reference]
@@ -131,7 +131,7 @@ def evaluate(images: list[Path], pool: RunnerPool, reference: str, models: list[
     stats = {s: ModelStats(s, n_cls) for s in specs}
     per_image, skipped, no_label, worst = [], [], [], []
     with ThreadPoolExecutor(max(1, concurrency)) as ex:
-        futures = [(p, ex.submit(_run_one, p, pool, specs, labels_dir, label_fmt)) for p in images]
+        futures = [(p, ex.submit(_run_one, p, pool, specs, labels_dir, label_fmt, mode, stride)) for p in images]
         for path, fut in tqdm(futures, desc="evaluate", unit="img", disable=not progress):
             try:
                 image, label, label_path, preds, seconds = fut.result()
@@ -178,7 +178,7 @@ def evaluate(images: list[Path], pool: RunnerPool, reference: str, models: list[
                                         (None if np.isnan(v) else float(v)) for i, v in enumerate(iou)
                                         if st.cm[i].sum() or st.cm[:, i].sum()}})
         summary[s] = d
-    return {"reference": reference, "models": specs, "images": len(per_image), "skipped": skipped,
+    return {"reference": reference, "models": specs, "resize": mode, "images": len(per_image), "skipped": skipped,
             "missing_labels": no_label, "labels": str(labels_dir) if labels_dir else None,
             "classes": info.classes, "palette": [list(c) for c in info.palette], "summary": summary,
             "per_image": per_image, "_worst": [w[2] for w in worst]}
@@ -222,11 +222,20 @@ def main(argv=None) -> int:
     ap.add_argument("--worst", type=int, default=4, help="images shown in the pictures (default 4)")
     ap.add_argument("--out", type=Path, default=Path("out/evaluate"), help="report folder (replaced)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    ap.add_argument("--resize", choices=MODES, default="fit", help="fit (aspect kept; default), stretch (squash "
+                    "to the input size) or slide (sliding window, needs a logits output)")
+    ap.add_argument("--stride", help="slide: step HxW (default 3/4 of the model's input)")
     args = ap.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         ap.error("--models is empty")
-    size = tuple(int(x) for x in args.size.lower().split("x")) if args.size else None
+    from segformer.config import parse_size
+
+    try:
+        size = parse_size(args.size) if args.size else None
+        stride = parse_size(args.stride) if args.stride else None
+    except ValueError as exc:
+        ap.error(str(exc))
     pool = None
     try:
         images = list_images(args.images)[: args.limit]
@@ -240,7 +249,7 @@ def main(argv=None) -> int:
         pool = RunnerPool(list(dict.fromkeys([reference, *models])), args.url, args.protocol, args.timeout,
                           size)
         report = evaluate(images, pool, reference, models, args.labels, args.label_format, args.concurrency,
-                          args.worst)
+                          args.worst, mode=args.resize, stride=stride)
         fails = gate(report, args.threshold, args.max_miou_drop)
         report["gate"] = {"threshold": args.threshold, "max_miou_drop": args.max_miou_drop, "failures": fails,
                           "passed": not fails}

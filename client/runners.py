@@ -3,7 +3,8 @@
 - `TritonRunner`: a model on a Triton server over HTTP or gRPC (tritonclient).
 - `OnnxRunner`: a local ONNX file with ONNX Runtime (the reference without a server).
 - `TorchRunner`: shipped weights in PyTorch FP32 (the reference of the references).
-All take uint8 [N,H,W,3] at the model's input size and return uint8 labels [N,H,W].
+All take uint8 [N,H,W,3] at the model's input size (any size within a dynamic model's range) and return uint8
+labels [N,H,W], or with ``logits=True`` float32 logits [N,K,H,W] from a model that has that output.
 """
 from __future__ import annotations
 
@@ -25,6 +26,22 @@ class ModelInfo:
     max_batch: int
     classes: list[str] = field(default_factory=list)
     palette: list[tuple[int, int, int]] = field(default_factory=list)
+    size_range: tuple[tuple[int, int], tuple[int, int]] | None = None  # a dynamic-size model's bounds
+    has_logits: bool = False
+
+    def check(self, images: np.ndarray) -> None:
+        """RunnerError unless `images` is a uint8 batch this model takes."""
+        ok = images.dtype == np.uint8 and images.ndim == 4 and images.shape[3] == 3
+        if ok and self.size_range is None:
+            ok = images.shape[1:3] == tuple(self.size)
+        elif ok:
+            (lo_h, lo_w), (hi_h, hi_w) = self.size_range
+            ok = lo_h <= images.shape[1] <= hi_h and lo_w <= images.shape[2] <= hi_w
+        if not ok:
+            want = (f"[N,{self.size[0]},{self.size[1]},3]" if self.size_range is None else
+                    f"[N,H,W,3] with {self.size_range[0][0]}x{self.size_range[0][1]} <= HxW <= "
+                    f"{self.size_range[1][0]}x{self.size_range[1][1]}")
+            raise RunnerError(f"{self.name} takes uint8 {want}; got {images.dtype} {list(images.shape)}")
 
 
 class _Runner:
@@ -77,11 +94,22 @@ class TritonRunner(_Runner):
         cfg = self.client.get_model_config(self.model)
         cfg = cfg if isinstance(cfg, dict) else json.loads(self._grpc_json(cfg))
         cfg = cfg.get("config", cfg)
-        dims = [int(d) for d in cfg["input"][0]["dims"]]
-        params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
-        self.info = ModelInfo(self.model, (dims[0], dims[1]), int(cfg.get("max_batch_size", 1)) or 1,
+        try:
+            image_input = next(i for i in cfg.get("input", []) if i.get("name") == "images")
+            dims = [int(d) for d in image_input["dims"]]
+            outputs = {o["name"] for o in cfg.get("output", [])}
+            params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+            if "labels" not in outputs or len(dims) != 3:
+                raise KeyError("labels")
+        except (StopIteration, KeyError, TypeError, ValueError):
+            raise RunnerError(f"model {self.model!r} is not a segmentation model of this project (it needs an "
+                              "`images` input [H,W,3] and a `labels` output)") from None
+        size_range = json.loads(params["size_range"]) if params.get("size_range") else None
+        size = tuple(json.loads(params["opt_size"])) if params.get("opt_size") else (dims[0], dims[1])
+        self.info = ModelInfo(self.model, size, int(cfg.get("max_batch_size", 1)) or 1,
                               json.loads(params.get("classes", "[]")),
-                              [tuple(c) for c in json.loads(params.get("palette", "[]"))])
+                              [tuple(c) for c in json.loads(params.get("palette", "[]"))],
+                              tuple(map(tuple, size_range)) if size_range else None, "logits" in outputs)
         return self.info
 
     @staticmethod
@@ -99,25 +127,26 @@ class TritonRunner(_Runner):
         except Exception:  # noqa: BLE001
             return []
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
+    def infer(self, images: np.ndarray, logits: bool = False) -> np.ndarray:
         if self.info is None:
             self.activate()
-        h, w = self.info.size
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
-            raise RunnerError(f"{self.model} takes uint8 [N,{h},{w},3]; got {images.dtype} {list(images.shape)}")
+        self.info.check(images)
+        name = "logits" if logits else "labels"
+        if logits and not self.info.has_logits:
+            raise RunnerError(f"{self.model} has no logits output")
         outs = []
         for i in range(0, len(images), self.info.max_batch):
             chunk = np.ascontiguousarray(images[i:i + self.info.max_batch])
             inp = self._tc.InferInput("images", list(chunk.shape), "UINT8")
             inp.set_data_from_numpy(chunk)
-            out = [self._tc.InferRequestedOutput("labels")]
+            out = [self._tc.InferRequestedOutput(name)]
             try:
                 kwargs = {"timeout": int(self.timeout)} if self.protocol == "http" else \
                     {"client_timeout": self.timeout}
                 res = self.client.infer(self.model, [inp], outputs=out, **kwargs)
             except Exception as exc:  # noqa: BLE001 - InferenceServerException and transport errors
                 raise RunnerError(f"inference on {self.model} failed: {exc}") from None
-            outs.append(res.as_numpy("labels"))
+            outs.append(res.as_numpy(name))
         return np.concatenate(outs)
 
     def deactivate(self) -> None:
@@ -150,12 +179,19 @@ class OnnxRunner(_Runner):
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise RunnerError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from None
         self.info = _local_info(f"onnx:{self.path.name}", self.path, self.size, self.weights)
+        self.info.has_logits = "logits" in {o.name for o in self.session.get_outputs()}
         return self.info
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
+    def infer(self, images: np.ndarray, logits: bool = False) -> np.ndarray:
         if self.session is None:
             self.activate()
-        return self.session.run(["labels"], {"images": np.ascontiguousarray(images)})[0]
+        if logits and not self.info.has_logits:
+            raise RunnerError(f"{self.path.name} has no logits output (export it with --logits)")
+        try:
+            return self.session.run(["logits" if logits else "labels"], {"images": np.ascontiguousarray(images)})[0]
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
+            raise RunnerError(f"{self.path.name}: ONNX Runtime failed on {list(images.shape)} "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
     def deactivate(self):
         self.session = None
@@ -209,21 +245,29 @@ class TorchRunner(_Runner):
         from segformer.model import SegmentationPipeline
         from segformer.weights import get_weights
 
+        from segformer.weights import WeightsError
+
         try:
             w = get_weights(self.weights)
-        except (FileNotFoundError, ValueError) as exc:
-            raise RunnerError(str(exc)) from None
-        self.pipe = SegmentationPipeline(w.build(), w.mean, w.std).eval()
+            model = w.build()
+        except (FileNotFoundError, ValueError, WeightsError) as exc:
+            raise RunnerError(str(exc).splitlines()[0]) from None
+        self.pipe = SegmentationPipeline(model, w.mean, w.std).eval()
         self.info = _local_info(f"torch:{w.name}", None, self.size, self.weights)
+        self.info.has_logits = True
+        if w.size_range and self.size is None:
+            self.info.size_range = w.size_range
         return self.info
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
+    def infer(self, images: np.ndarray, logits: bool = False) -> np.ndarray:
         import torch
 
         if self.pipe is None:
             self.activate()
+        self.pipe.with_logits = logits
         with torch.no_grad():
-            return self.pipe(torch.from_numpy(np.array(images, copy=True))).numpy()
+            out = self.pipe(torch.from_numpy(np.array(images, copy=True)))
+        return out[1].numpy() if logits else out.numpy()
 
     def deactivate(self):
         self.pipe = None

@@ -1,11 +1,14 @@
 """Segment images with a SegFormer served by Triton; write label maps and overlays, print the class table.
 
     python -m client.segment street.png [more.jpg ...] [--url localhost:8000] [--protocol http|grpc]
-                             [--model segformer_b1] [--out DIR]
+                             [--model segformer_b1] [--out DIR] [--resize fit|stretch] [--slide [--stride HxW]]
 
-For each image: decode (any Pillow mode -> RGB), resize to the model's input size (bilinear), infer, bring the
-labels back to the image size (nearest), write NAME_labels.png (indexed PNG: pixel = class id) and
-NAME_overlay.png, and print the pixel share of every class found.
+For each image: decode (any Pillow mode -> RGB), bring it to the model keeping its aspect ratio (`--resize fit`,
+the default: scaled into a fixed-size model's input and padded, or sent at its own size, within bounds, to a
+dynamic-size model; `--resize stretch` squashes it to the input size instead; `--slide` runs sliding-window
+inference over model-size crops, averaging the logits), infer, bring the labels back to the image size
+(nearest), write NAME_labels.png (indexed PNG: pixel = class id) and NAME_overlay.png, and print the pixel share
+of every class found.
 """
 from __future__ import annotations
 
@@ -17,30 +20,35 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from client.preprocess import ImageError, load_image, resize_image, resize_labels
+from client.placement import place, predict
+from client.preprocess import ImageError, load_image
 from client.runners import RunnerError, TritonRunner
 from client.visualize import class_table, format_table, overlay, palette_png, save_png
 
 
-def segment_files(paths: list[Path], runner: TritonRunner, out: Path, quiet: bool = False) -> list[dict]:
+def segment_files(paths: list[Path], runner: TritonRunner, out: Path, quiet: bool = False, mode: str = "fit",
+                  stride: tuple[int, int] | None = None) -> list[dict]:
     info = runner.info or runner.activate()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     results = []
     for path in paths:
         t0 = time.perf_counter()
         image = load_image(path)
-        x = resize_image(image, info.size)[None]
         t1 = time.perf_counter()
-        labels = runner.infer(x)[0]
+        labels = predict(image, runner, mode, stride)
         t2 = time.perf_counter()
-        labels = resize_labels(labels, image.shape[:2])
+        sent = place(image.shape[:2], info.size, info.size_range, mode).input_size if mode != "slide" else info.size
         stem = Path(path).stem
         lab_path, ov_path = out / f"{stem}_labels.png", out / f"{stem}_overlay.png"
         save_png(palette_png(labels, info.palette), lab_path)
         save_png(Image.fromarray(overlay(image, labels, info.palette)), ov_path)
         rows = class_table(labels, info.classes)
         if not quiet:
-            print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {info.name} {info.size[1]}x{info.size[0]} "
-                  f"(preprocess {1e3 * (t1 - t0):.0f} ms, inference {1e3 * (t2 - t1):.0f} ms)")
+            print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {info.name} {sent[1]}x{sent[0]} ({mode}; "
+                  f"decode {1e3 * (t1 - t0):.0f} ms, inference {1e3 * (t2 - t1):.0f} ms)")
             print(format_table(rows, info.palette))
             print(f"wrote {lab_path}\n      {ov_path}")
         results.append({"image": str(path), "labels": lab_path, "overlay": ov_path, "classes": rows,
@@ -57,12 +65,23 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="segformer_b1", help="served model name (default segformer_b1)")
     ap.add_argument("--out", type=Path, default=Path("out"), help="folder for the PNGs (default ./out)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    ap.add_argument("--resize", choices=("fit", "stretch"), default="fit",
+                    help="fit: keep the aspect ratio (pad / dynamic size; default); stretch: squash to the input size")
+    ap.add_argument("--slide", action="store_true", help="sliding-window inference over model-size crops (needs a "
+                    "model with a logits output)")
+    ap.add_argument("--stride", help="--slide step HxW (default 3/4 of the model's input)")
     args = ap.parse_args(argv)
+    try:
+        from segformer.config import parse_size
+
+        stride = parse_size(args.stride) if args.stride else None
+    except ValueError as exc:
+        ap.error(str(exc))
     runner = TritonRunner(args.model, args.url, args.protocol, args.timeout)
     try:
         for p in args.images:  # fail before contacting the server when a file is unusable
             load_image(p)
-        segment_files(args.images, runner, args.out)
+        segment_files(args.images, runner, args.out, mode="slide" if args.slide else args.resize, stride=stride)
     except (ImageError, RunnerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,8 @@ from .config import SegFormerConfig, get_config
 from .model import SegFormer
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-IMPORTED_DIR = WEIGHTS_DIR / "imported"
+# imported entries (git-ignored); SEGFORMER_IMPORTED_WEIGHTS moves them (tests use a temporary folder)
+IMPORTED_DIR = Path(os.environ.get("SEGFORMER_IMPORTED_WEIGHTS") or WEIGHTS_DIR / "imported")
 
 
 class WeightsError(RuntimeError):
@@ -123,7 +124,7 @@ def available() -> list[str]:
 def find_entry(name: str) -> Path | None:
     """The metadata file of entry `name` (shipped first, then imported), or None."""
     for d in (WEIGHTS_DIR, IMPORTED_DIR):
-        if (d / f"{name}.json").is_file():
+        if d is not None and (d / f"{name}.json").is_file():
             return d / f"{name}.json"
     return None
 
@@ -133,7 +134,7 @@ def get_weights(name_or_path: str | Path) -> Weights:
     p = Path(name_or_path)
     meta_path = p.with_suffix(".json") if p.suffix in (".json", ".safetensors") else find_entry(str(p))
     if meta_path is None or not meta_path.is_file():
-        raise WeightsError(f"no weights named {str(name_or_path)!r}; shipped weights: "
+        raise WeightsError(f"no weights named {str(name_or_path)!r}; weights entries (shipped and imported): "
                            f"{', '.join(available()) or 'none'} (or pass a path to NAME.json)")
     meta = json.loads(meta_path.read_text())
     tensors = meta_path.with_name(meta["file"])
@@ -142,11 +143,13 @@ def get_weights(name_or_path: str | Path) -> Weights:
     return Weights(meta_path.stem, tensors, meta)
 
 
-def save_weights(model: SegFormer, directory: Path, name: str, meta: dict) -> Weights:
-    """Write FP16 tensors + metadata atomically; returns the entry. `meta` gets file and sha256 added."""
+def save_weights(model: SegFormer, directory: Path, name: str, meta: dict,
+                 dtype: torch.dtype = torch.float16) -> Weights:
+    """Write tensors (FP16 by default) + metadata atomically; returns the entry. `meta` gets file, sha256 and
+    the tensors' dtype added."""
     from safetensors.torch import save
 
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()
              if v.is_floating_point()}
     state.update({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                   if not v.is_floating_point()})
@@ -154,6 +157,8 @@ def save_weights(model: SegFormer, directory: Path, name: str, meta: dict) -> We
     tensors = directory / f"{name}.safetensors"
     atomic_write_bytes(tensors, save(state, metadata={"variant": model.config.name}))
     meta = dict(meta, file=tensors.name, sha256=sha256_file(tensors), variant=model.config.name)
+    if dtype != torch.float16:
+        meta["dtype"] = str(dtype).removeprefix("torch.")
     if model.config.name not in _table_names() or model.config != get_config(model.config.name,
                                                                              model.config.num_classes):
         meta["architecture"] = model.config.architecture()  # anything the table row alone would not rebuild

@@ -12,7 +12,7 @@ ALLOWED = {
     "training": {"segformer", "client"},
     "server": {"segformer", "client", "build"},
     "loadtest": {"segformer", "client", "build"},
-    "bench": {"segformer", "client", "build", "server", "loadtest"},
+    "bench": {"segformer", "client", "build", "server", "loadtest", "training"},
     "plugins": {"bench"},
 }
 

@@ -31,7 +31,7 @@ def test_corrupt_weights_are_refused(tmp_path):
 
 
 def test_unknown_weights_name():
-    with pytest.raises(WeightsError, match="shipped weights: segformer-b0-camvid"):
+    with pytest.raises(WeightsError, match=r"weights entries \(shipped and imported\): .*segformer-b0-camvid"):
         get_weights("nope")
 
 
