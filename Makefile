@@ -12,7 +12,7 @@ METRICS_PORT ?= 8002
 VARIANTS ?=
 PRECISIONS ?=
 IMAGE ?= samples/camvid_0001TP_008550.jpg
-MODEL ?= segformer_b1
+MODEL ?= auto
 OUT ?= out
 CALIB ?=
 CHECKPOINT ?=
@@ -28,7 +28,7 @@ USERS ?= 1,2,4
 LOAD_USERS ?= 4
 DURATION ?= 20
 SLO_MS ?= 10000
-LOAD_MODEL ?= $(MODEL)
+LOAD_MODEL ?= segformer_b1
 BENCH_IMAGES ?=
 EVAL_IMAGES ?=
 EVAL_LABELS ?=
@@ -38,7 +38,7 @@ REFERENCE ?= segformer_b1
 THRESHOLD ?=
 CUDA_ARCH ?=
 
-.PHONY: help venv repo serve stop demo test evaluate loadtest sweep bench-build bench plugins clean
+.PHONY: help venv repo serve stop demo test evaluate loadtest sweep bench-build bench bench-cpu plugins clean
 help:
 	@echo "make demo     build the default model, start Triton, segment $(IMAGE), stop"
 	@echo "make test     run the test suite"
@@ -52,6 +52,7 @@ help:
 	@echo "make sweep     concurrency sweep with knee under SLO_MS"
 	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
 	@echo "make bench     GPU: fast path vs HF eager/compile, model-only and served (BENCH_IMAGES=DIR) -> results/"
+	@echo "make bench-cpu  CPU: ONNX Runtime FP32 / best_cpu vs OpenVINO f32 / bf16, speed + accuracy (BENCH_DATA=camvid) -> results/"
 	@echo "make plugins   build the LayerNorm kernels and TensorRT plugin (plugins/build/), run the CPU field test"
 
 venv: $(VENV)/.installed
@@ -103,6 +104,10 @@ bench-build: venv
 bench: venv
 	$(PY) -m pip install -q -e ".[gpu]"
 	$(PY) -m bench.gpu --served --out results/bench_gpu $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES))
+
+BENCH_DATA ?= ../shared/datasets/camvid
+bench-cpu: venv
+	$(PY) -m bench.cpu --data $(BENCH_DATA) --out results/bench_cpu_b1
 
 plugins: venv
 	$(PY) -m plugins.layernorm $(if $(CUDA_ARCH),--cuda-arch $(CUDA_ARCH))

@@ -21,6 +21,8 @@ from segformer.weights import atomic_write_bytes, get_weights
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_CODE = [ROOT / "build" / "export.py", ROOT / "segformer" / "model.py"]
 PASS_CODE = [ROOT / "build" / f for f in ("passes.py", "quantize.py", "quantize_cpu.py")]
+OPENVINO_CODE = [ROOT / "build" / "openvino_ir.py"]
+DEFAULT_HOLDOUT = ROOT / "samples" / "heldout"  # three CamVid val frames: the bf16 guard's set without HOLDOUT=
 
 
 class NeedsCalibration(RuntimeError):
@@ -91,6 +93,33 @@ class OnnxCache:
         else:
             path = base
         return path, report
+
+    def openvino(self, v: ServingVariant, log) -> tuple[Path, dict]:
+        """The row's OpenVINO plan folder (IR parts + plan.json) and its report, cached by content hash."""
+        from build import openvino_ir, quantize
+
+        base, report = self.base(v, log)
+        precision = "bf16" if v.precision == "bf16" else "f32"
+        q = self.quant
+        folder_in = q.holdout or q.calib or DEFAULT_HOLDOUT
+        hold_key = (q.key() if (q.holdout or q.calib) else "default") if precision == "bf16" else ""
+        key = _sha(json.dumps([base.name, precision, hold_key, q.budget, openvino_ir.cpu_flags(),
+                               code_hash(OPENVINO_CODE)]).encode())[:16]
+        folder = self.root / f"ov-{key}"
+        if not (folder / "report.json").is_file():
+            hold = quantize.load_batch(folder_in, v.size, q.holdout_count, "held-out") if precision == "bf16" else None
+            stage = self.root / f".ov-{key}.stage"
+            shutil.rmtree(stage, ignore_errors=True)
+            try:
+                plan = openvino_ir.build_cpu_plan(base, stage / "plan", precision, hold, q.budget, log=log)
+                if precision == "bf16":
+                    plan["heldout_folder"] = str(folder_in)
+                (stage / "plan" / "report.json").write_text(json.dumps(plan, indent=1))
+                shutil.rmtree(folder, ignore_errors=True)
+                (stage / "plan").replace(folder)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+        return folder, {**report, "openvino": json.loads((folder / "report.json").read_text())}
 
     def _passed(self, v: ServingVariant, base: Path) -> tuple[Path, dict]:
         import onnx

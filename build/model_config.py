@@ -6,14 +6,16 @@ import json
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from build.variants import ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, TENSORRT, ServingVariant
+from build.variants import OPENVINO, ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, PYTHON_OV, TENSORRT, ServingVariant
 
 
 def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]], tensorrt_rtx: bool = False
                  ) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=v.name, max_batch_size=v.max_batch)
-    if v.backend in (PYTHON_ORT, PYTHON_NULL, PYTHON_GPU):
+    if v.backend in (PYTHON_ORT, PYTHON_NULL, PYTHON_GPU, PYTHON_OV):
         cfg.backend = "python"
+    elif v.backend == OPENVINO:
+        cfg.backend = "openvino"  # NGC's openvino backend reads 1/model.xml + 1/model.bin
     elif v.backend == ONNXRUNTIME:
         cfg.platform = "onnxruntime_onnx"
     elif v.backend == TENSORRT and not tensorrt_rtx:
@@ -33,7 +35,8 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
     db = cfg.dynamic_batching
     db.max_queue_delay_microseconds = v.queue_delay_us
     db.preferred_batch_size.extend([b for b in v.preferred_batches if b <= v.max_batch])
-    kind = mc.ModelInstanceGroup.KIND_CPU if v.backend in (PYTHON_ORT, PYTHON_NULL) else mc.ModelInstanceGroup.KIND_GPU
+    cpu = (PYTHON_ORT, PYTHON_NULL, PYTHON_OV, OPENVINO)
+    kind = mc.ModelInstanceGroup.KIND_CPU if v.backend in cpu else mc.ModelInstanceGroup.KIND_GPU
     cfg.instance_group.add(kind=kind, count=v.instances)
     if v.backend == TENSORRT:
         warm = cfg.model_warmup.add(name="zeros", batch_size=max(1, v.opt_batch))
@@ -47,6 +50,10 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
         params["opt_size"] = json.dumps(list(v.size))
     if v.backend == PYTHON_ORT:
         params.update({"onnx_file": "model.onnx", "intra_op_threads": "0"})
+    if v.backend == PYTHON_OV:
+        params.update({"plan_file": "plan.json", "threads": "0"})
+    if v.backend == OPENVINO:  # the openvino backend's own keys
+        params.update({"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
     if v.backend == PYTHON_GPU:
         params.update({"weights_file": f"{v.weights}.json", **{k: str(x) for k, x in v.extra.items()}})
     for k, val in params.items():

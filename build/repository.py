@@ -28,14 +28,16 @@ from tqdm import tqdm
 
 from build.artefacts import EXPORT_CODE, PASS_CODE, NeedsCalibration, OnnxCache, QuantSettings, _sha, code_hash
 from build.model_config import model_config, to_pbtxt
-from build.variants import SHIPPED, ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, TENSORRT, ServingVariant, select
+from build.variants import (OPENVINO, ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, PYTHON_OV, SHIPPED, TENSORRT,
+                            ServingVariant, select)
 from segformer.checkpoints import CheckpointError
 from segformer.weights import WeightsError, find_entry, get_weights, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_MODELS = ROOT / "server" / "models"  # the programs that run inside Triton's python backend
-CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "engines.py", "artefacts.py")] + \
-    [SERVER_MODELS / f for f in ("onnxruntime_model.py", "null_model.py", "gpu_model.py")]
+CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "engines.py", "artefacts.py",
+                                                                "openvino_ir.py")] + \
+    [SERVER_MODELS / f for f in ("onnxruntime_model.py", "null_model.py", "gpu_model.py", "openvino_model.py")]
 GPU_CODE = sorted((ROOT / "segformer").glob("*.py"))  # copied into the GPU row's directory
 
 
@@ -84,6 +86,20 @@ def build_tensorrt_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) ->
             **_layer_precision(v, report)}
 
 
+def build_openvino_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) -> dict:
+    """The OpenVINO plan (IR parts + plan.json), hard-linked; the python-backend row also gets its model.py, the
+    NGC openvino row the single f32 IR as model.xml/model.bin."""
+    folder, report = cache.openvino(v, log)
+    version = stage / "1"
+    for f in folder.iterdir():
+        if f.suffix in (".xml", ".bin") or (f.name == "plan.json" and v.backend == PYTHON_OV):
+            _link_or_copy(f, version / f.name)
+    if v.backend == PYTHON_OV:
+        shutil.copy2(SERVER_MODELS / "openvino_model.py", version / "model.py")
+    return {"artefact": "1/plan.json" if v.backend == PYTHON_OV else "1/model.xml", "export": report,
+            "openvino_plan": report["openvino"]}
+
+
 def build_null_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
     (stage / "1").mkdir(parents=True)
     shutil.copy2(SERVER_MODELS / "null_model.py", stage / "1" / "model.py")
@@ -101,7 +117,8 @@ def build_gpu_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
     return {"artefact": "1/model.py", "runs": "segformer.fast on CUDA (FP16, CUDA graphs)"}
 
 
-BUILDERS = {PYTHON_GPU: build_gpu_dir, PYTHON_NULL: build_null_dir, PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir, TENSORRT: build_tensorrt_dir}
+BUILDERS = {PYTHON_GPU: build_gpu_dir, PYTHON_NULL: build_null_dir, PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir,
+            TENSORRT: build_tensorrt_dir, PYTHON_OV: build_openvino_dir, OPENVINO: build_openvino_dir}
 
 
 def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, force: bool = False) -> str:

@@ -17,8 +17,11 @@ ONNXRUNTIME = "onnxruntime"  # stock NGC Triton's onnxruntime backend
 PYTHON_NULL = "python_null"  # python backend that returns zeros at once: the load generator's ceiling
 TENSORRT = "tensorrt"  # model.plan for the tensorrt backend (NGC), built by TensorRT or TensorRT-RTX
 PYTHON_GPU = "python_gpu"  # python backend running segformer.fast on a CUDA GPU (FP16, CUDA graphs)
+PYTHON_OV = "python_openvino"  # python backend running an OpenVINO precision plan on the CPU (pip Triton)
+OPENVINO = "openvino"  # stock NGC Triton's openvino backend (f32 IR)
 
-PRECISIONS = ("fp32", "fp16", "int8", "best")
+PRECISIONS = ("fp32", "fp16", "int8", "best")  # the ONNX Runtime and TensorRT rows
+ALL_PRECISIONS = PRECISIONS + ("bf16",)  # bf16: OpenVINO on CPUs with AVX512-BF16 / AMX
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,11 @@ TEMPLATES: tuple[Template, ...] = (
                "backend") for p in PRECISIONS if p != "fp32"),
     Template("_best_cpu", PYTHON_ORT, precision="best", max_batch=2, int8_recipe="dynamic",
              description="ONNX Runtime CPU INT8 (dynamic-activation weight products), accuracy-guarded"),
+    Template("_ov", PYTHON_OV, max_batch=2, description="OpenVINO f32 in the python backend (exact, CPU)"),
+    Template("_ov_bf16", PYTHON_OV, precision="bf16", max_batch=2,
+             description="OpenVINO bf16 where the CPU has AVX512-BF16/AMX, accuracy-guarded (f32 prefix or f32 "
+                         "fallback)"),
+    Template("_openvino", OPENVINO, max_batch=2, description="stock Triton openvino backend (NGC), f32 IR"),
     *(Template(f"_trt_{p}", TENSORRT, precision=p, description=f"TensorRT plan, {p}", **TRT) for p in PRECISIONS),
     Template("_trt_plugin", TENSORRT, layernorm="plugin", description="TensorRT plan, fp32, LayerNorm as the plugin "
              "op (needs make plugins)", **TRT),
@@ -192,8 +200,8 @@ def select(names: list[str] | None = None, precisions: list[str] | None = None, 
                                                  if v.name not in DEFAULT and (v.backend != PYTHON_GPU or gpu)
                                                  and (v.backend == TENSORRT or v.name.startswith("segformer_b1_"))]
     if precisions:
-        bad = [p for p in precisions if p not in PRECISIONS]
+        bad = [p for p in precisions if p not in ALL_PRECISIONS]
         if bad:
-            raise ValueError(f"unknown precision(s) {', '.join(bad)}; choose from {', '.join(PRECISIONS)}")
+            raise ValueError(f"unknown precision(s) {', '.join(bad)}; choose from {', '.join(ALL_PRECISIONS)}")
         rows = [v for v in rows if v.precision in precisions]
     return rows

@@ -1,10 +1,10 @@
-"""Triton python-backend model: runs the row's OpenVINO IR (or ONNX) with OpenVINO on the CPU.
+"""Triton python-backend model: runs the row's OpenVINO precision plan on the CPU.
 
-Copied by `make repo` into each OpenVINO CPU model directory as ``1/model.py``; the config's ``parameters`` name
-the model file (``model_file``), the inference precision (``precision_hint``: f32 or bf16) and the threads
-(``threads``, 0 = OpenVINO's choice). One compiled model per input shape (batch, H, W): OpenVINO's CPU kernels are
-fastest on static shapes, and a served row sees few shapes. A failing batch answers each request with an error;
-the server stays up.
+Copied by `make repo` into each OpenVINO CPU model directory as ``1/model.py``. ``1/plan.json`` (written by
+build.openvino_ir) lists the IR parts run in sequence, each with its inference precision (f32 or bf16); the
+config's ``threads`` parameter sets the threads (0 = OpenVINO's choice). One compiled chain per input shape (batch,
+H, W): OpenVINO's CPU kernels are fastest on static shapes, and a served row sees few shapes. A failing batch
+answers each request with an error; the server stays up.
 """
 import json
 import os
@@ -19,25 +19,40 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        path = os.path.join(args["model_repository"], args["model_version"], params.get("model_file", "model.xml"))
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        path = os.path.join(folder, params.get("plan_file", "plan.json"))
         if not os.path.isfile(path):
             raise pb_utils.TritonModelException(f"{path} is missing: rebuild the repository with `make repo`")
+        with open(path) as f:
+            self.parts = json.load(f)["parts"]
         self.core = ov.Core()
-        self.model = self.core.read_model(path)
-        self.props = {"INFERENCE_PRECISION_HINT": params.get("precision_hint", "f32"), "PERFORMANCE_HINT": "LATENCY"}
-        threads = int(params.get("threads", "0") or 0)
-        if threads:
-            self.props["INFERENCE_NUM_THREADS"] = threads
+        self.models = [self.core.read_model(os.path.join(folder, p["file"])) for p in self.parts]
+        self.threads = int(params.get("threads", "0") or 0)
         self.compiled = {}
         self.outputs = [o["name"] for o in config["output"]]
         self.size_range = json.loads(params["size_range"]) if params.get("size_range") else None
 
-    def _compiled(self, shape):
+    def _chain(self, shape):
+        """Compiled parts for one input shape, each reshaped to the static shapes the previous part gives."""
         if shape not in self.compiled:
-            m = self.model.clone()
-            m.reshape({"images": list(shape)})
-            self.compiled[shape] = self.core.compile_model(m, "CPU", self.props)
+            chain, known = [], {"images": list(shape)}
+            for part, model in zip(self.parts, self.models):
+                m = model.clone()
+                m.reshape({i.get_any_name(): known[i.get_any_name()] for i in m.inputs})
+                props = {"INFERENCE_PRECISION_HINT": part["precision"], "PERFORMANCE_HINT": "LATENCY"}
+                if self.threads:
+                    props["INFERENCE_NUM_THREADS"] = self.threads
+                chain.append(self.core.compile_model(m, "CPU", props))
+                known.update({o.get_any_name(): list(o.get_shape()) for o in m.outputs})
+            self.compiled[shape] = chain
         return self.compiled[shape]
+
+    def _run(self, x):
+        tensors = {"images": x}
+        for part, compiled in zip(self.parts, self._chain(tuple(x.shape))):
+            res = compiled({name: tensors[name] for name in part["inputs"]})
+            tensors.update({o.get_any_name(): res[o] for o in compiled.outputs})
+        return tensors
 
     def execute(self, requests):
         batches = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]
@@ -56,8 +71,8 @@ class TritonPythonModel:
         for idx in groups.values():
             try:
                 x = np.ascontiguousarray(np.concatenate([batches[i] for i in idx]))
-                result = self._compiled(tuple(x.shape))({"images": x})
-                results = [result[name] for name in self.outputs]
+                tensors = self._run(x)
+                results = [tensors[name] for name in self.outputs]
             except Exception as exc:  # noqa: BLE001 - reported to every client of the batch
                 err = pb_utils.TritonError(f"inference failed: {exc}")
                 for i in idx:
