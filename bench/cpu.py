@@ -1,6 +1,7 @@
 """CPU benchmark of the B1 rows, one run, side by side: ONNX Runtime FP32 (the baseline), ONNX Runtime `best_cpu`,
-OpenVINO f32 and OpenVINO bf16 (the guarded plan) — interleaved, medians, 1 and 2 threads, batch 1 and 2; then
-label agreement with FP32 and mIoU on CamVid test images through the client's default resize (`fit`).
+OpenVINO f32, OpenVINO bf16 over the whole graph and bf16 with the first patch embedding in f32 (the two bf16 plans
+the guard chooses from) — interleaved, medians, 1 and 2 threads, batch 1 and 2; then label agreement with FP32
+and mIoU on CamVid test images through the client's default resize (`fit`).
 
     python -m bench.cpu --data ../shared/datasets/camvid [--images 24] [--repeats 5] [--out docs/results/bench_cpu_b1]
 
@@ -37,7 +38,7 @@ def runners(paths: dict, threads: int) -> dict:
     out = {"onnxruntime fp32": ort_session(paths["fp32"])}
     if paths.get("best_cpu"):
         out["onnxruntime best_cpu"] = ort_session(paths["best_cpu"])
-    for name in ("openvino f32", "openvino bf16"):
+    for name in ("openvino f32", "openvino bf16", "openvino bf16, f32 prefix"):
         out[name] = PlanRunner(paths[name], threads=threads).run
     return out
 
@@ -133,15 +134,27 @@ def main(argv=None) -> int:
     paths = {"fp32": cache.get(VARIANTS["segformer_b1"], log)[0]}
     if not a.no_best_cpu:
         paths["best_cpu"] = cache.get(VARIANTS["segformer_b1_best_cpu"], log)[0]
+    from build.openvino_ir import first_conv_output, write_plan
+
     ov_f32, _ = cache.openvino(VARIANTS["segformer_b1_ov"], log)
     ov_bf16, bf16_report = cache.openvino(VARIANTS["segformer_b1_ov_bf16"], log)
-    paths.update({"openvino f32": ov_f32, "openvino bf16": ov_bf16})
+    prefix = a.out.parent / ".bench_cpu_prefix_plan"
+    import onnx
+
+    write_plan(paths["fp32"], prefix, ["f32", "bf16"], first_conv_output(onnx.load(str(paths["fp32"]))))
+    whole = prefix.with_name(".bench_cpu_whole_plan")
+    write_plan(paths["fp32"], whole, ["bf16"], None)
+    paths.update({"openvino f32": ov_f32, "openvino bf16": whole, "openvino bf16, f32 prefix": prefix})
     files = sorted((a.data / "test" / "images").glob("*.jpg"))[:2]
     images = np.stack([resize_image(load_image(f), SIZE) for f in files])
     result = {"date": time.strftime("%Y-%m-%d"), **cpu_facts(), "size": list(SIZE),
               "command": "python -m bench.cpu" + (" --no-best-cpu" if a.no_best_cpu else ""),
-              "bf16_plan": bf16_report["openvino"], "timing": timing(paths, images, a.repeats, log),
+              "bf16_row_plan": bf16_report["openvino"], "timing": timing(paths, images, a.repeats, log),
               "accuracy": accuracy(paths, a.data, a.images)}
+    import shutil
+
+    shutil.rmtree(prefix, ignore_errors=True)
+    shutil.rmtree(whole, ignore_errors=True)
     atomic_write_bytes(a.out.with_suffix(".json"), (json.dumps(result, indent=1) + "\n").encode())
     atomic_write_bytes(a.out.with_suffix(".md"), markdown(result).encode())
     print(markdown(result))
