@@ -1,7 +1,11 @@
 // TensorRT IPluginV3 "SegformerLayerNorm" (version 1): LayerNorm over the last dimension of x with affine gamma and
 // beta, FP32 or FP16, linear format. The creator registers itself when the library is loaded, so preloading the
 // .so (LD_PRELOAD into tritonserver, or ctypes before building) is all a user does.
-// Built only where TensorRT's headers and libnvinfer are found (plugins/CMakeLists.txt).
+// Built only where TensorRT's headers and a TensorRT runtime library are found (plugins/CMakeLists.txt).
+//
+// Registration checks first that the TensorRT in the process has the major version of the headers it was
+// compiled against (the interfaces' layout differs across majors: a TensorRT 10 plugin inside TensorRT 11 would
+// crash), and registers at most once per process, however many copies of the library are loaded.
 #include <NvInferRuntime.h>
 
 #include <cstring>
@@ -18,6 +22,19 @@ namespace segformer {
 namespace {
 
 void report(const std::string& msg) { std::cerr << "[SegformerLayerNorm] " << msg << std::endl; }
+
+// A refusal also goes to the registry's error recorder, TensorRT's own error reporting, when one is set.
+void report_error(ErrorCode code, const std::string& msg) {
+  report(msg);
+  if (IPluginRegistry* registry = getPluginRegistry()) {
+    if (IErrorRecorder* recorder = registry->getErrorRecorder()) recorder->reportError(code, msg.c_str());
+  }
+}
+
+// What the load-time registration did (segformer_plugin_registration_status)
+enum Status : int32_t { kNotRun = 0, kRegistered = 1, kAlreadyRegistered = 2, kOtherMajor = -1, kNoRegistry = -2,
+                        kRegisterFailed = -3 };
+int32_t g_status = kNotRun;
 
 FieldType to_view_type(PluginFieldType t) {
   switch (t) {
@@ -161,7 +178,7 @@ class LayerNormPluginCreator : public IPluginCreatorV3One {
     LayerNormFields fields;
     std::string error;
     if (!parse_fields(views.data(), static_cast<int32_t>(views.size()), fields, error)) {
-      report(error);
+      report_error(ErrorCode::kINVALID_ARGUMENT, error);
       return nullptr;
     }
     return new (std::nothrow) LayerNormPlugin(fields);
@@ -175,12 +192,43 @@ class LayerNormPluginCreator : public IPluginCreatorV3One {
 // Registration at load time: what makes LD_PRELOAD (or a ctypes load) enough.
 struct Registrar {
   Registrar() {
+    const int32_t runtime = getInferLibVersion();  // a plain C function: safe to call across majors
+    if (runtime / 10000 != NV_TENSORRT_MAJOR) {
+      report("not registered: built against TensorRT " + std::to_string(NV_TENSORRT_MAJOR) + "." +
+             std::to_string(NV_TENSORRT_MINOR) + " headers, but this process runs TensorRT " +
+             std::to_string(runtime / 10000) + "." + std::to_string(runtime / 100 % 100) +
+             "; rebuild the plugin against that TensorRT (make plugins TENSORRT_ROOT=...)");
+      g_status = kOtherMajor;
+      return;
+    }
     static LayerNormPluginCreator creator;
     IPluginRegistry* registry = getPluginRegistry();
-    if (registry == nullptr || !registry->registerCreator(creator, "")) report("could not register the creator");
+    if (registry == nullptr) {
+      report("no plugin registry in this TensorRT");
+      g_status = kNoRegistry;
+      return;
+    }
+    if (registry->getCreator(kLayerNormName, kLayerNormVersion, "") != nullptr) {
+      g_status = kAlreadyRegistered;  // another copy of this library was loaded first
+      return;
+    }
+    if (!registry->registerCreator(creator, "")) {
+      report("could not register the creator");
+      g_status = kRegisterFailed;
+      return;
+    }
+    g_status = kRegistered;
+    report(std::string("registered ") + kLayerNormName + " v" + kLayerNormVersion + " (TensorRT " +
+           std::to_string(runtime / 10000) + "." + std::to_string(runtime / 100 % 100) + "." +
+           std::to_string(runtime % 100) + ")");
   }
 };
 const Registrar registrar;
 
 }  // namespace
 }  // namespace segformer
+
+// 1 registered, 2 already registered by another copy, -1 other TensorRT major, -2 no registry, -3 refused.
+extern "C" __attribute__((visibility("default"))) int32_t segformer_plugin_registration_status() {
+  return segformer::g_status;
+}
