@@ -1,6 +1,6 @@
 """CPU benchmark of the B1 rows, one run, side by side: ONNX Runtime FP32 (the baseline), ONNX Runtime `best_cpu`,
 OpenVINO f32, OpenVINO bf16 over the whole graph and bf16 with the first patch embedding in f32 (the two bf16 plans
-the guard chooses from) — interleaved, medians, 1 and 2 threads, batch 1 and 2; then label agreement with FP32
+the guard chooses from), OpenVINO INT8 (NNCF, the guarded row's plan) — interleaved, medians, 1 and 2 threads, batch 1 and 2; then label agreement with FP32
 and mIoU on CamVid test images through the client's default resize (`fit`).
 
     python -m bench.cpu --data ../shared/datasets/camvid [--images 24] [--repeats 5] [--out docs/results/bench_cpu_b1]
@@ -38,7 +38,7 @@ def runners(paths: dict, threads: int) -> dict:
     out = {"onnxruntime fp32": ort_session(paths["fp32"])}
     if paths.get("best_cpu"):
         out["onnxruntime best_cpu"] = ort_session(paths["best_cpu"])
-    for name in ("openvino f32", "openvino bf16", "openvino bf16, f32 prefix"):
+    for name in ("openvino f32", "openvino bf16", "openvino bf16, f32 prefix", "openvino int8 (guarded)"):
         out[name] = PlanRunner(paths[name], threads=threads).run
     return out
 
@@ -144,12 +144,14 @@ def main(argv=None) -> int:
     write_plan(paths["fp32"], prefix, ["f32", "bf16"], first_conv_output(onnx.load(str(paths["fp32"]))))
     whole = prefix.with_name(".bench_cpu_whole_plan")
     write_plan(paths["fp32"], whole, ["bf16"], None)
-    paths.update({"openvino f32": ov_f32, "openvino bf16": whole, "openvino bf16, f32 prefix": prefix})
+    ov_int8, int8_report = cache.openvino(VARIANTS["segformer_b1_ov_int8"], log)
+    paths.update({"openvino f32": ov_f32, "openvino bf16": whole, "openvino bf16, f32 prefix": prefix,
+                  "openvino int8 (guarded)": ov_int8})
     files = sorted((a.data / "test" / "images").glob("*.jpg"))[:2]
     images = np.stack([resize_image(load_image(f), SIZE) for f in files])
     result = {"date": time.strftime("%Y-%m-%d"), **cpu_facts(), "size": list(SIZE),
               "command": "python -m bench.cpu" + (" --no-best-cpu" if a.no_best_cpu else ""),
-              "bf16_row_plan": bf16_report["openvino"], "timing": timing(paths, images, a.repeats, log),
+              "bf16_row_plan": bf16_report["openvino"], "int8_row_plan": int8_report["openvino"], "timing": timing(paths, images, a.repeats, log),
               "accuracy": accuracy(paths, a.data, a.images)}
     import shutil
 

@@ -99,20 +99,25 @@ class OnnxCache:
         from build import openvino_ir, quantize
 
         base, report = self.base(v, log)
-        precision = "bf16" if v.precision == "bf16" else "f32"
+        precision = v.precision if v.precision in ("bf16", "int8") else "f32"
         q = self.quant
+        if precision == "int8" and q.calib is None:
+            raise NeedsCalibration("int8 (OpenVINO/NNCF) needs calibration images: make repo CALIB=DIR (or --calib "
+                                   "DIR), a folder of images like the ones you will serve")
         folder_in = q.holdout or q.calib or DEFAULT_HOLDOUT
-        hold_key = (q.key() if (q.holdout or q.calib) else "default") if precision == "bf16" else ""
+        hold_key = (q.key() if (q.holdout or q.calib) else "default") if precision != "f32" else ""
         key = _sha(json.dumps([base.name, precision, hold_key, q.budget, openvino_ir.cpu_flags(),
                                code_hash(OPENVINO_CODE)]).encode())[:16]
         folder = self.root / f"ov-{key}"
         if not (folder / "report.json").is_file():
-            hold = quantize.load_batch(folder_in, v.size, q.holdout_count, "held-out") if precision == "bf16" else None
+            hold = quantize.load_batch(folder_in, v.size, q.holdout_count, "held-out") if precision != "f32" else None
+            calib = quantize.load_batch(q.calib, v.size, q.calib_count) if precision == "int8" else None
             stage = self.root / f".ov-{key}.stage"
             shutil.rmtree(stage, ignore_errors=True)
             try:
-                plan = openvino_ir.build_cpu_plan(base, stage / "plan", precision, hold, q.budget, log=log)
-                if precision == "bf16":
+                plan = openvino_ir.build_cpu_plan(base, stage / "plan", precision, hold, q.budget, log=log,
+                                                  calib=calib)
+                if precision != "f32":
                     plan["heldout_folder"] = str(folder_in)
                 (stage / "plan" / "report.json").write_text(json.dumps(plan, indent=1))
                 shutil.rmtree(folder, ignore_errors=True)

@@ -101,6 +101,9 @@ TEMPLATES: tuple[Template, ...] = (
     Template("_ov_bf16", PYTHON_OV, precision="bf16", max_batch=2,
              description="OpenVINO bf16 where the CPU has AVX512-BF16/AMX, accuracy-guarded (f32 prefix or f32 "
                          "fallback)"),
+    Template("_ov_int8", PYTHON_OV, precision="int8", max_batch=2,
+             description="OpenVINO INT8 (NNCF post-training quantization) where the CPU has VNNI/AMX, accuracy-"
+                         "guarded (stem / decoder kept f32, or f32 fallback); needs CALIB"),
     Template("_openvino", OPENVINO, max_batch=2, description="stock Triton openvino backend (NGC), f32 IR"),
     *(Template(f"_trt_{p}", TENSORRT, precision=p, description=f"TensorRT plan, {p}", **TRT) for p in PRECISIONS),
     Template("_trt_plugin", TENSORRT, layernorm="plugin", description="TensorRT plan, fp32, LayerNorm as the plugin "

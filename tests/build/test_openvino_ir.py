@@ -48,3 +48,22 @@ def test_bf16_guard_records_what_it_chose(tiny_onnx, tmp_path, make_images, monk
     old = build_cpu_plan(tiny_onnx, tmp_path / "old", "bf16", x, log=lambda *_: None)
     assert old["plan"] == ["f32"] and old["fell_back"].startswith("CPU without")
     assert json.loads((tmp_path / "old" / "plan.json").read_text())["parts"][0]["precision"] == "f32"
+
+
+def test_int8_guard_tries_nncf_then_keeps_more_in_f32(tiny_onnx, tmp_path, make_images, monkeypatch):
+    pytest.importorskip("nncf")
+    calib, hold = make_images(4, seed=3), make_images(3, seed=4)
+    monkeypatch.setattr(openvino_ir, "cpu_flags", lambda: ["avx512_vnni"])
+    loose = build_cpu_plan(tiny_onnx, tmp_path / "loose", "int8", hold, budget=1.0, log=lambda *_: None, calib=calib)
+    assert loose["plan"] == ["int8"] and loose["f32_kept"] == "nothing"
+    xml = (tmp_path / "loose" / "model.xml").read_text()
+    assert "FakeQuantize" in xml  # really quantized
+    out = PlanRunner(tmp_path / "loose").run(hold)
+    assert out.shape == hold.shape[:3] and out.dtype == np.uint8
+    strict = build_cpu_plan(tiny_onnx, tmp_path / "strict", "int8", hold, budget=0.0, log=lambda *_: None,
+                            calib=calib)
+    if strict["plan"] == ["f32"]:  # every candidate measured, none within a zero budget
+        assert [t["f32"] for t in strict["tried"]] == ["nothing", "stem", "stem + decoder", "stage 1 + decoder"]
+    monkeypatch.setattr(openvino_ir, "cpu_flags", lambda: ["avx2"])
+    old = build_cpu_plan(tiny_onnx, tmp_path / "old", "int8", hold, log=lambda *_: None, calib=calib)
+    assert old["plan"] == ["f32"] and old["fell_back"].startswith("CPU without")

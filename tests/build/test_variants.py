@@ -11,7 +11,8 @@ from build.variants import PYTHON_GPU, TEMPLATES, TENSORRT, VARIANTS, rows_for
 SHIPPED_NAMES = {"segformer_b1", "segformer_b1_onnx", "segformer_b0", "segformer_b1_fp16", "segformer_b1_int8",
                  "segformer_b1_best", "segformer_b1_best_cpu", "segformer_null", "segformer_b1_trt_fp32",
                  "segformer_b1_trt_fp16", "segformer_b1_trt_int8", "segformer_b1_trt_best", "segformer_b1_trt_plugin",
-                 "segformer_b1_gpu", "segformer_b1_ov", "segformer_b1_ov_bf16", "segformer_b1_openvino"}
+                 "segformer_b1_gpu", "segformer_b1_ov", "segformer_b1_ov_bf16", "segformer_b1_ov_int8",
+                 "segformer_b1_openvino"}
 
 
 def test_shipped_rows_keep_their_names_and_sizes():
