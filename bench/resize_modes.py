@@ -49,7 +49,6 @@ def cpu_facts() -> dict:
 def main(argv=None) -> int:
     from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
     from client.placement import predict
-    from client.preprocess import load_image
     from client.runners import OnnxRunner
     from build.export import build_onnx
     from segformer.weights import atomic_write_bytes

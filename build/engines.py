@@ -34,12 +34,18 @@ def find_builder(prefer: str | None = None) -> Builder:
     candidates = [("tensorrt", "tensorrt"), ("tensorrt_rtx_bindings", "tensorrt_rtx")]
     if prefer:
         candidates = [c for c in candidates if c[1] == prefer]
+    broken = []
     for module_name, name in candidates:
         try:
             mod = importlib.import_module(module_name)
             return Builder(mod, name, getattr(mod, "__version__", "unknown"))
-        except Exception:  # noqa: BLE001 - ImportError, or a broken install that fails on load
-            continue
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:  # installed, but something it needs is missing
+                broken.append(f"{module_name}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - an installed builder that fails to load: say why
+            broken.append(f"{module_name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    if broken:
+        raise BuilderUnavailable("TensorRT is installed but does not load (" + "; ".join(broken) + ")")
     raise BuilderUnavailable("no TensorRT builder: install TensorRT (NGC container or the `tensorrt` wheels) or "
                              "TensorRT-RTX (`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings`)")
 

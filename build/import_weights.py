@@ -23,7 +23,6 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from segformer.checkpoints import Checkpoint, CheckpointError, read_checkpoint

@@ -57,8 +57,17 @@ class _TritonUser(User):
     abstract = True
     protocol = "grpc"
 
+    def _stop(self, message: str):
+        """Say why in the run's log (loadtest.run puts it in the summary's note), stop the run, end this user."""
+        import logging
+
+        logging.getLogger("loadtest").error(f"error: {message}")
+        if self.environment.runner:
+            self.environment.runner.quit()
+        raise StopUser(message)
+
     def on_start(self):
-        from client.runners import RunnerError, TritonRunner
+        from client.runners import TritonRunner
 
         opts = self.environment.parsed_options
         self.model, self.batch, self.payload = opts.model, max(1, opts.batch), opts.payload
@@ -66,11 +75,10 @@ class _TritonUser(User):
         runner = TritonRunner(self.model, url, self.protocol, opts.request_timeout)
         try:
             info = runner.activate()
-        except RunnerError as exc:
-            self.environment.runner.quit() if self.environment.runner else None
-            raise StopUser(str(exc)) from None
+            meta = runner.client.get_model_metadata(self.model)
+        except Exception as exc:  # noqa: BLE001 - RunnerError, or the metadata call failing: one line, then stop
+            self._stop(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         self.runner, self.client, self.tc = runner, runner.client, runner._tc
-        meta = self.client.get_model_metadata(self.model)
         inputs = meta["inputs"] if isinstance(meta, dict) else [{"name": i.name, "datatype": i.datatype}
                                                                for i in meta.inputs]
         encoded = [i["name"] for i in inputs if i["datatype"] == "BYTES"]

@@ -8,11 +8,19 @@ from client.visualize import class_table, palette_png
 
 
 def test_any_mode_decodes_to_rgb(tmp_path):
-    for mode in ("L", "RGBA", "P", "I;16"):
-        p = tmp_path / f"{mode.replace(';', '')}.png"
-        Image.new(mode, (7, 5)).save(p)
+    # a known colour per mode, so a decoder that returned zeros (or dropped a channel) would fail
+    cases = {"L": (200, (200, 200, 200)), "RGBA": ((10, 20, 30, 255), (10, 20, 30)),
+             "RGB": ((250, 5, 77), (250, 5, 77)), "LA": ((90, 255), (90, 90, 90))}
+    for mode, (value, rgb) in cases.items():
+        p = tmp_path / f"{mode}.png"
+        Image.new(mode, (7, 5), value).save(p)
         img = load_image(p)
         assert img.shape == (5, 7, 3) and img.dtype == np.uint8
+        assert (img == np.array(rgb, np.uint8)).all(), mode
+    pal = Image.new("P", (7, 5), 1)
+    pal.putpalette([0, 0, 0, 12, 34, 56] + [0] * 762)
+    pal.save(tmp_path / "P.png")
+    assert (load_image(tmp_path / "P.png") == np.array([12, 34, 56], np.uint8)).all()
 
 
 @pytest.mark.parametrize("case,match", [("missing", "no such file"), ("text", "not an image"),
@@ -33,9 +41,11 @@ def test_bad_inputs_are_clear_errors(tmp_path, case, match):
 def test_resize_policy():
     img = np.zeros((10, 20, 3), np.uint8)
     assert resize_image(img, (4, 6)).shape == (4, 6, 3)
-    lab = np.array([[0, 1], [2, 3]], np.uint8)
-    up = resize_labels(lab, (4, 4))
-    assert set(np.unique(up)) == {0, 1, 2, 3}  # nearest: no invented labels
+    # labels far apart: bilinear would invent in-between values (e.g. 50, 100) at the boundaries, nearest cannot
+    lab = np.array([[0, 200], [100, 150]], np.uint8)
+    up = resize_labels(lab, (6, 6))
+    assert set(np.unique(up)) == {0, 100, 150, 200}
+    assert (up[:3, :3] == 0).all() and (up[3:, 3:] == 150).all()
 
 
 def test_confusion_matrix_and_miou_by_hand():
