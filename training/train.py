@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 import time
 from pathlib import Path
 
@@ -89,13 +89,18 @@ def main(argv=None) -> int:
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
     step, total, history, trained_s = 0, args.steps, [], 0.0
     ckpt = args.out / "last.pt"
-    if args.resume and ckpt.is_file():
+    if args.resume:
+        if not ckpt.is_file():
+            print(f"error: --resume: no checkpoint at {ckpt}; run without --resume to start a new run",
+                  file=sys.stderr)
+            return 2
         state = torch.load(ckpt, map_location=dev, weights_only=True)
         model.load_state_dict(state["model"], strict=True)
         opt.load_state_dict(state["optimizer"])
-        step, total, trained_s = int(state["step"]), int(state["total"]), float(state["trained_s"])
+        step, trained_s = int(state["step"]), float(state["trained_s"])
+        total = max(args.steps, step)  # --steps is the new total: a finished run continues to it
         history = json.loads((args.out / "history.json").read_text()) if (args.out / "history.json").exists() else []
-        print(f"resumed at step {step}/{total}")
+        print(f"resumed at step {step}, training to {total}")
 
     data = TrainSet(args.data, "train", Augment(crop=args.crop, scale=tuple(args.scale)), seed=args.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,

@@ -45,9 +45,25 @@ def test_resume_continues_from_checkpoint(tmp_path):
     out = tmp_path / "run"
     common = ["--data", str(data), "--variant", "tiny", "--out", str(out), "--batch", "2", "--crop", "64x64",
               "--workers", "0", "--eval-every", "100", "--eval-size", "64x64", "--device", "cpu"]
-    assert train_main(common + ["--steps", "2"]) == 0
-    assert train_main(common + ["--steps", "4", "--resume"]) == 0
     import torch
 
+    assert train_main(common + ["--steps", "2"]) == 0
+    first = torch.load(out / "last.pt", weights_only=True)
+    assert train_main(common + ["--steps", "4", "--resume"]) == 0
     state = torch.load(out / "last.pt", weights_only=True)
-    assert state["step"] == 2  # the saved schedule (2 steps) was already complete: resume does not restart
+    assert state["step"] == 4 and state["total"] == 4  # continued to the new step count
+    # the optimizer came back: its step counters went on from 2 instead of restarting at 0
+    steps = {int(v["step"]) for v in state["optimizer"]["state"].values()}
+    assert steps == {4} and {int(v["step"]) for v in first["optimizer"]["state"].values()} == {2}
+    # the model came back too: continuing changed the weights it had after step 2
+    assert any(not torch.equal(first["model"][k], state["model"][k]) for k in state["model"])
+    hist = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in hist if "loss" in h][:2] == [1, 2] and max(h["step"] for h in hist) == 4
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, capsys):
+    data = tmp_path / "data"
+    _toy_dataset(data, n=2)
+    rc = train_main(["--data", str(data), "--variant", "tiny", "--out", str(tmp_path / "none"), "--steps", "2",
+                     "--workers", "0", "--device", "cpu", "--resume"])
+    assert rc == 2 and "no checkpoint" in capsys.readouterr().err
