@@ -114,10 +114,15 @@ def main(argv=None) -> int:
     ap.add_argument("--min-agreement", type=float, default=0.9999)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    data, _ = build_onnx(args.weights, args.size, args.logits, args.min_agreement, args.verify_images)
-    atomic_write(args.out, data)
-    print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB)")
-    return 0
+    from build.quantize import cli_errors
+
+    def run():
+        data, _ = build_onnx(args.weights, args.size, args.logits, args.min_agreement, args.verify_images)
+        atomic_write(args.out, data)
+        print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB)")
+        return 0
+
+    return cli_errors(run)
 
 
 if __name__ == "__main__":

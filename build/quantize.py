@@ -270,6 +270,25 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", type=Path, required=True)
 
 
+def cli_errors(run) -> int:
+    """Run a CLI body: bad input (images, weights, a failed export check) is one `error:` line and exit 2; a
+    variant over its budget, an expected outcome, one line and exit 1. Nothing half-written either way."""
+    import sys
+
+    from client.preprocess import ImageError
+    from segformer.checkpoints import CheckpointError
+    from segformer.weights import WeightsError
+
+    try:
+        return run()
+    except BudgetExceeded as exc:
+        print(f"budget missed: {exc}", file=sys.stderr)
+        return 1
+    except (CalibrationError, ImageError, WeightsError, CheckpointError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+
+
 def prepare(ap: argparse.ArgumentParser, args) -> tuple[Path, np.ndarray, np.ndarray]:
     """Held-out images (analysis and serving size) and the verified FP32 export in --out; exits 2 on bad input."""
     from build.export import build_onnx
@@ -295,13 +314,14 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-count", type=int, default=16)
     ap.add_argument("--method", choices=METHODS, default="percentile")
     args = ap.parse_args(argv)
-    try:
+
+    def run():
         calib = load_batch(args.calib, args.size, args.calib_count)
-    except CalibrationError as exc:
-        ap.exit(2, f"error: {exc}\n")
-    fp32, holdout, full = prepare(ap, args)
-    build_quantized(fp32, args.out, calib, holdout, args.method, args.budget, args.margin, holdout_full=full)
-    return 0
+        fp32, holdout, full = prepare(ap, args)
+        build_quantized(fp32, args.out, calib, holdout, args.method, args.budget, args.margin, holdout_full=full)
+        return 0
+
+    return cli_errors(run)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from build.quantize import (add_common_args, check_budget, disagreement, greedy_best, groups, prepare,
+from build.quantize import (add_common_args, cli_errors, check_budget, disagreement, greedy_best, groups, prepare,
                             repair_to_budget, run_labels)
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
@@ -109,9 +109,13 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap)
     args = ap.parse_args(argv)
-    fp32, holdout, full = prepare(ap, args)
-    build_cpu_int8(fp32, args.out, holdout, args.budget, args.margin, holdout_full=full)
-    return 0
+
+    def run():
+        fp32, holdout, full = prepare(ap, args)
+        build_cpu_int8(fp32, args.out, holdout, args.budget, args.margin, holdout_full=full)
+        return 0
+
+    return cli_errors(run)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ class RunnerError(RuntimeError):
     """Server down, model unknown, bad response: one line that says what to do."""
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @dataclass
 class ModelInfo:
     name: str
@@ -86,11 +91,15 @@ class TritonRunner(_Runner):
         self.connect()
         try:
             ready = self.client.is_model_ready(self.model)
-        except Exception:  # noqa: BLE001
-            ready = False
+        except Exception as exc:  # noqa: BLE001 - a timeout or a broken connection is not "not served"
+            raise RunnerError(f"Triton at {self.url} did not say whether {self.model!r} is ready "
+                              f"({_first_line(exc)})") from None
         if not ready:
-            raise RunnerError(f"model {self.model!r} is not served at {self.url}; served models: "
-                              f"{', '.join(self.served_models()) or 'none'}")
+            try:
+                served = ", ".join(self.served_models()) or "none"
+            except RunnerError as exc:
+                served = f"unknown ({exc})"
+            raise RunnerError(f"model {self.model!r} is not served at {self.url}; served models: {served}")
         cfg = self.client.get_model_config(self.model)
         cfg = cfg if isinstance(cfg, dict) else json.loads(self._grpc_json(cfg))
         cfg = cfg.get("config", cfg)
@@ -119,13 +128,14 @@ class TritonRunner(_Runner):
         return MessageToJson(msg, preserving_proto_field_name=True)
 
     def served_models(self) -> list[str]:
+        """Names of the READY models; RunnerError when the server cannot list them (e.g. a timeout)."""
         try:
             idx = self.client.get_model_repository_index()
             if not isinstance(idx, list):
                 idx = json.loads(self._grpc_json(idx)).get("models", [])
-            return sorted(m["name"] for m in idx if m.get("state") == "READY")
-        except Exception:  # noqa: BLE001
-            return []
+        except Exception as exc:  # noqa: BLE001 - tritonclient raises its own and transport exceptions
+            raise RunnerError(f"Triton at {self.url} did not list its models ({_first_line(exc)})") from None
+        return sorted(m["name"] for m in idx if m.get("state") == "READY")
 
     def infer(self, images: np.ndarray, logits: bool = False) -> np.ndarray:
         if self.info is None:

@@ -164,7 +164,7 @@ def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, s
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(binary), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    (state / "server.pid").write_text(str(proc.pid))
+    write_pid(state / "server.pid", proc.pid)
     for s in skipped:
         print(f"not loaded: {s}; this server has backends: {', '.join(sorted(have))}")
     try:
@@ -173,6 +173,43 @@ def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, s
         stop_pid(proc.pid)
         raise
     return proc
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22): with the pid, it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def write_pid(path: Path, pid: int) -> None:
+    """Record the server as pid + start time, so `stop` never signals a process that merely reused the pid."""
+    import json
+
+    from segformer.weights import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps({"pid": pid, "start": _start_ticks(pid)}).encode())
+
+
+def recorded_server(path: Path) -> tuple[int | None, str]:
+    """(pid, '') of the server recorded in `path` if that very process still runs, else (None, why not)."""
+    import json
+
+    try:
+        rec = json.loads(path.read_text())
+        pid, start = int(rec["pid"]), rec.get("start")
+    except FileNotFoundError:
+        return None, "no server running"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"no server running ({path} was unreadable; removed)"
+    now = _start_ticks(pid)
+    if now is None:
+        return None, "no server running (it had exited; stale pid file removed)"
+    if start is not None and now != start:
+        return None, f"no server running (pid {pid} now belongs to another process; stale pid file removed)"
+    return pid, ""
 
 
 def stop_pid(pid: int, timeout: float = 30) -> bool:
@@ -217,10 +254,8 @@ def main(argv=None) -> int:
                   f"  metrics http://127.0.0.1:{a.metrics_port}/metrics")
         elif a.cmd == "stop":
             pid_file = STATE / "server.pid"
-            if not pid_file.is_file() or not stop_pid(int(pid_file.read_text())):
-                print("no server running")
-            else:
-                print("Triton stopped")
+            pid, why = recorded_server(pid_file)
+            print("Triton stopped" if pid is not None and stop_pid(pid) else why or "no server running")
             pid_file.unlink(missing_ok=True)
         else:
             binary = find_tritonserver()
