@@ -254,7 +254,13 @@ def main(argv=None) -> int:
         report["gate"] = {"threshold": args.threshold, "max_miou_drop": args.max_miou_drop, "failures": fails,
                           "passed": not fails}
         write_report(report, args.out)
-    except (ImageError, LabelError, RunnerError, FileNotFoundError) as exc:
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not exc.filename:  # our own "no such folder" messages
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            print(f"error: --out {args.out}: cannot write the report ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    except (ImageError, LabelError, RunnerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

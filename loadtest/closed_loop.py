@@ -33,6 +33,12 @@ from loadtest.run import _local
 ROOT = Path(__file__).resolve().parent.parent
 
 
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one line, also when its message is empty (then its type)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
 def _frames(size, folder: str, n: int = 8) -> list[np.ndarray]:
     if folder:
         from client.labels import list_images
@@ -99,12 +105,13 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
             except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
                 ok = False
                 if len(errors) < 3:
-                    errors.append(str(exc).splitlines()[0][:300])
+                    errors.append(_first_line(exc))
             t1 = time.perf_counter()
             if t0 >= measure_from:
                 out.append((t0, t1, ok))
     except Exception as exc:  # noqa: BLE001 - a thread that cannot start is a failure of the run
-        errors.append(f"setup: {str(exc).splitlines()[0][:300]}")
+        errors.append(f"setup: {_first_line(exc)}")
+        out.append((time.perf_counter(), time.perf_counter(), False))  # a thread that never ran is a failure
     finally:
         for name, handle in regions:
             try:
@@ -210,7 +217,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - e.g. server down or unknown model: one line, exit 2
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {_first_line(exc)}", file=sys.stderr)
         return 2
     if args.out:
         from segformer.weights import atomic_write_bytes
