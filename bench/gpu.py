@@ -286,6 +286,11 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    import os
+
+    root = Path(__file__).resolve().parent.parent  # torch.compile's caches inside the project
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / ".cache" / "torchinductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / ".cache" / "triton"))
     ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default="segformer-b1-camvid")

@@ -75,6 +75,9 @@ def prepare(binary: Path, plugins: list[Path] | None = None) -> tuple[dict, set[
     root = binary.parent.parent
     backends = root / "backends"
     env = dict(os.environ)
+    # torch.compile (GPU model) caches inside the project, not /tmp and ~/.triton
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "torchinductor"))
+    env.setdefault("TRITON_CACHE_DIR", str(ROOT / ".cache" / "triton"))
     extra = []
     stubs = root / "python_backend_stubs"
     if stubs.is_dir():  # the pip-shipped layout: put this interpreter's stub in place
