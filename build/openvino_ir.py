@@ -222,24 +222,17 @@ def build_cpu_plan(onnx_path: Path, folder: Path, precision: str, holdout: np.nd
     if precision == "f32":
         write_plan(onnx_path, folder, ["f32"], None)
         return {**report, "plan": ["f32"], "note": "exact: f32 throughout"}
-    if precision == "int8":
-        if not has_int8(flags):
-            write_plan(onnx_path, folder, ["f32"], None)
-            log(f"  int8: this CPU has none of {', '.join(INT8_FLAGS)}: the row runs f32")
-            return {**report, "plan": ["f32"], "fell_back": f"CPU without {' / '.join(INT8_FLAGS)}"}
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        ref = np.concatenate([sess.run(["labels"], {"images": holdout[i:i + 1]})[0] for i in range(len(holdout))])
-        return _int8_plan(onnx_path, folder, calib, holdout, ref, budget, report, log)
-    if not has_bf16(flags):
+    needed = INT8_FLAGS if precision == "int8" else BF16_FLAGS
+    if not any(f in flags for f in needed):  # the CPU cannot run this precision well: f32, recorded with its flags
         write_plan(onnx_path, folder, ["f32"], None)
-        log(f"  bf16: this CPU has none of {', '.join(BF16_FLAGS)}: the row runs f32")
-        return {**report, "plan": ["f32"], "fell_back": f"CPU without {' / '.join(BF16_FLAGS)}"}
+        log(f"  {precision}: this CPU has none of {', '.join(needed)}: the row runs f32")
+        return {**report, "plan": ["f32"], "fell_back": f"CPU without {' / '.join(needed)}"}
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ref = np.concatenate([sess.run(["labels"], {"images": holdout[i:i + 1]})[0] for i in range(len(holdout))])
+    if precision == "int8":
+        return _int8_plan(onnx_path, folder, calib, holdout, ref, budget, report, log)
     cut = first_conv_output(__import__("onnx").load(str(onnx_path), load_external_data=False))
     tried = []
     for precisions, at in ((["bf16"], None), (["f32", "bf16"], cut)):
