@@ -47,9 +47,6 @@ def has_bf16(flags: list[str] | None = None) -> bool:
     return any(f in (flags if flags is not None else cpu_flags()) for f in BF16_FLAGS)
 
 
-def has_int8(flags: list[str] | None = None) -> bool:
-    return any(f in (flags if flags is not None else cpu_flags()) for f in INT8_FLAGS)
-
 
 def first_conv_output(model) -> str:
     """The tensor after the first convolution fed (through elementwise preprocessing) by the graph input: the

@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER_MODELS = ROOT / "server" / "models"  # the programs that run inside Triton's python backend
 CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "engines.py", "artefacts.py",
                                                                 "openvino_ir.py")] + \
-    [SERVER_MODELS / f for f in ("onnxruntime_model.py", "null_model.py", "gpu_model.py", "openvino_model.py")]
+    [SERVER_MODELS / f for f in ("onnxruntime_model.py", "null_model.py", "gpu_model.py", "openvino_model.py",
+                                 "segformer_batching.py")]
 GPU_CODE = sorted((ROOT / "segformer").glob("*.py"))  # copied into the GPU row's directory
 
 
@@ -56,11 +57,17 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _python_model(program: Path, version: Path) -> None:
+    """A CPU python-backend program as 1/model.py, with the request handling it imports beside it."""
+    shutil.copy2(program, version / "model.py")
+    shutil.copy2(SERVER_MODELS / "segformer_batching.py", version / "segformer_batching.py")
+
+
 def build_onnx_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) -> dict:
     onnx_path, report = cache.get(v, log)
     _link_or_copy(onnx_path, stage / "1" / "model.onnx")
     if v.backend == PYTHON_ORT:
-        shutil.copy2(SERVER_MODELS / "onnxruntime_model.py", stage / "1" / "model.py")
+        _python_model(SERVER_MODELS / "onnxruntime_model.py", stage / "1")
     return {"artefact": "1/model.onnx", "onnx_sha256": sha256_file(onnx_path), "export": report,
             **_layer_precision(v, report)}
 
@@ -95,7 +102,7 @@ def build_openvino_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) ->
         if f.suffix in (".xml", ".bin") or (f.name == "plan.json" and v.backend == PYTHON_OV):
             _link_or_copy(f, version / f.name)
     if v.backend == PYTHON_OV:
-        shutil.copy2(SERVER_MODELS / "openvino_model.py", version / "model.py")
+        _python_model(SERVER_MODELS / "openvino_model.py", version)
     return {"artefact": "1/plan.json" if v.backend == PYTHON_OV else "1/model.xml", "export": report,
             "openvino_plan": report["openvino"]}
 

@@ -3,14 +3,17 @@
 Copied by `make repo` into each OpenVINO CPU model directory as ``1/model.py``. ``1/plan.json`` (written by
 build.openvino_ir) lists the IR parts run in sequence, each with its inference precision (f32 or bf16); the
 config's ``threads`` parameter sets the threads (0 = OpenVINO's choice). One compiled chain per input shape (batch,
-H, W): OpenVINO's CPU kernels are fastest on static shapes, and a served row sees few shapes. A failing batch
-answers each request with an error; the server stays up.
+H, W): OpenVINO's CPU kernels are fastest on static shapes, and a served row sees few shapes. Batching, size checks
+and errors per request: segformer_batching.py beside it.
 """
 import json
 import os
+import sys
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segformer_batching.py, copied beside us
+from segformer_batching import execute  # noqa: E402
 
 
 class TritonPythonModel:
@@ -55,37 +58,8 @@ class TritonPythonModel:
         return tensors
 
     def execute(self, requests):
-        batches = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]
-        responses = [None] * len(requests)
-        groups = {}
-        for i, batch in enumerate(batches):
-            h, w = batch.shape[1:3]
-            if self.size_range:
-                (lo_h, lo_w), (hi_h, hi_w) = self.size_range
-                if not (lo_h <= h <= hi_h and lo_w <= w <= hi_w) or h % 32 or w % 32:
-                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                        f"images of {h}x{w}: this model takes multiples of 32 from {lo_h}x{lo_w} to {hi_h}x{hi_w}; "
-                        "resize on the client (python -m client.segment does)"))
-                    continue
-            groups.setdefault(batch.shape[1:], []).append(i)
-        for idx in groups.values():
-            try:
-                x = np.ascontiguousarray(np.concatenate([batches[i] for i in idx]))
-                tensors = self._run(x)
-                results = [tensors[name] for name in self.outputs]
-            except Exception as exc:  # noqa: BLE001 - reported to every client of the batch
-                err = pb_utils.TritonError(f"inference failed: {exc}")
-                for i in idx:
-                    responses[i] = pb_utils.InferenceResponse(error=err)
-                continue
-            start = 0
-            for i in idx:
-                n = batches[i].shape[0]
-                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + n]))
-                           for name, out in zip(self.outputs, results)]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-                start += n
-        return responses
+        return execute(requests, self.outputs, self.size_range,
+                       lambda x: [self._run(x)[name] for name in self.outputs])
 
     def finalize(self):
         self.compiled = {}

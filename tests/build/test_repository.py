@@ -17,7 +17,7 @@ def test_writes_a_model_directory_and_reuses_it(tiny_weights, tmp_path, monkeypa
     assert res == {"tiny_ort": "built"}
     d = repo / "tiny_ort"
     assert {p.name for p in d.iterdir()} == {"config.pbtxt", "build.json", "1"}
-    assert {p.name for p in (d / "1").iterdir()} == {"model.onnx", "model.py"}
+    assert {p.name for p in (d / "1").iterdir()} == {"model.onnx", "model.py", "segformer_batching.py"}
     cfg = parse_pbtxt((d / "config.pbtxt").read_text())
     assert cfg.backend == "python" and cfg.parameters["onnx_file"].string_value == "model.onnx"
     prov = json.loads((d / "build.json").read_text())
