@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.data import Augment, TrainSet, find_samples, load_pair
+from training.gpu_data import GpuBatches
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from client.preprocess import resize_image, resize_labels
 from segformer.config import CITYSCAPES, CAMVID_TO_CITYSCAPES, parse_size
@@ -60,7 +61,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="dataset root (CamVid or Cityscapes layout)")
     ap.add_argument("--variant", default="b1", help="SegFormer variant (b0..b5, tiny)")
     ap.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, log, weights")
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="total optimizer steps (default 2000; on --resume the run's own total)")
+    ap.add_argument("--splits", default="train", help="comma-separated splits to train on, e.g. train,val")
+    ap.add_argument("--stop-after", type=float, default=0,
+                    help="seconds; save a checkpoint and stop this process (continue with --resume)")
+    ap.add_argument("--loader", choices=("auto", "gpu", "workers"), default="auto",
+                    help="gpu: dataset and augmentation on the training device (auto: on CUDA when images share a size)")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; shorten the schedule to fit (0 = off)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--crop", type=parse_size, default=(512, 512), help="HxW training crop")
@@ -87,7 +94,8 @@ def main(argv=None) -> int:
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
-    step, total, history, trained_s = 0, args.steps, [], 0.0
+    step, total, history, trained_s = 0, args.steps or 2000, [], 0.0
+    cap = total  # the time budget never fits more steps than this
     ckpt = args.out / "last.pt"
     if args.resume:
         if not ckpt.is_file():
@@ -98,64 +106,98 @@ def main(argv=None) -> int:
         model.load_state_dict(state["model"], strict=True)
         opt.load_state_dict(state["optimizer"])
         step, trained_s = int(state["step"]), float(state["trained_s"])
-        total = max(args.steps, step)  # --steps is the new total: a finished run continues to it
+        # --steps is the new total (a finished run continues to it); without it the run's own total.
+        total = max(args.steps, step) if args.steps else int(state.get("total", step))
+        cap = max(args.steps, step) if args.steps else int(state.get("cap", total))
         history = json.loads((args.out / "history.json").read_text()) if (args.out / "history.json").exists() else []
         print(f"resumed at step {step}, training to {total}")
 
-    data = TrainSet(args.data, "train", Augment(crop=args.crop, scale=tuple(args.scale)), seed=args.seed)
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,
-                                         num_workers=args.workers, persistent_workers=args.workers > 0,
-                                         pin_memory=dev.startswith("cuda"))
+    splits = [s for s in args.splits.split(",") if s]
+    augment = Augment(crop=args.crop, scale=tuple(args.scale))
+    batches, data = None, None
+    if args.loader == "gpu" or (args.loader == "auto" and dev.startswith("cuda")):
+        try:
+            batches = GpuBatches(args.data, splits, augment, args.batch, dev, seed=args.seed + step)
+        except ValueError as exc:
+            if args.loader == "gpu":
+                print(f"error: --loader gpu: {exc}", file=sys.stderr)
+                return 2
+    if batches is None:
+        data = torch.utils.data.ConcatDataset([TrainSet(args.data, s, augment, seed=args.seed) for s in splits])
+        loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,
+                                             num_workers=args.workers, persistent_workers=args.workers > 0,
+                                             pin_memory=dev.startswith("cuda"))
+
+    def batch_stream():
+        while True:
+            if batches is not None:
+                yield batches.next()
+            else:
+                yield from loader
+    n_train = len(batches) if batches is not None else len(data)
     mean = torch.tensor(CITYSCAPES.mean, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(CITYSCAPES.std, device=dev).view(1, 3, 1, 1)
 
     def save_ckpt():
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "total": total,
+                    "cap": cap,
                     "trained_s": trained_s, "variant": args.variant}, tmp)
         tmp.replace(ckpt)
         (args.out / "history.json").write_text(json.dumps(history, indent=1))
 
     bar = tqdm(total=total, initial=step, desc=f"train {args.variant}", dynamic_ncols=True)
     t_start = time.time() - trained_s
+    t_process = time.time()
+    first_step, mark = step, (step, trained_s)
     model.train()
+    stream = batch_stream()
     while step < total:
-        for images, labels in loader:
-            if step >= total:
-                break
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, args.lr, args.warmup)
-            x = (images.to(dev, non_blocking=True).permute(0, 3, 1, 2).float() - mean) / std
-            y = labels.to(dev, non_blocking=True).long()
-            with torch.autocast("cuda", torch.bfloat16, enabled=dev.startswith("cuda")):
-                logits = model(x)
-            logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(logits, y, ignore_index=255)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            bar.update(1)
-            loss_value = loss.item()
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-            if step % 10 == 0 or step <= 2:
-                history.append({"step": step, "loss": loss_value})
+        if args.stop_after and time.time() - t_process > args.stop_after:
+            bar.close()
             trained_s = time.time() - t_start
-            if step == 20:
-                t20 = trained_s
-            if args.time_budget and step == 70:  # fit the schedule into the budget, rate measured past start-up
-                fit = step + int((args.time_budget - trained_s) / ((trained_s - t20) / 50))
-                if fit < total:
-                    total = max(step + 1, fit)
-                    bar.total = total
-                    print(f"\ntime budget {args.time_budget:.0f}s: schedule shortened to {total} steps")
-            if step % args.eval_every == 0 or step == total:
-                model.eval()
-                res = evaluate(model, args.data, "val", args.eval_size, dev, progress=False)
-                model.train()
-                history.append({"step": step, "val_miou": res["miou"], "val_pixel_accuracy": res["pixel_accuracy"]})
-                tqdm.write(f"step {step}: val mIoU {res['miou']:.4f} pixel acc {res['pixel_accuracy']:.4f}")
-                save_ckpt()
+            save_ckpt()
+            print(f"stopped after {args.stop_after:.0f}s at step {step} of {total}; continue with --resume")
+            return 0
+        images, labels = next(stream)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, args.lr, args.warmup)
+        x = (images.to(dev, non_blocking=True).permute(0, 3, 1, 2).float() - mean) / std
+        y = labels.to(dev, non_blocking=True).long()
+        with torch.autocast("cuda", torch.bfloat16, enabled=dev.startswith("cuda")):
+            logits = model(x)
+        logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, y, ignore_index=255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        loss_value = loss.item()
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        if step % 10 == 0 or step <= 2:
+            history.append({"step": step, "loss": loss_value})
+        trained_s = time.time() - t_start
+        if step == first_step + 20:
+            mark = (step, trained_s)
+        if args.time_budget and step - mark[0] >= 50 and (step == first_step + 70 or (
+                step % 250 == 0 and trained_s < 0.85 * args.time_budget)):
+            # Fit the schedule to the budget from the rate since the last fit (evaluations included), at most
+            # up to the --steps cap; refitted while under 85 % of the budget, then the decay runs its course.
+            rate = (trained_s - mark[1]) / (step - mark[0])
+            fitted = min(cap, max(step + 1, step + int((args.time_budget - trained_s) / rate)))
+            if fitted != total:
+                total = fitted
+                bar.total = total
+                tqdm.write(f"time budget {args.time_budget:.0f}s: schedule set to {total} steps")
+            mark = (step, trained_s)
+        if step % args.eval_every == 0 or step == total:
+            model.eval()
+            res = evaluate(model, args.data, "val", args.eval_size, dev, progress=False)
+            model.train()
+            history.append({"step": step, "val_miou": res["miou"], "val_pixel_accuracy": res["pixel_accuracy"]})
+            tqdm.write(f"step {step}: val mIoU {res['miou']:.4f} pixel acc {res['pixel_accuracy']:.4f}")
+            save_ckpt()
     bar.close()
     trained_s = time.time() - t_start
     save_ckpt()
@@ -176,7 +218,7 @@ def main(argv=None) -> int:
             "training": {"data": "CamVid (SegNet split) train, 367 images, 11 classes mapped to Cityscapes "
                                  "train ids" if (args.data / "train" / "images").is_dir() else str(args.data.name),
                          "from_scratch": True, "steps": step, "batch": args.batch,
-                         "epochs": round(step * args.batch / len(data), 1), "crop": list(args.crop),
+                         "splits": splits, "epochs": round(step * args.batch / n_train, 1), "crop": list(args.crop),
                          "scale": list(args.scale), "lr": args.lr, "wall_s": round(trained_s, 1),
                          "device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"},
             "label_map": {"camvid_to_cityscapes": {str(k): v for k, v in CAMVID_TO_CITYSCAPES.items()}},

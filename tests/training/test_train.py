@@ -67,3 +67,20 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path, capsys):
     rc = train_main(["--data", str(data), "--variant", "tiny", "--out", str(tmp_path / "none"), "--steps", "2",
                      "--workers", "0", "--device", "cpu", "--resume"])
     assert rc == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+def test_stop_after_then_resume_finishes_the_runs_own_schedule(tmp_path, capsys):
+    data = tmp_path / "data"
+    _toy_dataset(data, n=2)
+    out = tmp_path / "run"
+    common = ["--data", str(data), "--variant", "tiny", "--out", str(out), "--batch", "2", "--crop", "64x64",
+              "--workers", "0", "--eval-every", "100", "--eval-size", "64x64", "--device", "cpu",
+              "--splits", "train,val", "--loader", "gpu"]  # batched augmentation, here on the CPU
+    import torch
+
+    assert train_main(common + ["--steps", "6", "--stop-after", "1e-9"]) == 0
+    assert "continue with --resume" in capsys.readouterr().out
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["step"] == 0 and state["total"] == 6
+    assert train_main(common + ["--resume"]) == 0  # no --steps: the checkpoint's total
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 6
