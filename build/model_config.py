@@ -9,7 +9,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from build.variants import OPENVINO, ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, PYTHON_OV, TENSORRT, ServingVariant
 
 
-def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]], tensorrt_rtx: bool = False
+def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]], tensorrt_rtx: bool = False,
+                 trained_classes: list[str] | None = None
                  ) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=v.name, max_batch_size=v.max_batch)
     if v.backend in (PYTHON_ORT, PYTHON_NULL, PYTHON_GPU, PYTHON_OV):
@@ -45,6 +46,8 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
         warm.inputs["images"].zero_data = True
     params = {"classes": json.dumps(classes), "palette": json.dumps(palette), "weights": v.weights,
               "precision": v.precision}
+    if trained_classes and len(trained_classes) < len(classes):  # clients mark the others "never trained"
+        params["trained_classes"] = json.dumps(trained_classes)
     if v.dynamic:  # the range the client may send: it resizes within these bounds
         params["size_range"] = json.dumps([list(s) for s in v.size_range])
         params["opt_size"] = json.dumps(list(v.size))

@@ -143,7 +143,8 @@ def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, fo
         t0 = time.perf_counter()
         info = BUILDERS[v.backend](v, stage, cache, log)
         w = get_weights(v.weights)
-        cfg = model_config(v, w.classes, [list(c) for c in w.palette], tensorrt_rtx=info.get("rtx", False))
+        cfg = model_config(v, w.classes, [list(c) for c in w.palette], tensorrt_rtx=info.get("rtx", False),
+                           trained_classes=w.trained_classes)
         (stage / "config.pbtxt").write_text(to_pbtxt(cfg))
         provenance = {"model": v.name, "recipe": rec, "variant": v.spec(), "weights": w.name,
                       "weights_sha256": w.meta["sha256"], "build_seconds": round(time.perf_counter() - t0, 2),
@@ -181,6 +182,10 @@ def write_repository(variants: list[ServingVariant], repo: Path, force: bool = F
     return results
 
 
+def _names(text: str) -> list[str]:
+    return [n for n in text.split(",") if n]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m build.repository", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,8 +197,10 @@ def main(argv=None) -> int:
     ap.add_argument("--size", help="with --checkpoint: served input HxW (multiples of 32)")
     ap.add_argument("--dynamic", help="with --checkpoint: MIN:MAX for dynamic-size rows, e.g. 512x512:1024x2048")
     ap.add_argument("--logits", action="store_true", help="with --checkpoint: rows also output logits (--slide)")
-    ap.add_argument("--variants", nargs="*", help="rows by model name (default: the standard set)")
-    ap.add_argument("--precisions", nargs="*", help="keep only rows of these precisions (fp32 fp16 int8 best)")
+    ap.add_argument("--variants", nargs="*", type=_names, help="rows by model name, space- or comma-separated "
+                    "(default: the standard set)")
+    ap.add_argument("--precisions", nargs="*", type=_names, help="keep only rows of these precisions (fp32 fp16 "
+                    "int8 best), space- or comma-separated")
     ap.add_argument("--out", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged (and re-import)")
     ap.add_argument("--calib", type=Path, help="calibration images for the int8 / best rows")
@@ -201,6 +208,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-count", type=int, default=4)
     ap.add_argument("--budget", type=float, default=0.005, help="best: max pixel disagreement with FP32")
     args = ap.parse_args(argv)
+    args.variants = [n for group in args.variants for n in group] if args.variants else args.variants
+    args.precisions = [n for group in args.precisions for n in group] if args.precisions else args.precisions
     try:
         weights = None
         if args.checkpoint is not None:

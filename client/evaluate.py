@@ -164,6 +164,9 @@ def evaluate(images: list[Path], pool: RunnerPool, reference: str, models: list[
         raise ImageError(f"none of the {len(images)} image(s) could be read; see the warnings above")
     summary = {}
     have_labels = any(st.cm.sum() for st in stats.values())
+    # Classes the reference's weights never saw labelled are listed apart and left out of mIoU.
+    trained = ({info.classes.index(c) for c in info.trained if c in info.classes}
+               if info.trained is not None else None)
     for s, st in stats.items():
         sh = np.asarray(st.shares)
         d = {"disagreement_mean": float(sh.mean()), "disagreement_max": float(sh.max()),
@@ -173,7 +176,11 @@ def evaluate(images: list[Path], pool: RunnerPool, reference: str, models: list[
              "served_as": pool.info[s].name, "input_size": list(pool.info[s].size)}
         if have_labels:
             iou = iou_per_class(st.cm)
-            d.update({"miou": mean_iou(st.cm), "pixel_accuracy": pixel_accuracy(st.cm),
+            present = np.flatnonzero(st.cm.sum(1) > 0).tolist()
+            scored = [c for c in present if trained is None or c in trained]
+            d.update({"miou": mean_iou(st.cm, scored), "miou_classes": len(scored),
+                      "never_trained": [info.classes[c] for c in present if c not in scored],
+                      "pixel_accuracy": pixel_accuracy(st.cm),
                       "iou_per_class": {info.classes[i] if i < len(info.classes) else str(i):
                                         (None if np.isnan(v) else float(v)) for i, v in enumerate(iou)
                                         if st.cm[i].sum() or st.cm[:, i].sum()}})

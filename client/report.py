@@ -47,6 +47,10 @@ def format_summary(report: dict) -> str:
         if labels:
             line += f" {s.get('miou', float('nan')):7.4f} {s.get('pixel_accuracy', float('nan')):8.4f}"
         lines.append(line)
+    ref = report["summary"].get(report["reference"], {})
+    if ref.get("never_trained"):
+        lines.append(f"mIoU over {ref['miou_classes']} trained classes; never trained, left out: "
+                     + ", ".join(ref["never_trained"]))
     if report["skipped"]:
         lines.append(f"skipped {len(report['skipped'])} unreadable image(s)")
     return "\n".join(lines)
@@ -69,6 +73,12 @@ def _markdown(report: dict, pictures: list[str]) -> str:
         out.append(row)
     out += ["", "Verdict per image: good <= 0.5 % of pixels differ from the reference, marginal <= 2 %, bad above.",
             ""]
+    ref = report["summary"].get(report["reference"], {})
+    if "miou_classes" in ref:
+        note = f"mIoU over the {ref['miou_classes']} classes present in the labels that the weights were trained on"
+        if ref.get("never_trained"):
+            note += ("; present but never trained, so left out: " + ", ".join(ref["never_trained"]))
+        out += [note + ".", ""]
     g = report.get("gate")
     if g and (g["threshold"] is not None or g["max_miou_drop"] is not None):
         out.append("**Gate: " + ("passed**" if g["passed"] else "FAILED**: " + "; ".join(g["failures"])))

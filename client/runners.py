@@ -33,6 +33,7 @@ class ModelInfo:
     palette: list[tuple[int, int, int]] = field(default_factory=list)
     size_range: tuple[tuple[int, int], tuple[int, int]] | None = None  # a dynamic-size model's bounds
     has_logits: bool = False
+    trained: list[str] | None = None  # classes the weights were trained on, where fewer than `classes`
 
     def check(self, images: np.ndarray) -> None:
         """RunnerError unless `images` is a uint8 batch this model takes."""
@@ -118,7 +119,8 @@ class TritonRunner(_Runner):
         self.info = ModelInfo(self.model, size, int(cfg.get("max_batch_size", 1)) or 1,
                               json.loads(params.get("classes", "[]")),
                               [tuple(c) for c in json.loads(params.get("palette", "[]"))],
-                              tuple(map(tuple, size_range)) if size_range else None, "logits" in outputs)
+                              tuple(map(tuple, size_range)) if size_range else None, "logits" in outputs,
+                              json.loads(params["trained_classes"]) if params.get("trained_classes") else None)
         return self.info
 
     @staticmethod
@@ -209,7 +211,7 @@ class OnnxRunner(_Runner):
 
 def _local_info(name: str, onnx_path: Path | None, size, weights: str | None) -> ModelInfo:
     """Size/classes/palette for a local model: explicit size, the graph's static dims, config.pbtxt, weights."""
-    classes, palette, cfg_size = [], [], None
+    classes, palette, cfg_size, trained = [], [], None, None
     cfg = onnx_path.parent.parent / "config.pbtxt" if onnx_path else None
     if cfg is not None and cfg.is_file():
         from google.protobuf import text_format
@@ -220,11 +222,12 @@ def _local_info(name: str, onnx_path: Path | None, size, weights: str | None) ->
         classes = json.loads(c.parameters["classes"].string_value or "[]")
         palette = [tuple(x) for x in json.loads(c.parameters["palette"].string_value or "[]")]
         weights = weights or c.parameters["weights"].string_value or None
+        trained = json.loads(c.parameters["trained_classes"].string_value or "null")
     if weights and not classes:
         from segformer.weights import get_weights
 
         w = get_weights(weights)
-        classes, palette = list(w.classes), [tuple(x) for x in w.palette]
+        classes, palette, trained = list(w.classes), [tuple(x) for x in w.palette], w.trained_classes
         cfg_size = cfg_size or tuple(w.meta.get("input_size", (1024, 1024)))
     if not classes:
         from segformer.config import CITYSCAPES
@@ -239,7 +242,7 @@ def _local_info(name: str, onnx_path: Path | None, size, weights: str | None) ->
     size = size or cfg_size
     if size is None:
         raise RunnerError(f"{name}: the graph has dynamic height/width; give the input size (--size HxW)")
-    return ModelInfo(name, tuple(size), 8, classes, palette)
+    return ModelInfo(name, tuple(size), 8, classes, palette, trained=trained)
 
 
 class TorchRunner(_Runner):

@@ -48,7 +48,7 @@ def segment_files(paths: list[Path], runner: TritonRunner, out: Path, quiet: boo
         if not quiet:
             print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {info.name} {sent[1]}x{sent[0]} ({mode}; "
                   f"decode {1e3 * (t1 - t0):.0f} ms, inference {1e3 * (t2 - t1):.0f} ms)")
-            print(format_table(rows, info.palette))
+            print(format_table(rows, info.palette, info.trained))
             print(f"wrote {lab_path}\n      {ov_path}")
         results.append({"image": str(path), "labels": lab_path, "overlay": ov_path, "classes": rows,
                         "infer_s": t2 - t1})

@@ -51,9 +51,13 @@ def class_table(labels: np.ndarray, classes: list[str]) -> list[tuple[int, str, 
     return sorted(rows, key=lambda r: -r[2])
 
 
-def format_table(rows, palette=None) -> str:
+def format_table(rows, palette=None, trained: list[str] | None = None) -> str:
+    """The class table; with `trained`, classes outside it are marked: the weights never saw them labelled."""
     lines = [f"{'id':>3}  {'class':<15} {'pixels':>10} {'share':>7}  colour"]
     for i, name, n, share in rows:
         colour = "#%02x%02x%02x" % tuple(palette[i]) if palette and i < len(palette) else ""
-        lines.append(f"{i:>3}  {name:<15} {n:>10} {share * 100:6.2f}%  {colour}")
+        mark = "  (never trained: not a prediction to trust)" if trained is not None and name not in trained else ""
+        lines.append(f"{i:>3}  {name:<15} {n:>10} {share * 100:6.2f}%  {colour:7}{mark}".rstrip())
+    if trained is not None:
+        lines.append(f"     (trained on {len(trained)} of the model's classes)")
     return "\n".join(lines)

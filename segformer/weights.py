@@ -88,6 +88,12 @@ class Weights:
         return list(self.meta["classes"])
 
     @property
+    def trained_classes(self) -> list[str] | None:
+        """Classes the training labels contained (None: not recorded, e.g. an imported checkpoint)."""
+        t = self.meta.get("trained_classes")
+        return list(t) if t else None
+
+    @property
     def palette(self) -> list[tuple[int, int, int]]:
         return [tuple(c) for c in self.meta["palette"]]
 

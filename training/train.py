@@ -51,8 +51,18 @@ def evaluate(model, root: Path, split: str, size: tuple[int, int], device: str, 
     present = np.flatnonzero(cm.sum(1) > 0).tolist()
     iou = iou_per_class(cm)
     return {"split": split, "size": list(size), "images": len(samples), "miou": mean_iou(cm, present),
+            "miou_over": f"the {len(present)} classes present in the {split} labels",
             "pixel_accuracy": pixel_accuracy(cm),
             "iou": {CITYSCAPES.classes[c]: float(iou[c]) for c in present}}
+
+
+def trained_classes(root: Path, splits: list[str]) -> list[str]:
+    """Names of the classes the training labels can contain: CamVid maps to 11 of the 19 Cityscapes classes."""
+    ids: set[int] = set()
+    for split in splits:
+        _, lut = find_samples(root, split)
+        ids |= set(range(CITYSCAPES.num_classes)) if lut is None else {int(v) for v in lut if v < 255}
+    return [CITYSCAPES.classes[i] for i in sorted(ids)]
 
 
 def main(argv=None) -> int:
@@ -215,8 +225,10 @@ def main(argv=None) -> int:
             "name": args.name, "dataset": "cityscapes", "classes": list(CITYSCAPES.classes),
             "palette": [list(c) for c in CITYSCAPES.palette], "mean": list(CITYSCAPES.mean),
             "std": list(CITYSCAPES.std), "input_size": list(args.eval_size),
-            "training": {"data": "CamVid (SegNet split) train, 367 images, 11 classes mapped to Cityscapes "
-                                 "train ids" if (args.data / "train" / "images").is_dir() else str(args.data.name),
+            "trained_classes": trained_classes(args.data, splits),
+            "training": {"data": f"CamVid (SegNet split) {'+'.join(splits)}, {n_train} images, 11 classes mapped "
+                                 "to Cityscapes train ids" if (args.data / "train" / "images").is_dir()
+                                 else str(args.data.name),
                          "from_scratch": True, "steps": step, "batch": args.batch,
                          "splits": splits, "epochs": round(step * args.batch / n_train, 1), "crop": list(args.crop),
                          "scale": list(args.scale), "lr": args.lr, "wall_s": round(trained_s, 1),

@@ -89,7 +89,9 @@ def test_evaluate_against_the_server(server, tmp_path, capsys):
     labels = tmp_path / "labels"
     labels.mkdir()
     ref = np.asarray(Image.open(images / "img0.png"))
-    Image.fromarray(np.where(ref[..., 2] > 128, 10, 0).astype(np.uint8)).save(labels / "img0.png")  # sky/road
+    lab = np.where(ref[..., 2] > 128, 10, 0).astype(np.uint8)  # sky/road
+    lab[:20] = 3  # wall: a Cityscapes class the CamVid weights never saw labelled
+    Image.fromarray(lab).save(labels / "img0.png")
     url = f"localhost:{server['ports']['grpc']}"
     out = tmp_path / "report"
     args = ["--images", str(images), "--labels", str(labels), "--models", f"{server['model']},{server['other']}",
@@ -101,6 +103,10 @@ def test_evaluate_against_the_server(server, tmp_path, capsys):
     assert s["disagreement_mean"] > 0 and s["disagreement_max"] >= s["disagreement_mean"]
     assert report["summary"][server["model"]]["disagreement_max"] == 0.0
     assert 0 <= s["miou"] <= 1 and "road" in s["iou_per_class"]
+    # wall is reported per class but marked and kept out of mIoU, which averages the trained sky and road
+    assert s["never_trained"] == ["wall"] and s["miou_classes"] == 2 and "wall" in s["iou_per_class"]
+    assert s["miou"] == pytest.approx((s["iou_per_class"]["road"] + s["iou_per_class"]["sky"]) / 2)
+    assert "never trained, so left out: wall" in (out / "report.md").read_text()
     for pic in ("worst.png", "disagreement.png", "iou.png", "heatmaps/img0.png"):
         assert Image.open(out / pic).size[0] > 100
     assert "disagree mean" in capsys.readouterr().out

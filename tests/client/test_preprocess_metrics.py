@@ -4,7 +4,7 @@ from PIL import Image
 
 from client.metrics import confusion_matrix, disagreement, iou_per_class, mean_iou, pixel_accuracy
 from client.preprocess import ImageError, load_image, resize_image, resize_labels
-from client.visualize import class_table, palette_png
+from client.visualize import class_table, format_table, palette_png
 
 
 def test_any_mode_decodes_to_rgb(tmp_path):
@@ -69,3 +69,8 @@ def test_palette_png_keeps_class_ids_and_table_sorts():
     assert im.mode == "P" and np.array_equal(np.asarray(im), lab)
     rows = class_table(lab, [f"c{i}" for i in range(19)])
     assert [r[0] for r in rows] == [0, 13, 2] and rows[0][3] == pytest.approx(0.5)
+    text = format_table(rows, [(1, 2, 3)] * 19, trained=["c0", "c2"])
+    marked = [line for line in text.splitlines() if "never trained" in line]
+    assert len(marked) == 1 and marked[0].split()[1] == "c13"  # only the class outside the trained list
+    assert "trained on 2 of the model's classes" in text
+    assert "never trained" not in format_table(rows, [(1, 2, 3)] * 19)

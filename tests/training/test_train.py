@@ -84,3 +84,20 @@ def test_stop_after_then_resume_finishes_the_runs_own_schedule(tmp_path, capsys)
     assert state["step"] == 0 and state["total"] == 6
     assert train_main(common + ["--resume"]) == 0  # no --steps: the checkpoint's total
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_curves_table_and_plot_from_run_folders(tmp_path, capsys):
+    from training.curves import main as curves_main
+
+    run = tmp_path / "b0-train"
+    run.mkdir()
+    (run / "history.json").write_text(json.dumps([{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.0},
+                                                  {"step": 20, "val_miou": 0.4}]))
+    (run / "w.json").write_text(json.dumps({"variant": "b0", "training": {"splits": ["train"], "steps": 20,
+                                            "wall_s": 5.0}, "test": {"miou": 0.3, "pixel_accuracy": 0.8}}))
+    assert curves_main([str(run), "--out", str(tmp_path / "out")]) == 0
+    assert "| b0-train | train | 20 |" in (tmp_path / "out" / "summary.md").read_text()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["runs"][0]["test_miou"] == 0.3
+    assert Image.open(tmp_path / "out" / "curves.png").size[0] > 500
+    assert curves_main([str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
+    assert "no history.json" in capsys.readouterr().err
