@@ -6,6 +6,7 @@ PY := $(BIN)/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,rtx
 REPO ?= model_repository
+HOST ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
@@ -61,9 +62,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
-	printf '#!/bin/sh\nexec "%s" -m server.serve exec -- "$$@"\n' "$(abspath $(PY))" > $(BIN)/tritonserver
-	sed -i '2i export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"' $(BIN)/tritonserver
-	chmod +x $(BIN)/tritonserver
+	ln -sfn "$$(realpath --relative-to=$(BIN) server/tritonserver)" $(BIN)/tritonserver
 	touch $@
 
 repo: venv
@@ -75,7 +74,7 @@ repo: venv
 
 serve: venv
 	@test -n "$$(ls $(REPO)/*/config.pbtxt 2>/dev/null)" || $(MAKE) repo
-	$(PY) -m server.serve start --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(PY) -m server.serve start --repo $(REPO) --host $(HOST) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 stop: venv
 	$(PY) -m server.serve stop

@@ -130,14 +130,15 @@ class TritonRunner(_Runner):
         return MessageToJson(msg, preserving_proto_field_name=True)
 
     def served_models(self) -> list[str]:
-        """Names of the READY models; RunnerError when the server cannot list them (e.g. a timeout)."""
+        """Names of the loaded models, from the statistics API (the repository index is an operator API that
+        `make serve` keeps behind a key); RunnerError when the server cannot list them (e.g. a timeout)."""
         try:
-            idx = self.client.get_model_repository_index()
-            if not isinstance(idx, list):
-                idx = json.loads(self._grpc_json(idx)).get("models", [])
+            stats = self.client.get_inference_statistics()
+            if not isinstance(stats, dict):
+                stats = json.loads(self._grpc_json(stats))
         except Exception as exc:  # noqa: BLE001 - tritonclient raises its own and transport exceptions
             raise RunnerError(f"Triton at {self.url} did not list its models ({_first_line(exc)})") from None
-        return sorted(m["name"] for m in idx if m.get("state") == "READY")
+        return sorted({m["name"] for m in stats.get("model_stats", [])})
 
     def infer(self, images: np.ndarray, logits: bool = False) -> np.ndarray:
         if self.info is None:

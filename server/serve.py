@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import signal
 import site
 import subprocess
@@ -23,6 +22,8 @@ import sysconfig
 import time
 import urllib.request
 from pathlib import Path
+
+from server.access import DEFAULT_HOST, access_args, check_host, exposure_warning, write_admin_key
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".triton"
@@ -58,7 +59,7 @@ def find_tritonserver() -> Path:
 
 def _is_shim(p: Path) -> bool:
     try:
-        return b"server.serve" in p.read_bytes()[:400]
+        return b"server.serve" in p.read_bytes()[:1000]
     except OSError:
         return False
 
@@ -67,6 +68,32 @@ def plugin_libraries() -> list[Path]:
     """The TensorRT plugin libraries `make plugins` built (plugins/build/libsegformer_plugins*.so)."""
     d = ROOT / "plugins" / "build"
     return sorted(d.glob("libsegformer_plugins*.so")) if d.is_dir() else []
+
+
+def local_backends(package_backends: Path, stub: Path, dest: Path) -> Path:
+    """A backend directory inside the project: links to the installed package's backends and to this
+    interpreter's python-backend stub. Nothing is written into site-packages. (Links, not copies: the stub finds
+    its libraries through an $ORIGIN-relative RPATH, which the loader resolves from the link's target.)"""
+    dest.mkdir(parents=True, exist_ok=True)
+    for backend in package_backends.iterdir():
+        if not backend.is_dir() or backend.name == "__pycache__":
+            continue
+        mine = dest / backend.name
+        mine.mkdir(exist_ok=True)
+        for f in backend.iterdir():
+            link = mine / f.name
+            if f.name in ("triton_python_backend_stub", "__pycache__"):
+                continue
+            if not (link.is_symlink() and link.resolve() == f.resolve()):
+                link.unlink(missing_ok=True)
+                link.symlink_to(f.resolve())
+    dst = dest / "python" / "triton_python_backend_stub"
+    if not (dst.is_symlink() and dst.resolve() == stub.resolve()):
+        tmp = dst.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(stub.resolve())
+        tmp.replace(dst)
+    return dest
 
 
 def prepare(binary: Path, plugins: list[Path] | None = None) -> tuple[dict, set[str], list[str]]:
@@ -85,12 +112,10 @@ def prepare(binary: Path, plugins: list[Path] | None = None) -> tuple[dict, set[
         src = stubs / ver / "triton_python_backend_stub"
         if not src.is_file():
             raise ServerError(f"nvidia-pytriton has no python-backend stub for Python {ver}")
-        dst = backends / "python" / "triton_python_backend_stub"
-        if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
-            shutil.copy2(src, dst)
+        backends = local_backends(backends, src, ROOT / ".triton" / "backends")
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in (libdir, env.get("LD_LIBRARY_PATH", "")) if x)
-        extra = [f"--backend-directory={backends}", f"--cache-directory={root / 'caches'}"]
+        extra = [f"--backend-directory={backends}", f"--cache-directory={ROOT / '.triton' / 'caches'}"]
     # The stub embeds Python and finds its prefix from the `python3` on PATH (it ignores PYTHONPATH): put this
     # interpreter first so a virtual environment's packages are the ones the models import.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -135,8 +160,8 @@ def server_args(repo: Path, have: set[str], http: int, grpc: int, metrics: int) 
     return args + control, skipped
 
 
-def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    url = f"http://127.0.0.1:{http}/v2/health/ready"
+def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 180, host: str = "127.0.0.1") -> None:
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', 'localhost') else host}:{http}/v2/health/ready"
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
@@ -155,13 +180,19 @@ def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 18
 
 
 def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, state: Path = STATE,
-          timeout: float = 180, plugins: list[Path] | None = None) -> subprocess.Popen:
+          timeout: float = 180, plugins: list[Path] | None = None, host: str = DEFAULT_HOST) -> subprocess.Popen:
+    try:
+        host = check_host(host)
+    except ValueError as exc:
+        raise ServerError(str(exc)) from None
     binary = find_tritonserver()
     env, have, extra = prepare(binary, plugins)
     if env.get("LD_PRELOAD"):
         print(f"LD_PRELOAD={env['LD_PRELOAD']}")
     args, skipped = server_args(repo.resolve(), have, http, grpc, metrics)
-    args += extra
+    args += extra + access_args(host, write_admin_key(state))
+    if exposure_warning(host):
+        print(exposure_warning(host), file=sys.stderr)
     state.mkdir(parents=True, exist_ok=True)
     log = state / "server.log"
     with open(log, "wb") as out:
@@ -171,7 +202,7 @@ def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, s
     for s in skipped:
         print(f"not loaded: {s}; this server has backends: {', '.join(sorted(have))}")
     try:
-        wait_ready(http, proc, log, timeout)
+        wait_ready(http, proc, log, timeout, host)
     except BaseException:
         stop_pid(proc.pid)
         raise
@@ -245,16 +276,21 @@ def main(argv=None) -> int:
     st.add_argument("--grpc-port", type=int, default=8001)
     st.add_argument("--metrics-port", type=int, default=8002)
     st.add_argument("--timeout", type=float, default=180)
+    st.add_argument("--host", default=os.environ.get("HOST", DEFAULT_HOST),
+                    help="address to bind HTTP, gRPC and metrics to (default 127.0.0.1; 0.0.0.0 opens the server "
+                    "to the network)")
     sub.add_parser("stop", help="stop the server started with `start`")
     ex = sub.add_parser("exec", help="run tritonserver in the foreground with the prepared environment")
     ex.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
     try:
         if a.cmd == "start":
-            proc = start(a.repo, a.http_port, a.grpc_port, a.metrics_port, timeout=a.timeout)
+            proc = start(a.repo, a.http_port, a.grpc_port, a.metrics_port, timeout=a.timeout, host=a.host)
             print(f"Triton ready (pid {proc.pid}, log {STATE / 'server.log'})\n"
-                  f"  HTTP    http://127.0.0.1:{a.http_port}\n  gRPC    127.0.0.1:{a.grpc_port}\n"
-                  f"  metrics http://127.0.0.1:{a.metrics_port}/metrics")
+                  f"  HTTP    http://{a.host}:{a.http_port}\n  gRPC    {a.host}:{a.grpc_port}\n"
+                  f"  metrics http://{a.host}:{a.metrics_port}/metrics\n"
+                  f"  model control (load/unload, repository index), logging, trace: header "
+                  f"'triton-admin-key: $(cat {STATE / 'admin-key'})'")
         elif a.cmd == "stop":
             pid_file = STATE / "server.pid"
             pid, why = recorded_server(pid_file)
@@ -264,7 +300,13 @@ def main(argv=None) -> int:
             binary = find_tritonserver()
             env, have, extra = prepare(binary)
             args = [x for x in a.args if x != "--"]
-            args += [x for x in extra if x.split("=")[0] not in {y.split("=")[0] for y in args}]
+            given = {y.split("=")[0] for y in args}
+            access = access_args(DEFAULT_HOST, write_admin_key(STATE))
+            if not given & {"--http-address", "--grpc-address", "--metrics-address"}:
+                extra += access[:3]  # loopback unless the command line says otherwise
+            if not given & {"--http-restricted-api", "--grpc-restricted-protocol"}:
+                extra += access[3:]
+            args += [x for x in extra if x.split("=")[0] not in given]
             repo = next((x.split("=", 1)[1] for x in args if x.startswith("--model-repository=")), None)
             if repo is None and "--model-repository" in args:
                 repo = args[args.index("--model-repository") + 1]

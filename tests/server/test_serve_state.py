@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from server.serve import recorded_server, write_pid
+from tests.conftest import ROOT
 
 
 def test_pid_file_names_one_process(tmp_path):
@@ -27,3 +28,30 @@ def test_pid_file_names_one_process(tmp_path):
     write_pid(path, proc.pid)
     pid, why = recorded_server(path)
     assert pid is None and "exited" in why
+
+
+def test_backend_stub_goes_into_the_project_not_site_packages(tmp_path):
+    from server.serve import local_backends
+
+    pkg = tmp_path / "pkg" / "backends" / "python"
+    pkg.mkdir(parents=True)
+    (pkg / "libtriton_python.so").write_bytes(b"lib")
+    (pkg / "triton_python_backend_utils.py").write_text("x = 1\n")
+    stub = tmp_path / "stubs" / "3.11" / "triton_python_backend_stub"
+    stub.parent.mkdir(parents=True)
+    stub.write_bytes(b"stub")
+    before = sorted(p.name for p in pkg.iterdir())
+    dest = local_backends(pkg.parent, stub, tmp_path / "project" / ".triton" / "backends")
+    assert sorted(p.name for p in pkg.iterdir()) == before  # the installed package is left as it was
+    mine = dest / "python"
+    assert (mine / "libtriton_python.so").is_symlink() and (mine / "libtriton_python.so").read_bytes() == b"lib"
+    assert (mine / "triton_python_backend_stub").read_bytes() == b"stub"
+    assert (mine / "triton_python_backend_stub").resolve() == stub.resolve()  # its RPATH is $ORIGIN-relative
+    assert local_backends(pkg.parent, stub, dest) == dest  # idempotent
+
+
+def test_tritonserver_shim_has_no_absolute_paths():
+    text = (ROOT / "server" / "tritonserver").read_text()
+    assert str(ROOT) not in text and "/work" not in text
+    assert "readlink -f" in text and 'exec "$bin/python" -m server.serve exec' in text
+    assert "realpath --relative-to=$(BIN) server/tritonserver" in (ROOT / "Makefile").read_text()
