@@ -30,6 +30,8 @@ LOAD_USERS ?= 4
 DURATION ?= 20
 SLO_MS ?= 10000
 LOAD_MODEL ?= segformer_b1
+SOAK_S ?= 600
+SOAK_LOAD ?= 0.8
 BENCH_IMAGES ?=
 EVAL_IMAGES ?=
 EVAL_LABELS ?=
@@ -39,18 +41,19 @@ REFERENCE ?= segformer_b1
 THRESHOLD ?=
 CUDA_ARCH ?=
 
-.PHONY: help venv repo serve stop demo test evaluate loadtest sweep bench-build bench bench-cpu plugins clean
+.PHONY: help venv repo serve stop demo test evaluate loadtest sweep soak bench-build bench bench-cpu plugins clean
 help:
 	@echo "make demo     build the default model, start Triton, segment $(IMAGE), stop"
 	@echo "make test     run the test suite"
 	@echo "make repo CHECKPOINT=your.pth [NAME=city_b1 PRESET=cityscapes|ade20k|camvid CLASSES=classes.json SIZE=1024x2048 DYNAMIC=512x512:1024x2048]"
 	@echo "              import your trained SegFormer (NVlabs, mmsegmentation, Hugging Face) and build every row for it"
 	@echo "make repo     write $(REPO)/ (VARIANTS=\"segformer_b1 ...\" PRECISIONS=\"fp32 fp16\", NAME=entry)"
-	@echo "make serve    start Triton on $(REPO)/ in the background; make stop ends it"
+	@echo "make serve    start Triton on $(REPO)/ in the background (127.0.0.1; HOST=0.0.0.0 opens it); make stop ends it"
 	@echo "make repo CALIB=DIR   also build the int8 / best rows (calibration images)"
 	@echo "make evaluate EVAL_IMAGES=DIR [EVAL_LABELS=DIR LABEL_FORMAT=camvid]  accuracy of the served variants vs $(REFERENCE)"
 	@echo "make loadtest  headless locust run against the served $(LOAD_MODEL) (USERS, DURATION)"
 	@echo "make sweep     concurrency sweep with knee under SLO_MS"
+	@echo "make soak      SOAK_S seconds at SOAK_LOAD x the probed rate: failures, p99 over time, server RSS drift"
 	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
 	@echo "make bench     GPU: fast path vs HF eager/compile, model-only and served (BENCH_IMAGES=DIR) -> results/"
 	@echo "make bench-cpu  CPU: ONNX Runtime FP32 / best_cpu vs OpenVINO f32 / bf16, speed + accuracy (BENCH_DATA=camvid) -> results/"
@@ -92,6 +95,10 @@ evaluate: venv
 loadtest: venv
 	$(PY) -m loadtest.run --model $(LOAD_MODEL) --users $(LOAD_USERS) --duration $(DURATION) \
 	  --url localhost:$(GRPC_PORT) --metrics-url localhost:$(METRICS_PORT) --out $(OUT)/loadtest
+
+soak: venv
+	$(PY) -m loadtest.soak --model $(LOAD_MODEL) --duration $(SOAK_S) --load $(SOAK_LOAD) \
+	  --url localhost:$(GRPC_PORT) --out $(OUT)/soak/$(LOAD_MODEL)
 
 sweep: venv
 	$(PY) -m loadtest.sweep --model $(LOAD_MODEL) --users $(USERS) --duration $(DURATION) --slo-ms $(SLO_MS) \

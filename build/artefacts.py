@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPORT_CODE = [ROOT / "build" / "export.py", ROOT / "segformer" / "model.py"]
 PASS_CODE = [ROOT / "build" / f for f in ("passes.py", "quantize.py", "quantize_cpu.py")]
 OPENVINO_CODE = [ROOT / "build" / "openvino_ir.py"]
-DEFAULT_HOLDOUT = ROOT / "samples" / "heldout"  # three CamVid val frames: the bf16 guard's set without HOLDOUT=
+DEFAULT_HOLDOUT = ROOT / "samples" / "heldout"  # three CamVid test frames (never trained on): the guards without HOLDOUT=
 
 
 class NeedsCalibration(RuntimeError):

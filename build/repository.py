@@ -15,6 +15,7 @@ ONNX files are cached by content hash in .cache/onnx and shared by the rows that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -167,7 +168,54 @@ def write_repository(variants: list[ServingVariant], repo: Path, force: bool = F
                      cache_dir: Path = ROOT / ".cache" / "onnx", quant: QuantSettings | None = None,
                      timing_dir: Path | None = ROOT / ".cache" / "tensorrt") -> dict:
     """Build every row; TensorRT rows share a persistent timing cache per builder version in `timing_dir`."""
-    cache = OnnxCache(cache_dir, quant, timing_dir)
+    with repository_lock(repo):
+        _restore_interrupted(repo)
+        return _write_all(variants, repo, force, log, OnnxCache(cache_dir, quant, timing_dir))
+
+
+class RepositoryBusy(RuntimeError):
+    """Another process is writing the same model repository."""
+
+
+@contextlib.contextmanager
+def repository_lock(repo: Path):
+    """One writer per repository: a second `make repo` stops at once with a message instead of interleaving."""
+    import fcntl
+
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    path = repo.parent / f".{repo.name}.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RepositoryBusy(f"another `make repo` (pid {holder}) is writing {repo}; wait for it to finish "
+                                 "or stop it, then run this again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _restore_interrupted(repo: Path) -> None:
+    """A build killed between moving the old model directory aside and moving the new one in leaves the old one
+    in the staging folder: put it back before anything else (it is the one Triton should keep serving)."""
+    staging = repo.parent / f".{repo.name}.staging"
+    for old in sorted(staging.glob("*.old.*")) if staging.is_dir() else []:
+        name = old.name.split(".old.")[0]
+        if not (repo / name).exists():
+            os.replace(old, repo / name)
+            tqdm.write(f"  {name}: restored the model directory an interrupted build had moved aside")
+
+
+def _write_all(variants, repo, force, log, cache) -> dict:
     results = {}
     for v in tqdm(variants, desc="model repository", unit="model"):
         try:
@@ -236,7 +284,15 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     quant = QuantSettings(args.calib, args.holdout, args.calib_count, budget=args.budget)
-    results = write_repository(rows, args.out, args.force, quant=quant)
+    try:
+        results = write_repository(rows, args.out, args.force, quant=quant)
+    except RepositoryBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the model directories already in {args.out} are intact (the one being built was "
+              "discarded); run it again to finish", file=sys.stderr)
+        return 130
     failed = [n for n, r in results.items() if r.startswith("FAILED")]
     # rows named with --variants were asked for: not building one here (no TensorRT, no CALIB) is a failure too
     missed = [n for n, r in results.items() if args.variants and r.startswith("skipped")]

@@ -9,29 +9,64 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class ImageError(ValueError):
     """An input image that cannot be used; the message names the file and the fix."""
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 RGB [H, W, 3]; raise ImageError with a clear message otherwise."""
+def load_image(path: str | Path, note=None) -> np.ndarray:
+    """Decode an image file to uint8 RGB [H, W, 3] the way a viewer shows it (EXIF orientation applied, 16-bit
+    scaled to 8, alpha dropped, first frame of an animation); raise ImageError with a clear message otherwise.
+    `note(text)` receives what was done that the user should know (default: printed to stderr)."""
+    import sys
+    import warnings
+
+    note = note or (lambda text: print(f"note: {text}", file=sys.stderr))
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if not path.is_file():
-        raise ImageError(f"{path}: not a file")
+        raise ImageError(f"{path}: not a file (pass image files, not folders)")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    im.seek(0)
+                    note(f"{path}: {frames} frames (animated {im.format}); segmenting the first")
+                im.load()
+                rgb = _to_rgb(ImageOps.exif_transpose(im))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: too many pixels to decode safely ({str(exc).split('pixels')[0].strip()} pixels;"
+                         f" Pillow's limit is {Image.MAX_IMAGE_PIXELS}): downscale it first") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read (PNG, JPEG, BMP, TIFF, WebP ...)") from None
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to decode it: downscale it first") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: corrupt or truncated image ({exc})") from None
-    return np.asarray(rgb, dtype=np.uint8)
+    return rgb
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """uint8 RGB of any Pillow mode; 16/32-bit greyscale scaled by its maximum code value (not clipped)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        grey = np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        grey = np.clip(a * 255.0 + 0.5 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # Pillow's route for palette transparency; alpha is dropped below
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

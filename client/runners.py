@@ -24,6 +24,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_GONE = ("connection refused", "failed to connect", "unavailable", "connection reset", "socket closed",
+         "remotedisconnected", "broken pipe", "connection aborted", "eof occurred", "connect failed",
+         "server disconnected", "econnrefused", "remote end closed")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for a failed request; a server that went away is said to be gone, not shown as a transport dump."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    if isinstance(exc, (ConnectionError, BrokenPipeError)) or any(k in text for k in _GONE):
+        return "the server is gone (connection refused or closed): restart it with `make serve`"
+    if "deadline" in text or "timed out" in text or "timeout" in text:
+        return f"no answer within the timeout ({_first_line(exc)})"
+    return _first_line(exc)
+
+
 @dataclass
 class ModelInfo:
     name: str
@@ -158,7 +173,7 @@ class TritonRunner(_Runner):
                     {"client_timeout": self.timeout}
                 res = self.client.infer(self.model, [inp], outputs=out, **kwargs)
             except Exception as exc:  # noqa: BLE001 - InferenceServerException and transport errors
-                raise RunnerError(f"inference on {self.model} failed: {exc}") from None
+                raise RunnerError(f"inference on {self.model} failed: {describe_failure(exc)}") from None
             outs.append(res.as_numpy(name))
         return np.concatenate(outs)
 

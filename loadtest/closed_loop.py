@@ -35,9 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _first_line(exc: BaseException) -> str:
-    """An exception as one line, also when its message is empty (then its type)."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+    """An exception as one line, also when its message is empty (then its type); a server that went away says so."""
+    from client.runners import describe_failure
+
+    return describe_failure(exc)[:300]
 
 def _frames(size, folder: str, n: int = 8) -> list[np.ndarray]:
     if folder:

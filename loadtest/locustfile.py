@@ -110,7 +110,9 @@ class _TritonUser(User):
             res = self.client.infer(self.model, [inp], outputs=self.outputs, **kwargs)
             size = res.as_numpy("labels").nbytes
         except Exception as e:  # noqa: BLE001 - every failure is reported, with the server's message
-            exc = e
+            from client.runners import describe_failure
+
+            exc = RuntimeError(describe_failure(e))  # one line; "the server is gone" when it is
         self.environment.events.request.fire(
             request_type=self.protocol, name=f"{self.model} x{self.batch}",
             response_time=(time.perf_counter() - t0) * 1e3, response_length=size, exception=exc, context={})

@@ -39,7 +39,11 @@ class TritonPythonModel:
         self.size = (int(dims[0]), int(dims[1]))
         buckets = tuple(int(b) for b in params.get("buckets", "1,2,4,8,16").split(","))
         mode = params.get("compile_mode", "default") or None
-        seg = build_fast(os.path.join(here, params["weights_file"]), str(self.device),
+        weights = os.path.realpath(os.path.join(here, params["weights_file"]))
+        if os.path.commonpath([os.path.realpath(here), weights]) != os.path.realpath(here):
+            raise pb_utils.TritonModelException(f"weights_file {params['weights_file']!r} is outside the model "
+                                                "directory: a model reads only files inside its own directory")
+        seg = build_fast(weights, str(self.device),
                          compile_mode=None if mode == "none" else mode,
                          fused_mixffn=params.get("fused_mixffn", "0") == "1")
         self.runner = GraphedSegmenter(seg, self.size, buckets)

@@ -11,7 +11,7 @@ import sys
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segformer_batching.py, copied beside us
-from segformer_batching import execute  # noqa: E402
+from segformer_batching import execute, inside  # noqa: E402
 
 
 class TritonPythonModel:
@@ -20,7 +20,7 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
+        path = inside(os.path.join(args["model_repository"], args["model_version"]), params.get("onnx_file", "model.onnx"))
         if not os.path.isfile(path):
             raise pb_utils.TritonModelException(f"{path} is missing: rebuild the repository with `make repo`")
         opts = ort.SessionOptions()

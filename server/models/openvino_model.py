@@ -13,7 +13,7 @@ import sys
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segformer_batching.py, copied beside us
-from segformer_batching import execute  # noqa: E402
+from segformer_batching import execute, inside  # noqa: E402
 
 
 class TritonPythonModel:
@@ -23,13 +23,13 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = os.path.join(args["model_repository"], args["model_version"])
-        path = os.path.join(folder, params.get("plan_file", "plan.json"))
+        path = inside(folder, params.get("plan_file", "plan.json"))
         if not os.path.isfile(path):
             raise pb_utils.TritonModelException(f"{path} is missing: rebuild the repository with `make repo`")
         with open(path) as f:
             self.parts = json.load(f)["parts"]
         self.core = ov.Core()
-        self.models = [self.core.read_model(os.path.join(folder, p["file"])) for p in self.parts]
+        self.models = [self.core.read_model(inside(folder, p["file"])) for p in self.parts]
         self.threads = int(params.get("threads", "0") or 0)
         self.compiled = {}
         self.outputs = [o["name"] for o in config["output"]]

@@ -5,8 +5,21 @@ Requests queued together by Triton's dynamic batcher are run as one batch per in
 get several shapes); a size outside a dynamic row's range is refused for that request alone; a failing batch
 answers each of its requests with the error. The server stays up.
 """
+import os
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+def inside(folder: str, name: str) -> str:
+    """`folder/name`, refused unless it stays inside `folder` (config parameters name files; they may not point
+    elsewhere on the server)."""
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root:
+        raise pb_utils.TritonModelException(f"{name!r} is outside the model directory {root}: a model reads only "
+                                            "files inside its own directory; rebuild it with `make repo`")
+    return path
 
 
 def size_error(shape, size_range):
