@@ -117,3 +117,33 @@ def test_encoded_input_without_torchvision_is_a_clear_error_and_raw_requests_sti
     out = model.execute([_encoded("PNG", 0), _raw(1, 32)])
     assert "needs torchvision" in out[0].error.msg
     assert out[1].error is None and (out[1].output_tensors[0].t == 2).all()
+
+
+def test_the_bad_input_corpus_as_encoded_bytes_each_gets_its_own_answer(model, tmp_path):
+    from tests.integration.test_bad_inputs import make_corpus
+
+    corpus = {n: v for n, v in make_corpus(tmp_path / "corpus").items() if v[0].is_file()}
+    corpus.pop("bomb.png")  # 96 Mpx: the stand-in decoder (Pillow) refuses it like the file client does
+    rng = np.random.default_rng(0)
+    blobs = {n: p.read_bytes() for n, (p, _) in corpus.items()}
+    blobs["garbage"] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    blobs["garbage_jpeg_magic"] = b"\xff\xd8" + rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    names = list(blobs)
+    requests = [{"encoded": _Tensor("encoded", torch.frombuffer(bytearray(b), dtype=torch.uint8)[None]
+                                    if b else torch.zeros((1, 0), dtype=torch.uint8))} for b in blobs.values()]
+    out = []
+    for i in range(0, len(requests), 3):  # batches within the stand-in's staging size (4 images)
+        chunk = requests[i:i + 3] + [_raw(1, 64)]  # a good request rides along in every batch
+        answers = model.execute(chunk)
+        assert len(answers) == len(chunk) and answers[-1].error is None
+        assert (answers[-1].output_tensors[0].t == 4).all()
+        out += answers[:-1]
+    out.append(answers[-1])
+    for name, r in zip(names, out):
+        bad = name.startswith("garbage") or corpus.get(name, (None, "error"))[1] == "error"
+        if bad:
+            assert r.error is not None and "not a readable JPEG/PNG" in r.error.msg, name
+            assert len(r.error.msg.splitlines()) == 1, name
+        else:
+            assert r.error is None and r.output_tensors[0].t.shape == (1, *SIZE), name
+    assert out[-1].error is None and (out[-1].output_tensors[0].t == 4).all()  # the good raw request is served
