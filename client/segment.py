@@ -8,7 +8,8 @@ the default: scaled into a fixed-size model's input and padded, or sent at its o
 dynamic-size model; `--resize stretch` squashes it to the input size instead; `--slide` runs sliding-window
 inference over model-size crops, averaging the logits), infer, bring the labels back to the image size
 (nearest), write NAME_labels.png (indexed PNG: pixel = class id) and NAME_overlay.png, and print the pixel share
-of every class found.
+of every class found. Video files (and, with --video, folders of frames) are segmented with several requests in
+flight into NAME_overlay.mp4 (and with --labels one label PNG per frame): see client.video.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def segment_files(paths: list[Path], runner: TritonRunner, out: Path, quiet: boo
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m client.segment", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
+    ap.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...), video files or (with "
+                    "--video) frame folders")
     ap.add_argument("--url", default=None, help="server address (default localhost:8000 http, :8001 grpc)")
     ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
     ap.add_argument("--model", default="segformer_b1", help="served model name (default segformer_b1)")
@@ -69,6 +71,12 @@ def main(argv=None) -> int:
     ap.add_argument("--slide", action="store_true", help="sliding-window inference over model-size crops (needs a "
                     "model with a logits output)")
     ap.add_argument("--stride", help="--slide step HxW (default 3/4 of the model's input)")
+    ap.add_argument("--video", action="store_true", help="treat a folder as the frames of one video (sorted by "
+                    "name, same size); video files (.mp4, .mkv, .avi, .mov, .webm ...) are found by their suffix")
+    ap.add_argument("--in-flight", type=int, help="video: requests in flight (default: twice the model's max batch, "
+                    "2..16)")
+    ap.add_argument("--labels", action="store_true", help="video: also write one indexed label PNG per frame")
+    ap.add_argument("--fps", type=float, help="video: frame rate of a frame folder (default 30) or to override")
     args = ap.parse_args(argv)
     try:
         from segformer.config import parse_size
@@ -76,6 +84,10 @@ def main(argv=None) -> int:
         stride = parse_size(args.stride) if args.stride else None
     except ValueError as exc:
         ap.error(str(exc))
+    from client.video import is_video
+
+    if any(is_video(p) or (args.video and p.is_dir()) for p in args.images):
+        return _videos(args)
     runner = TritonRunner(args.model, args.url, args.protocol, args.timeout)
     try:
         for p in args.images:  # fail before contacting the server when a file is unusable
@@ -88,6 +100,36 @@ def main(argv=None) -> int:
         return 130
     finally:
         runner.deactivate()
+    return 0
+
+
+def _videos(args) -> int:
+    """Video files and frame folders: one overlay video each (see client.video)."""
+    from client.video import VideoError, default_in_flight, format_summary, open_source, segment_video
+
+    def make_runner():
+        return TritonRunner(args.model, args.url, args.protocol, args.timeout)
+    try:
+        for p in args.images:
+            src = open_source(p, args.fps)
+            probe = make_runner()
+            in_flight = args.in_flight or default_in_flight(probe.activate())
+            probe.deactivate()
+            summary = segment_video(src, make_runner, args.out, in_flight, labels=args.labels,
+                                    mode="slide" if args.slide else args.resize)
+            print(format_summary(summary))
+            if summary["stopped"]:
+                if summary["stopped"].startswith("interrupted"):
+                    print(f"{summary['stopped']}: the {summary['frames']} frames before it are written", file=sys.stderr)
+                    return 130
+                print(f"error: {p}: {summary['stopped']}; the {summary['frames']} frames before it are written to "
+                      f"{summary['video']}", file=sys.stderr)
+                return 2
+    except (VideoError, ImageError, RunnerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

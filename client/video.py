@@ -1,0 +1,304 @@
+"""Video in, video out: segment every frame of a video file (or a folder of frames) with several requests in flight.
+
+    python -m client.segment drive.mp4 [--out out/] [--model segformer_b1] [--in-flight N] [--labels]
+    python -m client.segment frames/ --video [--fps 30]
+
+Frames are decoded with PyAV, sent by --in-flight threads (each with its own connection) so that Triton's dynamic
+batcher sees full batches, and written in their order however the answers arrive: ``NAME_overlay.mp4`` (the
+input's size and frame rate; H.264 where the encoder is there, else MPEG-4 Part 2, said once) and with
+``--labels`` one indexed PNG per frame (pixel = class id) in ``NAME_labels/``. A progress bar shows frames and
+frames per second; the summary gives frames, end-to-end fps, the server's compute rate and p50/p99 latency per
+frame. A video that stops decoding part-way, a server that goes away or Ctrl-C end the run with the frames done
+so far written and the output closed (playable), and a message that says which frame it stopped at.
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from client.preprocess import ImageError, load_image
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".y4m")
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class VideoError(ImageError):
+    """A video or frame folder that cannot be used; the message names the file and the fix."""
+
+
+def is_video(path: Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclass
+class Source:
+    """Frames of a video file or a frame folder: .frames() yields uint8 RGB arrays; .stopped says why it ended early."""
+
+    path: Path
+    fps: float
+    size: tuple[int, int]  # W, H
+    count: int | None
+    files: list[Path] = field(default_factory=list)
+    stopped: str | None = None
+
+    def frames(self):
+        if self.files:
+            for f in self.files:
+                image = load_image(f)
+                if (image.shape[1], image.shape[0]) != self.size:
+                    self.stopped = f"{f.name} is {image.shape[1]}x{image.shape[0]}, not {self.size[0]}x{self.size[1]}"
+                    return
+                yield image
+            return
+        import av
+
+        n = 0
+        try:
+            with av.open(str(self.path)) as box:
+                for frame in box.decode(video=0):
+                    yield frame.to_ndarray(format="rgb24")
+                    n += 1
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            self.stopped = f"decoding stopped after frame {n}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+def open_source(path: Path, fps: float | None = None) -> Source:
+    """A Source for a video file or a folder of same-size frames; VideoError with the fix otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
+        if not files:
+            raise VideoError(f"{path}: no frames ({', '.join(FRAME_SUFFIXES)}) in this folder")
+        first = load_image(files[0])
+        return Source(path, fps or 30.0, (first.shape[1], first.shape[0]), len(files), files)
+    if not path.is_file():
+        raise VideoError(f"{path}: no such file")
+    import av
+
+    try:
+        box = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoError(f"{path}: not a video PyAV can read ({str(exc).splitlines()[0]})") from None
+    with box:
+        if not box.streams.video:
+            raise VideoError(f"{path}: has no video stream (audio or data only)")
+        s = box.streams.video[0]
+        if s.codec_context is None or not s.codec_context.name:
+            raise VideoError(f"{path}: unsupported video codec")
+        rate = float(s.average_rate or s.base_rate or 0) or fps or 30.0
+        count = s.frames or None
+        try:  # decode the first frame now: an unsupported codec or an empty stream is an error before any work
+            first = next(box.decode(video=0), None)
+        except (av.FFmpegError, ValueError) as exc:
+            raise VideoError(f"{path}: cannot decode its video stream ({s.codec_context.name}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        if first is None:
+            raise VideoError(f"{path}: the video stream has no frames")
+        return Source(path, fps or rate, (first.width, first.height), count)
+
+
+class Writer:
+    """Overlay video (+ optional label PNGs), frames accepted in index order only; close() is always safe."""
+
+    def __init__(self, out: Path, stem: str, size, fps: float, labels: bool, note=print):
+        import av
+
+        out.mkdir(parents=True, exist_ok=True)
+        self.video_path = out / f"{stem}_overlay.mp4"
+        self.labels_dir = out / f"{stem}_labels" if labels else None
+        if self.labels_dir:
+            self.labels_dir.mkdir(exist_ok=True)
+        self.box = av.open(str(self.video_path), "w")
+        w, h = size
+        codec, pix = ("libx264", "yuv420p") if w % 2 == 0 and h % 2 == 0 else ("libx264rgb", "rgb24")
+        try:
+            self.stream = self.box.add_stream(codec, rate=_fraction(fps))
+        except (av.FFmpegError, ValueError):
+            codec, pix = "mpeg4", "yuv420p"
+            note(f"note: no H.264 encoder in this PyAV build; writing MPEG-4 Part 2 ({self.video_path.name})")
+            self.stream = self.box.add_stream(codec, rate=_fraction(fps))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, pix
+        if codec.startswith("libx264"):
+            self.stream.options = {"crf": "18", "preset": "veryfast"}
+        self.codec, self.written = codec, 0
+
+    def write(self, overlay: np.ndarray, labels: np.ndarray, palette) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(overlay), format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.box.mux(packet)
+        if self.labels_dir is not None:
+            from client.visualize import palette_png, save_png
+
+            save_png(palette_png(labels, palette), self.labels_dir / f"{self.written:06d}.png")
+        self.written += 1
+
+    def close(self) -> None:
+        if self.box is None:
+            return
+        try:
+            for packet in self.stream.encode():
+                self.box.mux(packet)
+        finally:
+            self.box.close()
+            self.box = None
+
+
+def _fraction(fps: float):
+    from fractions import Fraction
+
+    return Fraction(fps).limit_denominator(1001)
+
+
+def segment_video(source: Source, make_runner, out: Path, in_flight: int, labels: bool = False,
+                  mode: str = "fit", progress: bool = True) -> dict:
+    """Segment every frame with `in_flight` worker threads (one runner each, from make_runner()) and write the
+    outputs in frame order. Returns the summary; raises nothing for a partial run (summary['stopped'] says why)."""
+    from tqdm import tqdm
+
+    from client.placement import predict
+    from client.runners import RunnerError
+    from client.visualize import overlay
+
+    runners = [make_runner() for _ in range(max(1, in_flight))]
+    info = runners[0].activate()
+    for r in runners[1:]:
+        r.activate()
+    todo: queue.Queue = queue.Queue(maxsize=2 * len(runners))
+    done: dict[int, tuple] = {}
+    cond = threading.Condition()
+    failed: list[str] = []
+    latencies: list[float] = []
+
+    def work(runner):
+        while True:
+            item = todo.get()
+            if item is None:
+                return
+            i, image = item
+            t0 = time.perf_counter()
+            try:
+                lab = predict(image, runner, mode)
+                result = (image, lab, None)
+            except (RunnerError, ValueError) as exc:
+                result = (image, None, f"frame {i}: {exc}")
+            with cond:
+                latencies.append(time.perf_counter() - t0)
+                done[i] = result
+                cond.notify_all()
+
+    threads = [threading.Thread(target=work, args=(r,), daemon=True) for r in runners]
+    for t in threads:
+        t.start()
+    writer = Writer(out, source.path.stem if source.path.is_file() else source.path.name, source.size, source.fps,
+                    labels, note=lambda m: print(m, file=sys.stderr))
+    stats0 = _server_stats(runners[0])
+    bar = tqdm(total=source.count, unit="frame", desc=source.path.name, disable=not progress, dynamic_ncols=True)
+    t_start, sent, next_out, stopped = time.perf_counter(), 0, 0, None
+
+    def drain(until: int, block: bool):
+        nonlocal next_out, stopped
+        while next_out < until and stopped is None:
+            with cond:
+                while next_out not in done:
+                    if not block:
+                        return
+                    cond.wait(timeout=1.0)
+                image, lab, err = done.pop(next_out)
+            if err is not None:
+                stopped = err
+                return
+            writer.write(overlay(image, lab, info.palette), lab, info.palette)
+            next_out += 1
+            bar.update(1)
+            bar.set_postfix(fps=f"{next_out / (time.perf_counter() - t_start):.1f}")
+
+    try:
+        try:
+            for image in source.frames():
+                if stopped is not None:
+                    break
+                todo.put((sent, image))
+                sent += 1
+                drain(sent, block=False)
+            drain(sent, block=True)
+        except ImageError as exc:
+            stopped = f"frame {sent}: {exc}"
+            drain(sent, block=True)
+        if stopped is None and source.stopped:
+            stopped = source.stopped
+    except KeyboardInterrupt:
+        stopped = f"interrupted (Ctrl-C) at frame {next_out}"
+    finally:
+        for _ in threads:
+            try:
+                todo.put_nowait(None)
+            except queue.Full:
+                pass
+        writer.close()
+        bar.close()
+    wall = time.perf_counter() - t_start
+    stats1 = _server_stats(runners[0])
+    for r in runners:
+        r.deactivate()
+    lat = np.array(latencies[: max(1, next_out)]) * 1e3
+    served = None
+    if stats0 and stats1 and stats1[1] > stats0[1]:
+        served = (stats1[0] - stats0[0]) / ((stats1[1] - stats0[1]) / 1e9)
+    return {"source": str(source.path), "frames": next_out, "sent": sent, "fps": source.fps,
+            "size": list(source.size), "in_flight": len(runners), "wall_s": wall,
+            "fps_end_to_end": next_out / wall if wall > 0 else 0.0, "server_compute_fps": served,
+            "p50_ms": float(np.percentile(lat, 50)) if next_out else None,
+            "p99_ms": float(np.percentile(lat, 99)) if next_out else None,
+            "video": str(writer.video_path), "codec": writer.codec,
+            "labels": str(writer.labels_dir) if writer.labels_dir else None, "stopped": stopped}
+
+
+def _server_stats(runner) -> tuple[int, int] | None:
+    """(images inferred, compute ns) for the runner's model from Triton's statistics API, or None."""
+    try:
+        s = runner.client.get_inference_statistics(runner.model)
+        if not isinstance(s, dict):
+            from google.protobuf.json_format import MessageToDict
+
+            s = MessageToDict(s, preserving_proto_field_name=True)
+        m = s["model_stats"][0]
+        infer = m["inference_stats"]
+        return int(m.get("inference_count", 0)), int(infer["compute_infer"]["ns"])
+    except Exception:  # noqa: BLE001 - statistics are optional in the summary
+        return None
+
+
+def default_in_flight(info) -> int:
+    """Enough requests in flight to fill the model's preferred batch twice over (at least 2, at most 16)."""
+    return int(min(16, max(2, 2 * max(1, info.max_batch))))
+
+
+def format_summary(s: dict) -> str:
+    line = (f"{s['source']}: {s['frames']} frames {s['size'][0]}x{s['size'][1]} at {s['fps']:.2f} fps, "
+            f"{s['fps_end_to_end']:.2f} fps end to end ({s['in_flight']} in flight)")
+    if s["server_compute_fps"]:
+        line += f", server compute {s['server_compute_fps']:.1f} img/s"
+    if s["p50_ms"] is not None:
+        line += f"; latency per frame p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms"
+    line += f"\nwrote {s['video']} ({s['codec']})" + (f" and {s['labels']}/" if s["labels"] else "")
+    return line
+
+
+def save_frames(video: Path, folder: Path) -> list[Path]:
+    """Every frame of `video` as PNG in `folder` (000000.png, ...): the frames exactly as the client decodes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    src = open_source(video)
+    out = []
+    for i, frame in enumerate(src.frames()):
+        out.append(folder / f"{i:06d}.png")
+        Image.fromarray(frame).save(out[-1])
+    return out
