@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     atomic_write_bytes(a.out.with_suffix(".json"), (json.dumps(result, indent=1) + "\n").encode())
     md = [f"# Video through `client.segment`: {a.model}", "",
           f"{a.seconds:.0f} s clip, {a.size[1]}x{a.size[0]} at {a.fps:g} fps ({rows[0]['frames']} frames); "
-          f"{result['machine']}", "", "| in flight | fps end to end | server compute img/s | p50 ms | p99 ms |",
+          f"{result['machine']}", "", "| in flight | fps end to end | model compute img/s | p50 ms | p99 ms |",
           "|---:|---:|---:|---:|---:|"]
     for r in rows:
         mark = " (best)" if r is best else ""

@@ -251,8 +251,8 @@ def segment_video(source: Source, make_runner, out: Path, in_flight: int, labels
         r.deactivate()
     lat = np.array(latencies[: max(1, next_out)]) * 1e3
     served = None
-    if stats0 and stats1 and stats1[1] > stats0[1]:
-        served = (stats1[0] - stats0[0]) / ((stats1[1] - stats0[1]) / 1e9)
+    if stats0 and stats1 and stats1[1] > stats0[1]:  # what the model could do if it never waited for frames
+        served = (stats1[0] - stats0[0]) / (stats1[1] - stats0[1])
     return {"source": str(source.path), "frames": next_out, "sent": sent, "fps": source.fps,
             "size": list(source.size), "in_flight": len(runners), "wall_s": wall,
             "fps_end_to_end": next_out / wall if wall > 0 else 0.0, "server_compute_fps": served,
@@ -262,8 +262,10 @@ def segment_video(source: Source, make_runner, out: Path, in_flight: int, labels
             "labels": str(writer.labels_dir) if writer.labels_dir else None, "stopped": stopped}
 
 
-def _server_stats(runner) -> tuple[int, int] | None:
-    """(images inferred, compute ns) for the runner's model from Triton's statistics API, or None."""
+def _server_stats(runner) -> tuple[int, float] | None:
+    """(images inferred, seconds the model spent computing) for the runner's model from Triton's statistics API,
+    or None. Triton adds a batch's compute time to each request in it, so the batches' time is the per-request
+    average times the number of executions."""
     try:
         s = runner.client.get_inference_statistics(runner.model)
         if not isinstance(s, dict):
@@ -271,8 +273,10 @@ def _server_stats(runner) -> tuple[int, int] | None:
 
             s = MessageToDict(s, preserving_proto_field_name=True)
         m = s["model_stats"][0]
-        infer = m["inference_stats"]
-        return int(m.get("inference_count", 0)), int(infer["compute_infer"]["ns"])
+        compute = m.get("inference_stats", {}).get("compute_infer", {})  # absent until the first request
+        requests = int(compute.get("count", 0))
+        seconds = int(compute.get("ns", 0)) / 1e9 / requests * int(m.get("execution_count", 0)) if requests else 0.0
+        return int(m.get("inference_count", 0)), seconds
     except Exception:  # noqa: BLE001 - statistics are optional in the summary
         return None
 
@@ -286,7 +290,7 @@ def format_summary(s: dict) -> str:
     line = (f"{s['source']}: {s['frames']} frames {s['size'][0]}x{s['size'][1]} at {s['fps']:.2f} fps, "
             f"{s['fps_end_to_end']:.2f} fps end to end ({s['in_flight']} in flight)")
     if s["server_compute_fps"]:
-        line += f", server compute {s['server_compute_fps']:.1f} img/s"
+        line += f", the model computes {s['server_compute_fps']:.1f} img/s (Triton's statistics)"
     if s["p50_ms"] is not None:
         line += f"; latency per frame p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms"
     line += f"\nwrote {s['video']} ({s['codec']})" + (f" and {s['labels']}/" if s["labels"] else "")
