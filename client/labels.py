@@ -17,7 +17,7 @@ from segformer.config import CAMVID_TO_CITYSCAPES, CITYSCAPES_ID_TO_TRAINID
 
 IGNORE = 255
 FORMATS = ("auto", "trainids", "cityscapes-ids", "camvid")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 
 
 class LabelError(ValueError):

@@ -127,7 +127,8 @@ def paced(url, model, frames, rate: float | None, in_flight: int, duration: floa
     return [(t - t_start, ms, err) for t, ms, err in sorted(records)], samples
 
 
-def summarise(requests: list, samples: list, duration: float, warmup: float, window: float = 30.0) -> dict:
+def summarise(requests: list, samples: list, duration: float, warmup: float, window: float | None = None) -> dict:
+    window = window or max(1.0, min(30.0, duration / 10))  # 30 s windows; at least 10 windows in a short run
     ok = [(t, ms) for t, ms, err in requests if err is None]
     errors = [err for _, _, err in requests if err is not None]
     windows = []
@@ -162,7 +163,7 @@ def figure(result: dict, path: Path) -> None:
     ws = s["windows"]
     a1.plot([w["t"] / 60 for w in ws], [w["p50_ms"] for w in ws], marker=".", label="p50")
     a1.plot([w["t"] / 60 for w in ws], [w["p99_ms"] for w in ws], marker=".", label="p99")
-    a1.set(xlabel="minutes", ylabel="ms per request", title=f"{result['model']}: latency per 30 s window")
+    a1.set(xlabel="minutes", ylabel="ms per request", title=f"{result['model']}: p50 / p99 per window")
     a1.legend()
     sm = result["samples"]
     a2.plot([x["t"] / 60 for x in sm], [x["rss_mb"] for x in sm], label="server RSS (MB)")

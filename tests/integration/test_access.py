@@ -23,8 +23,19 @@ def _listening(port: int) -> set[str]:
             local, state = line.split()[1], line.split()[3]
             addr, p = local.split(":")
             if state == "0A" and int(p, 16) == port:  # 0A = LISTEN
-                found.add("127.0.0.1" if addr == "0100007F" else "0.0.0.0" if set(addr) == {"0"} else addr)
+                found.add(_address(addr))
     return found
+
+
+def _address(hex_addr: str) -> str:
+    """/proc/net/tcp{,6} local address -> text; IPv4-mapped IPv6 (::ffff:a.b.c.d) shown as IPv4."""
+    if set(hex_addr) == {"0"}:
+        return "0.0.0.0"
+    if len(hex_addr) == 32 and hex_addr.startswith("0000000000000000FFFF0000"):
+        hex_addr = hex_addr[24:]
+    if len(hex_addr) == 8:
+        return ".".join(str(int(hex_addr[i:i + 2], 16)) for i in (6, 4, 2, 0))
+    return "::1" if hex_addr == "00000000000000000000000001000000" else hex_addr
 
 
 def _post(url: str, headers: dict | None = None) -> tuple[int, str]:

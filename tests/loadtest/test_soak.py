@@ -20,7 +20,7 @@ def test_30_second_soak_of_the_null_model(server, tmp_path, capsys):
     assert r["probe"]["img_per_s"] > 0 and r["rate"] == pytest.approx(0.8 * r["probe"]["img_per_s"])
     assert s["failures"] == 0 and s["requests"] >= 0.9 * r["rate"] * 30  # paced at the asked rate
     assert len(r["samples"]) >= 10 and all(x["rss_mb"] > 10 for x in r["samples"])  # Triton + stubs
-    assert s["rss_drift"] is not None and s["p99_slope_ms_per_min"] is not None and len(s["windows"]) == 1
+    assert s["rss_drift"] is not None and s["p99_slope_ms_per_min"] is not None and len(s["windows"]) >= 8
     assert "0 failed" in printed and (out / "soak.png").stat().st_size > 10_000
 
 
