@@ -29,6 +29,7 @@ from client.labels import FORMATS, LabelError, find_label, list_images, load_lab
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from client.placement import MODES, predict
 from client.preprocess import ImageError, load_image
+from client.endpoints import MultiRunner
 from client.runners import RunnerError, TritonRunner, is_local, make_runner, served_models
 
 VERDICTS = ((0.005, "good"), (0.02, "marginal"), (float("inf"), "bad"))
@@ -50,7 +51,7 @@ class RunnerPool:
         for spec in specs:  # activate once up front: errors surface before any work starts
             r = self._make(spec)
             self.info[spec] = r.info
-            if not isinstance(r, TritonRunner):
+            if not isinstance(r, (TritonRunner, MultiRunner)):  # local runners are shared; clients are per thread
                 self.shared[spec] = r
 
     def _make(self, spec):
@@ -217,7 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", required=True, help="comma-separated models to compare with the reference")
     ap.add_argument("--reference", help="reference model (default: the first of --models); may be "
                                         "torch:WEIGHTS or onnx:PATH for a local FP32 reference")
-    ap.add_argument("--url", help="server address (default localhost:8000 http, localhost:8001 grpc)")
+    ap.add_argument("--url", help="server address (default localhost:8000 http, localhost:8001 grpc); several as "
+                    "a:8001,b:8001 spread the requests and skip one that goes away")
     ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
     ap.add_argument("--size", help="input HxW for local models whose graph does not fix it")
     ap.add_argument("--limit", type=int, help="use only the first N images")

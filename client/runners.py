@@ -303,13 +303,21 @@ class TorchRunner(_Runner):
 
 
 def served_models(url: str | None = None, protocol: str = "http", timeout: float = 30.0) -> list[str]:
-    """Names of the models READY on the server (RunnerError when it cannot be reached)."""
-    r = TritonRunner("", url, protocol, timeout)
-    try:
-        r.connect()
-        return r.served_models()
-    finally:
-        r.deactivate()
+    """Names of the models loaded on the server, or on any of `a,b,...` that answers (RunnerError when none does)."""
+    urls = [u.strip() for u in (url or "").split(",") if u.strip()] or [None]
+    names, errors = set(), []
+    for u in urls:
+        r = TritonRunner("", u, protocol, timeout)
+        try:
+            r.connect()
+            names |= set(r.served_models())
+        except RunnerError as exc:
+            errors.append(str(exc))
+        finally:
+            r.deactivate()
+    if len(errors) == len(urls):
+        raise RunnerError("; ".join(errors))
+    return sorted(names)
 
 
 def is_local(spec: str) -> bool:
@@ -327,4 +335,6 @@ def make_runner(spec: str, url: str | None = None, protocol: str = "http", timeo
         if not name:
             raise RunnerError("torch reference needs weights: use torch:NAME (e.g. torch:segformer-b1-camvid)")
         return TorchRunner(name, size)
-    return TritonRunner(spec, url, protocol, timeout)
+    from client.endpoints import triton_runner
+
+    return triton_runner(spec, url, protocol, timeout)

@@ -22,11 +22,12 @@ from PIL import Image
 
 from client.placement import place, predict
 from client.preprocess import ImageError, load_image
-from client.runners import RunnerError, TritonRunner
+from client.endpoints import triton_runner
+from client.runners import RunnerError
 from client.visualize import class_table, format_table, overlay, palette_png, save_png
 
 
-def segment_files(paths: list[Path], runner: TritonRunner, out: Path, quiet: bool = False, mode: str = "fit",
+def segment_files(paths: list[Path], runner, out: Path, quiet: bool = False, mode: str = "fit",
                   stride: tuple[int, int] | None = None) -> list[dict]:
     info = runner.info or runner.activate()
     try:
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...), video files or (with "
                     "--video) frame folders")
-    ap.add_argument("--url", default=None, help="server address (default localhost:8000 http, :8001 grpc)")
+    ap.add_argument("--url", default=None, help="server address (default localhost:8000 http, :8001 grpc); several "
+                    "as a:8001,b:8001 spread requests over them and skip one that goes away")
     ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
     ap.add_argument("--model", default="segformer_b1", help="served model name (default segformer_b1)")
     ap.add_argument("--out", type=Path, default=Path("out"), help="folder for the PNGs (default ./out)")
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
 
     if any(is_video(p) or (args.video and p.is_dir()) for p in args.images):
         return _videos(args)
-    runner = TritonRunner(args.model, args.url, args.protocol, args.timeout)
+    runner = triton_runner(args.model, args.url, args.protocol, args.timeout)
     try:
         for p in args.images:  # fail before contacting the server when a file is unusable
             load_image(p)
@@ -108,7 +110,7 @@ def _videos(args) -> int:
     from client.video import VideoError, default_in_flight, format_summary, open_source, segment_video
 
     def make_runner():
-        return TritonRunner(args.model, args.url, args.protocol, args.timeout)
+        return triton_runner(args.model, args.url, args.protocol, args.timeout)
     try:
         for p in args.images:
             src = open_source(p, args.fps)

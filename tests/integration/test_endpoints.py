@@ -1,0 +1,71 @@
+"""Clients over several servers (`--url a,b`): requests spread round robin, a server killed mid-run is dropped
+with one warning and no request is lost; with none left, one error names each."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from build.repository import write_repository
+from build.variants import PYTHON_NULL, ServingVariant
+from client.endpoints import MultiRunner, triton_runner
+from client.runners import RunnerError, TritonRunner, served_models
+from client.segment import main as segment_main
+from server.serve import start, stop_pid
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.integration
+SIZE = (64, 64)
+
+
+@pytest.fixture
+def two_servers(tmp_path):
+    repo = tmp_path / "repo"
+    write_repository([ServingVariant("null", "segformer-b0-camvid", PYTHON_NULL, size=SIZE, max_batch=4)], repo,
+                     log=lambda *_: None, cache_dir=tmp_path / "cache")
+    servers = []
+    for k in range(2):
+        ports = [free_port(), free_port(), free_port()]
+        servers.append((start(repo, *ports, state=tmp_path / f"state{k}"), ports))
+    yield servers
+    for proc, _ in servers:
+        stop_pid(proc.pid)
+
+
+def _count(port) -> int:
+    with TritonRunner("null", f"localhost:{port}", "grpc") as r:
+        stats = r.client.get_inference_statistics("null", as_json=True)
+        return int(stats["model_stats"][0].get("inference_count", 0))
+
+
+def test_round_robin_failover_and_none_left(two_servers, capsys):
+    (a, pa), (b, pb) = two_servers
+    urls = f"localhost:{pa[1]},localhost:{pb[1]}"
+    notes = []
+    r = MultiRunner("null", urls.split(","), "grpc", 10.0, note=notes.append)
+    x = np.zeros((1, *SIZE, 3), np.uint8)
+    r.activate()
+    for _ in range(10):
+        assert r.infer(x).shape == (1, *SIZE)
+    assert _count(pa[1]) == 5 and _count(pb[1]) == 5  # round robin
+    os.kill(b.pid, signal.SIGKILL)
+    b.wait(timeout=10)
+    for _ in range(10):  # every request still answered: the one that hit the dead server went to the live one
+        assert r.infer(x).shape == (1, *SIZE)
+    assert len(notes) == 1 and f"localhost:{pb[1]} dropped" in notes[0] and "server is gone" in notes[0]
+    assert _count(pa[1]) == 15
+    assert served_models(urls, "grpc") == ["null"]  # listing skips the dead one
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait(timeout=10)
+    with pytest.raises(RunnerError, match="no Triton server left: .*8"):
+        r.infer(x)
+    r.deactivate()
+
+
+def test_segment_cli_takes_several_urls(two_servers, tmp_path, capsys):
+    (a, pa), (b, pb) = two_servers
+    sample = ROOT / "samples" / "camvid_0001TP_008550.jpg"
+    urls = f"localhost:{pa[0]},localhost:{pb[0]}"
+    assert isinstance(triton_runner("null", urls), MultiRunner)
+    assert segment_main([str(sample), str(sample), "--url", urls, "--model", "null", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "camvid_0001TP_008550_labels.png").is_file()
