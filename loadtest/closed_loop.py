@@ -40,6 +40,14 @@ def _first_line(exc: BaseException) -> str:
 
     return describe_failure(exc)[:300]
 
+def _distinct(errors: list[str], n: int = 8) -> list[str]:
+    """The first `n` different messages, each with how often it came."""
+    counts: dict[str, int] = {}
+    for e in errors:
+        counts[e] = counts.get(e, 0) + 1
+    return [f"{e} (x{c})" if c > 1 else e for e, c in list(counts.items())[:n]]
+
+
 def _frames(size, folder: str, n: int = 8) -> list[np.ndarray]:
     if folder:
         from client.labels import list_images
@@ -59,32 +67,42 @@ def _jpeg(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, out: list, errors: list):
+def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, out: list, errors: list,
+            first: int = 0):
+    """One request in flight until stop_at. With several --url servers the thread starts on server `first` and,
+    when its server goes away, moves on to the next (the failed request is counted, never retried silently)."""
     import tritonclient.grpc as grpcclient
     import tritonclient.utils.shared_memory as shm
 
-    client = grpcclient.InferenceServerClient(args.url)
+    urls = [u for u in args.url.split(",") if u]
     h, w = size
     out_bytes = args.batch * h * w
-    regions = []
-    try:
-        oname = f"out_{tag}"
-        ohandle = shm.create_shared_memory_region(oname, f"/{oname}", out_bytes)
-        regions.append((oname, ohandle))
+    batches = [np.stack([frames[(i + j) % len(frames)] for j in range(args.batch)]) for i in range(len(frames))]
+    in_bytes = batches[0].nbytes
+    oname, iname = f"out_{tag}", f"in_{tag}"
+    regions = [(oname, shm.create_shared_memory_region(oname, f"/{oname}", out_bytes))]
+    if args.payload == "raw-shm":
+        regions.append((iname, shm.create_shared_memory_region(iname, f"/{iname}", in_bytes)))
+    ihandle = regions[-1][1]
+    state = {"client": None, "k": first}
+
+    def connect():
+        if state["client"] is not None:
+            state["client"].close()
+        client = grpcclient.InferenceServerClient(urls[state["k"] % len(urls)])
         client.register_system_shared_memory(oname, f"/{oname}", out_bytes)
+        if args.payload == "raw-shm":
+            client.register_system_shared_memory(iname, f"/{iname}", in_bytes)
+        state["client"] = client
+
+    try:
         output = grpcclient.InferRequestedOutput("labels")
         output.set_shared_memory(oname, out_bytes)
-        batches = [np.stack([frames[(i + j) % len(frames)] for j in range(args.batch)]) for i in range(len(frames))]
-        if args.payload == "raw-shm":
-            iname = f"in_{tag}"
-            in_bytes = batches[0].nbytes
-            ihandle = shm.create_shared_memory_region(iname, f"/{iname}", in_bytes)
-            regions.append((iname, ihandle))
-            client.register_system_shared_memory(iname, f"/{iname}", in_bytes)
-        elif args.payload == "jpeg":
+        if args.payload == "jpeg":
             if args.batch != 1:
                 raise ValueError("--payload jpeg sends one image per request: use --batch 1")
             blobs = [np.frombuffer(_jpeg(f), np.uint8)[None] for f in frames]
+        connect()
         i = 0
         while time.perf_counter() < stop_at:
             k = i % len(batches)
@@ -100,27 +118,45 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
                 else:
                     inp.set_data_from_numpy(batches[k])
             t0 = time.perf_counter()
+            gone = False
             try:
-                client.infer(args.model, [inp], outputs=[output], client_timeout=args.timeout)
+                state["client"].infer(args.model, [inp], outputs=[output], client_timeout=args.timeout)
                 ok = True
             except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
                 ok = False
-                if len(errors) < 3:
-                    errors.append(_first_line(exc))
+                msg = _first_line(exc)
+                gone = msg.startswith("the server is gone")
+                if len(errors) < 3 or (gone and len(urls) > 1):
+                    errors.append(msg if len(urls) == 1 else f"{urls[state['k'] % len(urls)]}: {msg}")
             t1 = time.perf_counter()
             if t0 >= measure_from:
                 out.append((t0, t1, ok))
-    except Exception as exc:  # noqa: BLE001 - a thread that cannot start is a failure of the run
+            if gone and len(urls) > 1:  # on to the next server; if none answers, pause briefly and try again
+                for _ in range(len(urls)):
+                    state["k"] += 1
+                    try:
+                        connect()
+                        break
+                    except Exception:  # noqa: BLE001 - that one is gone too
+                        state["client"] = None
+                else:
+                    time.sleep(0.2)
+                if state["client"] is None:
+                    connect()
+    except Exception as exc:  # noqa: BLE001 - a thread that cannot start (or reconnect) is a failure of the run
         errors.append(f"setup: {_first_line(exc)}")
         out.append((time.perf_counter(), time.perf_counter(), False))  # a thread that never ran is a failure
     finally:
+        client = state["client"]
         for name, handle in regions:
-            try:
-                client.unregister_system_shared_memory(name)
-            except Exception:  # noqa: BLE001 - the server may be gone
-                pass
+            if client is not None:
+                try:
+                    client.unregister_system_shared_memory(name)
+                except Exception:  # noqa: BLE001 - the server may be gone
+                    pass
             shm.destroy_shared_memory_region(handle)
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def _process(args, size, rank: int, t_start: float, queue) -> None:
@@ -129,7 +165,8 @@ def _process(args, size, rank: int, t_start: float, queue) -> None:
     measure_from = t_start + args.warmup
     results, errors = [], []
     threads = [threading.Thread(target=_thread, args=(args, size, frames, f"{os.getpid()}_{j}", stop_at,
-                                                      measure_from, results, errors), daemon=True)
+                                                      measure_from, results, errors, rank * args.concurrency + j),
+                                daemon=True)
                for j in range(args.concurrency)]
     for t in threads:
         t.start()
@@ -144,8 +181,10 @@ def run(args) -> dict:
 
     from loadtest import metrics
 
-    _local(args.url)
-    meta = grpcclient.InferenceServerClient(args.url).get_model_metadata(args.model)
+    urls = [u for u in args.url.split(",") if u]
+    for u in urls:
+        _local(u)
+    meta = grpcclient.InferenceServerClient(urls[0]).get_model_metadata(args.model)
     dims = next(list(i.shape) for i in meta.inputs if i.name == "images")
     size = (int(dims[-3]), int(dims[-2]))
     try:
@@ -188,7 +227,7 @@ def run(args) -> dict:
                "p50_ms": float(np.percentile(ok, 50)) if len(ok) else None,
                "p90_ms": float(np.percentile(ok, 90)) if len(ok) else None,
                "p99_ms": float(np.percentile(ok, 99)) if len(ok) else None,
-               "errors": errors[:5], "server": server}
+               "endpoints": urls, "errors": _distinct(errors), "server": server}
     return summary
 
 
@@ -196,7 +235,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m loadtest.closed_loop", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="segformer_b1_gpu")
-    ap.add_argument("--url", default="localhost:8001", help="Triton gRPC address (this machine only)")
+    ap.add_argument("--url", default="localhost:8001", help="Triton gRPC address (this machine only); several as "
+                    "a:8001,b:8001: threads spread over them and move on when theirs goes away")
     ap.add_argument("--metrics-url", default="localhost:8002")
     ap.add_argument("--processes", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=1, help="requests in flight per process")

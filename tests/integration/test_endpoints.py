@@ -69,3 +69,33 @@ def test_segment_cli_takes_several_urls(two_servers, tmp_path, capsys):
     assert isinstance(triton_runner("null", urls), MultiRunner)
     assert segment_main([str(sample), str(sample), "--url", urls, "--model", "null", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "camvid_0001TP_008550_labels.png").is_file()
+
+
+def test_closed_loop_over_two_servers_moves_on_when_one_is_killed(two_servers):
+    import threading
+    import time
+
+    from loadtest.closed_loop import parser, run
+
+    (a, pa), (b, pb) = two_servers
+    args = parser().parse_args(["--model", "null", "--url", f"localhost:{pa[1]},localhost:{pb[1]}",
+                                "--metrics-url", f"localhost:{pa[2]}", "--processes", "1", "--concurrency", "2",
+                                "--duration", "8", "--warmup", "0", "--payload", "raw", "--timeout", "5"])
+    box = {}
+    t = threading.Thread(target=lambda: box.update(summary=run(args)))
+    t.start()
+    time.sleep(6.0)  # the load processes start in ~2-3 s; kill B mid-run
+    os.kill(b.pid, signal.SIGKILL)
+    t.join(timeout=60)
+    s = box["summary"]
+    assert s["endpoints"] == [f"localhost:{pa[1]}", f"localhost:{pb[1]}"]
+    assert s["failures"] >= 1 and s["requests"] > 50  # B's thread failed once per kill, then went on with A
+    assert any(f"localhost:{pb[1]}: the server is gone" in e for e in s["errors"]), s["errors"]
+    assert _count(pa[1]) > _count_safe(pb[1])  # A carried on after B was gone
+
+
+def _count_safe(port) -> int:
+    try:
+        return _count(port)
+    except RunnerError:
+        return 0
