@@ -21,7 +21,6 @@ def load_image(path: str | Path, note=None) -> np.ndarray:
     scaled to 8, alpha dropped, first frame of an animation); raise ImageError with a clear message otherwise.
     `note(text)` receives what was done that the user should know (default: printed to stderr)."""
     import sys
-    import warnings
 
     note = note or (lambda text: print(f"note: {text}", file=sys.stderr))
     path = Path(path)
@@ -31,19 +30,21 @@ def load_image(path: str | Path, note=None) -> np.ndarray:
         raise ImageError(f"{path}: not a file (pass image files, not folders)")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                frames = getattr(im, "n_frames", 1)
-                if frames > 1:
-                    im.seek(0)
-                    note(f"{path}: {frames} frames (animated {im.format}); segmenting the first")
-                im.load()
-                rgb = _to_rgb(ImageOps.exif_transpose(im))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: too many pixels to decode safely ({str(exc).split('pixels')[0].strip()} pixels;"
-                         f" Pillow's limit is {Image.MAX_IMAGE_PIXELS}): downscale it first") from None
+        with Image.open(path) as im:  # Pillow refuses above 2x its limit here; between 1x and 2x it only warns
+            if limit and im.width * im.height > limit:
+                raise Image.DecompressionBombError(f"Image size ({im.width * im.height} pixels)")
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                im.seek(0)
+                note(f"{path}: {frames} frames (animated {im.format}); segmenting the first")
+            im.load()
+            rgb = _to_rgb(ImageOps.exif_transpose(im))
+    except Image.DecompressionBombError as exc:
+        size = str(exc).split("(")[1].split(" pixels")[0] if "(" in str(exc) else "?"
+        raise ImageError(f"{path}: too many pixels to decode safely ({size} pixels; Pillow's limit is "
+                         f"{limit}): downscale it first") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read (PNG, JPEG, BMP, TIFF, WebP ...)") from None
     except MemoryError:
