@@ -51,6 +51,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def http_post(url: str, body: bytes = b"{}", headers: dict | None = None) -> tuple[int, str]:
+    """(status, body text) of a POST, error statuses included (for requests tritonclient would not send)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 SMALL_SIZE = (360, 480)
 
 

@@ -1,12 +1,11 @@
 """`make serve` is not open to the network by default and keeps model control for the operator."""
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 
 from client.runners import TritonRunner
 from server.access import ADMIN_HEADER, access_args, check_host, exposure_warning, is_loopback
+from tests.conftest import http_post
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +37,6 @@ def _address(hex_addr: str) -> str:
     return "::1" if hex_addr == "00000000000000000000000001000000" else hex_addr
 
 
-def _post(url: str, headers: dict | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=b"{}", method="POST", headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def test_every_endpoint_listens_on_loopback_only(server):
     for name, port in server["ports"].items():
         assert _listening(port) == {"127.0.0.1"}, (name, _listening(port))
@@ -54,15 +44,15 @@ def test_every_endpoint_listens_on_loopback_only(server):
 
 def test_model_control_is_refused_without_the_admin_key(server):
     base = f"http://127.0.0.1:{server['ports']['http']}/v2"
-    status, body = _post(f"{base}/repository/models/{server['model']}/unload")
+    status, body = http_post(f"{base}/repository/models/{server['model']}/unload")
     assert status in (401, 403) and "restricted" in body.lower() and ADMIN_HEADER in body
-    status, _ = _post(f"{base}/repository/index")
+    status, _ = http_post(f"{base}/repository/index")
     assert status in (401, 403)
     with TritonRunner(server["model"], f"localhost:{server['ports']['http']}") as r:  # still served
         assert server["model"] in r.served_models()
     key = (server["state"] / "admin-key").read_text().strip()
     assert oct((server["state"] / "admin-key").stat().st_mode & 0o777) == "0o600"
-    status, body = _post(f"{base}/repository/index", {ADMIN_HEADER: key})
+    status, body = http_post(f"{base}/repository/index", headers={ADMIN_HEADER: key})
     assert status == 200 and server["model"] in {m["name"] for m in json.loads(body)}
 
 

@@ -3,8 +3,6 @@ code 2, the server stays up and the next good request succeeds; the same for mal
 import io
 import json
 import struct
-import urllib.error
-import urllib.request
 import zlib
 
 import numpy as np
@@ -14,7 +12,7 @@ from PIL import Image
 from client.evaluate import main as evaluate_main
 from client.preprocess import load_image
 from client.segment import main as segment_main
-from tests.conftest import ROOT, SMALL_SIZE as SIZE
+from tests.conftest import ROOT, SMALL_SIZE as SIZE, http_post
 
 pytestmark = pytest.mark.integration
 SAMPLE = ROOT / "samples" / "camvid_0001TP_008550.jpg"
@@ -130,14 +128,8 @@ def test_evaluate_skips_each_bad_file_by_name_and_scores_the_rest(server, corpus
     assert report["images"] == sum(e != "error" for _, e in corpus.values())
 
 
-def _http(server, path, body: bytes, content_type="application/json"):
-    req = urllib.request.Request(f"http://127.0.0.1:{server['ports']['http']}{path}", data=body, method="POST",
-                                 headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+def _http(server, path, body: bytes):
+    return http_post(f"http://127.0.0.1:{server['ports']['http']}{path}", body)
 
 
 def _good_request_works(server):
