@@ -12,11 +12,7 @@ import threading
 
 import numpy as np
 
-from client.runners import ModelInfo, RunnerError, TritonRunner
-
-
-def split_urls(url: str | None) -> list[str]:
-    return [u.strip() for u in (url or "").split(",") if u.strip()]
+from client.runners import SERVER_GONE, ModelInfo, RunnerError, TritonRunner, split_urls
 
 
 def triton_runner(model: str, url: str | None = None, protocol: str = "http", timeout: float = 120.0):
@@ -29,7 +25,7 @@ def triton_runner(model: str, url: str | None = None, protocol: str = "http", ti
 
 def _gone(exc: BaseException) -> bool:
     text = str(exc)
-    return "server is gone" in text or "cannot reach Triton" in text
+    return SERVER_GONE in text or "cannot reach Triton" in text
 
 
 class MultiRunner:

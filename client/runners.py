@@ -24,6 +24,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+SERVER_GONE = "the server is gone (connection refused or closed): restart it with `make serve`"
 _GONE = ("connection refused", "failed to connect", "unavailable", "connection reset", "socket closed",
          "remotedisconnected", "broken pipe", "connection aborted", "eof occurred", "connect failed",
          "server disconnected", "econnrefused", "remote end closed")
@@ -33,7 +34,7 @@ def describe_failure(exc: BaseException) -> str:
     """One line for a failed request; a server that went away is said to be gone, not shown as a transport dump."""
     text = f"{type(exc).__name__} {exc}".lower()
     if isinstance(exc, (ConnectionError, BrokenPipeError)) or any(k in text for k in _GONE):
-        return "the server is gone (connection refused or closed): restart it with `make serve`"
+        return SERVER_GONE
     if "deadline" in text or "timed out" in text or "timeout" in text:
         return f"no answer within the timeout ({_first_line(exc)})"
     return _first_line(exc)
@@ -302,9 +303,14 @@ class TorchRunner(_Runner):
         self.pipe = None
 
 
+def split_urls(url: str | None) -> list[str]:
+    """`a:8001,b:8001` -> ['a:8001', 'b:8001'] (empty entries and spaces dropped)."""
+    return [u.strip() for u in (url or "").split(",") if u.strip()]
+
+
 def served_models(url: str | None = None, protocol: str = "http", timeout: float = 30.0) -> list[str]:
     """Names of the models loaded on the server, or on any of `a,b,...` that answers (RunnerError when none does)."""
-    urls = [u.strip() for u in (url or "").split(",") if u.strip()] or [None]
+    urls = split_urls(url) or [None]
     names, errors = set(), []
     for u in urls:
         r = TritonRunner("", u, protocol, timeout)

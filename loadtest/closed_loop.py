@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client.runners import SERVER_GONE, split_urls
 from loadtest.run import _local
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +75,7 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
     import tritonclient.grpc as grpcclient
     import tritonclient.utils.shared_memory as shm
 
-    urls = [u for u in args.url.split(",") if u]
+    urls = split_urls(args.url)
     h, w = size
     out_bytes = args.batch * h * w
     batches = [np.stack([frames[(i + j) % len(frames)] for j in range(args.batch)]) for i in range(len(frames))]
@@ -125,7 +126,7 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
             except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
                 ok = False
                 msg = _first_line(exc)
-                gone = msg.startswith("the server is gone")
+                gone = msg == SERVER_GONE
                 if len(errors) < 3 or (gone and len(urls) > 1):
                     errors.append(msg if len(urls) == 1 else f"{urls[state['k'] % len(urls)]}: {msg}")
             t1 = time.perf_counter()
@@ -181,7 +182,7 @@ def run(args) -> dict:
 
     from loadtest import metrics
 
-    urls = [u for u in args.url.split(",") if u]
+    urls = split_urls(args.url)
     for u in urls:
         _local(u)
     meta = grpcclient.InferenceServerClient(urls[0]).get_model_metadata(args.model)
