@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,rtx
+EXTRAS ?= dev,rtx,deploy
 REPO ?= model_repository
 HOST ?= 127.0.0.1
 HTTP_PORT ?= 8000
@@ -41,7 +41,7 @@ REFERENCE ?= segformer_b1
 THRESHOLD ?=
 CUDA_ARCH ?=
 
-.PHONY: help venv repo serve stop demo test evaluate loadtest sweep soak bench-build bench bench-cpu plugins clean
+.PHONY: help venv repo serve stop demo test evaluate loadtest sweep soak bench-build bench bench-cpu plugins clean deploy-manifests
 help:
 	@echo "make demo     build the default model, start Triton, segment $(IMAGE), stop"
 	@echo "make test     run the test suite"
@@ -57,6 +57,7 @@ help:
 	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
 	@echo "make bench     GPU: fast path vs HF eager/compile, model-only and served (BENCH_IMAGES=DIR) -> results/"
 	@echo "make bench-cpu  CPU: ONNX Runtime FP32 / best_cpu vs OpenVINO f32 / bf16, speed + accuracy (BENCH_DATA=camvid) -> results/"
+	@echo "make deploy-manifests  Kubernetes (kustomize) + KServe manifests for the built $(REPO)/ -> deploy/k8s/, validated"
 	@echo "make plugins   build the LayerNorm kernels and TensorRT plugin (plugins/build/), run the CPU field test"
 
 venv: $(VENV)/.installed
@@ -114,6 +115,12 @@ bench: venv
 BENCH_DATA ?= ../shared/datasets/camvid
 bench-cpu: venv
 	$(PY) -m bench.cpu --data $(BENCH_DATA) --out results/bench_cpu_b1
+
+DEPLOY_MODELS ?=
+STORAGE_URI ?= s3://your-bucket/segformer/model_repository
+deploy-manifests: venv
+	$(PY) -m deploy.manifests --repo $(REPO) --out deploy/k8s --storage-uri $(STORAGE_URI) $(if $(DEPLOY_MODELS),--models $(DEPLOY_MODELS))
+	$(PY) -m deploy.validate deploy/k8s
 
 plugins: venv
 	$(PY) -m plugins.layernorm $(if $(CUDA_ARCH),--cuda-arch $(CUDA_ARCH))

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ROOMS = ("segformer", "client", "build", "server", "training", "bench", "loadtest", "plugins")
+ROOMS = ("segformer", "client", "build", "server", "training", "bench", "loadtest", "plugins", "deploy")
 ALLOWED = {
     "segformer": set(),
     "client": {"segformer"},
@@ -14,6 +14,7 @@ ALLOWED = {
     "loadtest": {"segformer", "client", "build"},
     "bench": {"segformer", "client", "build", "server", "loadtest", "training"},
     "plugins": {"bench"},
+    "deploy": {"build"},
 }
 
 
