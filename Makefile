@@ -41,7 +41,7 @@ REFERENCE ?= segformer_b1
 THRESHOLD ?=
 CUDA_ARCH ?=
 
-.PHONY: help venv repo serve stop demo test evaluate loadtest sweep soak bench-build bench bench-cpu plugins clean deploy-manifests
+.PHONY: help venv repo serve stop demo test evaluate loadtest sweep soak bench-build bench bench-cpu plugins clean deploy-manifests cluster cluster-status cluster-stop
 help:
 	@echo "make demo     build the default model, start Triton, segment $(IMAGE), stop"
 	@echo "make test     run the test suite"
@@ -57,6 +57,7 @@ help:
 	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
 	@echo "make bench     GPU: fast path vs HF eager/compile, model-only and served (BENCH_IMAGES=DIR) -> results/"
 	@echo "make bench-cpu  CPU: ONNX Runtime FP32 / best_cpu vs OpenVINO f32 / bf16, speed + accuracy (BENCH_DATA=camvid) -> results/"
+	@echo "make cluster [REPLICAS=3]  N Triton replicas behind HAProxy on $(HTTP_PORT)/$(GRPC_PORT) (a cluster Service on one host); cluster-status, cluster-stop"
 	@echo "make deploy-manifests  Kubernetes (kustomize) + KServe manifests for the built $(REPO)/ -> deploy/k8s/, validated"
 	@echo "make plugins   build the LayerNorm kernels and TensorRT plugin (plugins/build/), run the CPU field test"
 
@@ -115,6 +116,17 @@ bench: venv
 BENCH_DATA ?= ../shared/datasets/camvid
 bench-cpu: venv
 	$(PY) -m bench.cpu --data $(BENCH_DATA) --out results/bench_cpu_b1
+
+REPLICAS ?= 3
+cluster: venv
+	@test -n "$$(ls $(REPO)/*/config.pbtxt 2>/dev/null)" || $(MAKE) repo
+	$(PY) -m server.cluster start --repo $(REPO) --replicas $(REPLICAS) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+
+cluster-status: venv
+	$(PY) -m server.cluster status
+
+cluster-stop: venv
+	$(PY) -m server.cluster stop
 
 DEPLOY_MODELS ?=
 STORAGE_URI ?= s3://your-bucket/segformer/model_repository

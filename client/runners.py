@@ -9,6 +9,7 @@ labels [N,H,W], or with ``logits=True`` float32 logits [N,K,H,W] from a model th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from dataclasses import dataclass, field
 
@@ -30,9 +31,44 @@ _GONE = ("connection refused", "failed to connect", "unavailable", "connection r
          "server disconnected", "econnrefused", "remote end closed")
 
 
+_PROXY_STATUS = re.compile(r"(?:http2 header with status: |^\[)(50[234])\b")
+PROXY_FAILED = {
+    "502": "a replica behind the proxy failed during the request (HTTP 502 from the proxy; it sends the next "
+           "requests to the others): see `make cluster-status`",
+    "503": "no replica behind the proxy is up (HTTP 503 from the proxy): start them (`make cluster`) or see "
+           "`make cluster-status`",
+    "504": "the replica behind the proxy did not answer in time (HTTP 504 from the proxy)",
+    "reset": "the request's stream was reset by the proxy (a replica behind it went away mid-request; it sends "
+             "the next requests to the others): see `make cluster-status`",
+}
+
+
+def _not_live(url: str) -> str:
+    """Why an HTTP liveness check said no: Triton itself, or a proxy in front of it with no replica up."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=5) as r:
+            status, body = r.status, r.read(200)
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read(200)
+    except OSError:
+        return "Triton is not live"
+    if str(status) in PROXY_FAILED and b"<html" in body.lower():
+        return PROXY_FAILED[str(status)]
+    return f"Triton is not live (HTTP {status})"
+
+
 def describe_failure(exc: BaseException) -> str:
-    """One line for a failed request; a server that went away is said to be gone, not shown as a transport dump."""
+    """One line for a failed request; a server that went away is said to be gone, not shown as a transport dump,
+    and a proxy's 502/503/504 (HAProxy, a Kubernetes ingress) says what happened behind it."""
     text = f"{type(exc).__name__} {exc}".lower()
+    proxy = _PROXY_STATUS.search(str(exc))
+    if proxy and ("http2 header" in text or "<html" in text):
+        return PROXY_FAILED[proxy.group(1)]
+    if "rst_stream" in text:
+        return PROXY_FAILED["reset"]
     if isinstance(exc, (ConnectionError, BrokenPipeError)) or any(k in text for k in _GONE):
         return SERVER_GONE
     if "deadline" in text or "timed out" in text or "timeout" in text:
@@ -99,10 +135,15 @@ class TritonRunner(_Runner):
             self.client = tc.InferenceServerClient(self.url, **kwargs)
             live = self.client.is_server_live()
         except Exception as exc:  # noqa: BLE001 - connection errors come in many types
+            why = describe_failure(exc)
+            if why not in PROXY_FAILED.values() and self.protocol == "http":
+                why = _not_live(self.url)  # a proxy's error page closes the connection before the client reads it
+            if why in PROXY_FAILED.values():
+                raise RunnerError(f"{self.url}: {why}") from None
             raise RunnerError(f"cannot reach Triton at {self.url} ({self.protocol}): start it with `make serve` "
                               f"or pass --url ({type(exc).__name__})") from None
         if not live:
-            raise RunnerError(f"Triton at {self.url} is not live")
+            raise RunnerError(f"{self.url}: {_not_live(self.url)}")
 
     def activate(self) -> ModelInfo:
         self.connect()

@@ -9,7 +9,8 @@ request in flight (closed loop), so in-flight requests = processes x concurrency
 - ``raw-shm``: the tensor written into a system shared-memory region for every request (one memcpy), no
   payload on the wire;
 - ``jpeg``: the image's JPEG bytes (the model's ``encoded`` input), decoded by the server.
-Labels always come back through a system shared-memory region per thread (no 1 MB/image payload on the wire).
+Labels come back through a system shared-memory region per thread (no 1 MB/image payload on the wire), or in the
+response with ``--output wire`` (the only way through a proxy: a region is registered with one server only).
 Latency is measured per request around the blocking call; throughput counts images completed in the measured
 window (after --warmup seconds). Failures are counted with their first message; the run always ends on time.
 Targets are localhost only.
@@ -81,24 +82,27 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
     batches = [np.stack([frames[(i + j) % len(frames)] for j in range(args.batch)]) for i in range(len(frames))]
     in_bytes = batches[0].nbytes
     oname, iname = f"out_{tag}", f"in_{tag}"
-    regions = [(oname, shm.create_shared_memory_region(oname, f"/{oname}", out_bytes))]
+    wire = args.output == "wire"
+    regions = [] if wire else [(oname, shm.create_shared_memory_region(oname, f"/{oname}", out_bytes))]
     if args.payload == "raw-shm":
         regions.append((iname, shm.create_shared_memory_region(iname, f"/{iname}", in_bytes)))
-    ihandle = regions[-1][1]
+    ihandle = regions[-1][1] if regions else None
     state = {"client": None, "k": first}
 
     def connect():
         if state["client"] is not None:
             state["client"].close()
         client = grpcclient.InferenceServerClient(urls[state["k"] % len(urls)])
-        client.register_system_shared_memory(oname, f"/{oname}", out_bytes)
+        if not wire:
+            client.register_system_shared_memory(oname, f"/{oname}", out_bytes)
         if args.payload == "raw-shm":
             client.register_system_shared_memory(iname, f"/{iname}", in_bytes)
         state["client"] = client
 
     try:
         output = grpcclient.InferRequestedOutput("labels")
-        output.set_shared_memory(oname, out_bytes)
+        if not wire:
+            output.set_shared_memory(oname, out_bytes)
         if args.payload == "jpeg":
             if args.batch != 1:
                 raise ValueError("--payload jpeg sends one image per request: use --batch 1")
@@ -244,6 +248,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds run before measuring")
     ap.add_argument("--payload", choices=("raw", "raw-shm", "jpeg"), default="raw-shm")
+    ap.add_argument("--output", choices=("shm", "wire"), default="shm",
+                    help="labels back through system shared memory (default) or in the response (through a proxy)")
     ap.add_argument("--batch", type=int, default=1, help="images per request")
     ap.add_argument("--images", default="", help="folder of images (default: generated frames)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request")

@@ -1,6 +1,7 @@
 """Locust users that call a SegFormer served by Triton, one inference per task, timed as locust requests.
 
     locust -f loadtest/locustfile.py --host localhost:8001 --model segformer_b1 [--images DIR] [--payload raw]
+    locust -f loadtest/locustfile.py --host a:8001,b:8001 ...      # users spread over several servers
 
 `TritonGrpcUser` speaks gRPC (port 8001), `TritonHttpUser` HTTP/REST (port 8000): pick one with the class name
 on the command line (or in the web UI). Each user sends real images from --images (resized to the model's input
@@ -12,6 +13,7 @@ reported to locust as failures with the server's message; nothing is retried or 
 from __future__ import annotations
 
 import io
+import itertools
 import time
 from pathlib import Path
 
@@ -54,8 +56,12 @@ def _frames(size: tuple[int, int], folder: str, n: int = 8) -> list[np.ndarray]:
 
 
 class _TritonUser(User):
+    """One user keeps one server: with --host a:8001,b:8001 the users are spread over the servers round robin,
+    and a user whose server goes away reports that request as failed and goes on with the next server."""
+
     abstract = True
     protocol = "grpc"
+    _started = itertools.count()
 
     def _stop(self, message: str):
         """Say why in the run's log (loadtest.run puts it in the summary's note), stop the run, end this user."""
@@ -67,17 +73,25 @@ class _TritonUser(User):
         raise StopUser(message)
 
     def on_start(self):
-        from client.runners import TritonRunner
+        from client.runners import TritonRunner, split_urls
 
         opts = self.environment.parsed_options
         self.model, self.batch, self.payload = opts.model, max(1, opts.batch), opts.payload
-        url = (self.host or "").strip() or None
-        runner = TritonRunner(self.model, url, self.protocol, opts.request_timeout)
-        try:
-            info = runner.activate()
-            meta = runner.client.get_model_metadata(self.model)
-        except Exception as exc:  # noqa: BLE001 - RunnerError, or the metadata call failing: one line, then stop
-            self._stop(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        self.urls = split_urls(self.host) or [None]
+        self.k = next(self._started)
+        runner, problems = None, []
+        for _ in range(len(self.urls)):  # this user's server, or the next one that answers
+            r = TritonRunner(self.model, self.urls[self.k % len(self.urls)], self.protocol, opts.request_timeout)
+            try:
+                info = r.activate()
+                meta = r.client.get_model_metadata(self.model)
+                runner = r
+                break
+            except Exception as exc:  # noqa: BLE001 - RunnerError, or the metadata call failing: one line each
+                problems.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                self.k += 1
+        if runner is None:
+            self._stop("; ".join(problems))
         self.runner, self.client, self.tc = runner, runner.client, runner._tc
         inputs = meta["inputs"] if isinstance(meta, dict) else [{"name": i.name, "datatype": i.datatype}
                                                                for i in meta.inputs]
@@ -103,19 +117,44 @@ class _TritonUser(User):
     def infer(self):
         inp = self.requests[self.i % len(self.requests)]
         self.i += 1
+        if self.client is None:  # every server was gone last time: look again before sending
+            self._next_server()
         t0 = time.perf_counter()
-        exc, size = None, 0
+        exc, size, why = None, 0, None
         try:
+            if self.client is None:
+                raise ConnectionError(f"no Triton server left of {', '.join(self.urls)}")
             kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {"timeout": int(self.timeout)}
             res = self.client.infer(self.model, [inp], outputs=self.outputs, **kwargs)
             size = res.as_numpy("labels").nbytes
         except Exception as e:  # noqa: BLE001 - every failure is reported, with the server's message
-            from client.runners import describe_failure
+            from client.runners import SERVER_GONE, describe_failure
 
-            exc = RuntimeError(describe_failure(e))  # one line; "the server is gone" when it is
+            why = describe_failure(e)  # one line; "the server is gone" when it is
+            exc = RuntimeError(why if len(self.urls) == 1 else f"{self.runner.url}: {why}")
         self.environment.events.request.fire(
             request_type=self.protocol, name=f"{self.model} x{self.batch}",
             response_time=(time.perf_counter() - t0) * 1e3, response_length=size, exception=exc, context={})
+        if exc is not None and why == SERVER_GONE and len(self.urls) > 1:
+            self._next_server()
+
+    def _next_server(self):
+        """On to the next server after this one went away (the same requests: every server has the model)."""
+        from client.runners import RunnerError, TritonRunner
+
+        if self.client is not None:
+            self.runner.deactivate()
+        for _ in range(len(self.urls)):
+            self.k += 1
+            runner = TritonRunner(self.model, self.urls[self.k % len(self.urls)], self.protocol, self.timeout)
+            try:
+                runner.activate()
+            except RunnerError:
+                continue
+            self.runner, self.client = runner, runner.client
+            return
+        self.client = None  # none answered: the next requests look again, each counted as failed until one does
+        time.sleep(0.2)
 
     def on_stop(self):
         if getattr(self, "runner", None) is not None:

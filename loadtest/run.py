@@ -87,7 +87,9 @@ def read_stats(prefix: Path, duration: float | None = None) -> dict:
 def run(model: str, users: int, duration: float, out: Path, protocol: str = "grpc", url: str | None = None,
         metrics_url: str = "localhost:8002", processes: int = 2, batch: int = 1, images: str = "",
         payload: str = "raw", quiet: bool = True) -> dict:
-    url = _local(url or ("localhost:8001" if protocol == "grpc" else "localhost:8000"))
+    url = url or ("localhost:8001" if protocol == "grpc" else "localhost:8000")
+    for u in url.split(","):
+        _local(u.strip())
     _local(metrics_url)
     out.mkdir(parents=True, exist_ok=True)
     prefix = out / f"{model}_u{users}"

@@ -61,20 +61,32 @@ def gpu_used_mib() -> float | None:
         return None
 
 
-def server_pid(explicit: int | None) -> int:
+def server_pids(explicit: str | None, urls: list[str]) -> list[int]:
+    """The Triton processes whose memory is sampled: --server-pid a,b, or the one `make serve` recorded."""
     if explicit:
-        return explicit
+        try:
+            return [int(p) for p in explicit.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError(f"--server-pid takes pids separated by commas, got {explicit!r}") from None
+    if len(urls) > 1:
+        raise ValueError("with several --url servers, pass --server-pid PID1,PID2 (each server's pid) so the "
+                         "memory samples cover them all")
     try:
-        return int(json.loads((ROOT / ".triton" / "server.pid").read_text())["pid"])
+        return [int(json.loads((ROOT / ".triton" / "server.pid").read_text())["pid"])]
     except (OSError, ValueError, KeyError):
         raise ValueError("no server pid: start it with `make serve` or pass --server-pid") from None
 
 
-def _send_loop(url, model, frames, schedule, stop_at, timeout, record):
-    """One thread: take the next send time from `schedule`, wait for it, send, record (t, ms, error or None)."""
+def _send_loop(urls, first, model, frames, schedule, stop_at, timeout, record):
+    """One thread: take the next send time from `schedule`, wait for it, send, record (t, ms, error or None).
+    With several servers the thread starts on server `first`; when its server goes away, that failure is
+    recorded (with the server's address) and the thread goes on with the next server."""
     import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(url)
+    from client.runners import SERVER_GONE
+
+    k = first
+    client = grpcclient.InferenceServerClient(urls[k % len(urls)])
     i = 0
     while True:
         t_next = schedule()
@@ -93,13 +105,22 @@ def _send_loop(url, model, frames, schedule, stop_at, timeout, record):
             client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput("labels")], client_timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded with its message
             err = _first_line(exc)
-        record((t0, 1e3 * (time.perf_counter() - t0), err))
+        record((t0, 1e3 * (time.perf_counter() - t0), err if err is None or len(urls) == 1
+                else f"{urls[k % len(urls)]}: {err}"))
+        if err == SERVER_GONE and len(urls) > 1:
+            client.close()
+            k += 1
+            client = grpcclient.InferenceServerClient(urls[k % len(urls)])
     client.close()
 
 
 def paced(url, model, frames, rate: float | None, in_flight: int, duration: float, timeout: float,
           on_sample=None, sample_every: float = 5.0) -> tuple[list, list]:
-    """Send for `duration` s: at `rate` req/s when given (closed loop otherwise); returns (requests, samples)."""
+    """Send for `duration` s: at `rate` req/s when given (closed loop otherwise); returns (requests, samples).
+    `url` may list several servers (a,b): the threads are spread over them."""
+    from client.runners import split_urls
+
+    urls = split_urls(url)
     t_start = time.perf_counter() + 0.5
     stop_at = t_start + duration
     lock, counter, records, samples = threading.Lock(), [0], [], []
@@ -114,8 +135,8 @@ def paced(url, model, frames, rate: float | None, in_flight: int, duration: floa
         with lock:
             records.append(r)
 
-    threads = [threading.Thread(target=_send_loop, args=(url, model, frames, schedule, stop_at, timeout, record),
-                                daemon=True) for _ in range(in_flight)]
+    threads = [threading.Thread(target=_send_loop, args=(urls, j, model, frames, schedule, stop_at, timeout, record),
+                                daemon=True) for j in range(in_flight)]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
@@ -182,7 +203,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="segformer_b0")
-    ap.add_argument("--url", default="localhost:8001", help="Triton gRPC address (this machine only)")
+    ap.add_argument("--url", default="localhost:8001", help="Triton gRPC address (this machine only); several as "
+                    "a:8001,b:8001 spread the sending threads over them")
     ap.add_argument("--duration", type=float, default=600.0, help="soak seconds")
     ap.add_argument("--load", type=float, default=0.8, help="share of the probed rate to send (default 0.8)")
     ap.add_argument("--rate", type=float, help="requests/s to send (skips the probe)")
@@ -191,18 +213,23 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS drift is measured")
     ap.add_argument("--sample", type=float, default=5.0, help="seconds between memory samples")
     ap.add_argument("--gpu", action="store_true", help="also sample GPU memory (nvidia-smi)")
-    ap.add_argument("--server-pid", type=int, help="Triton's pid (default: the one `make serve` recorded)")
+    ap.add_argument("--server-pid", help="Triton's pid, or pids a,b with several --url (default: the one `make "
+                    "serve` recorded); memory is the sum over them")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     ap.add_argument("--out", type=Path, default=Path("out/soak"))
     args = ap.parse_args(argv)
     try:
-        _local(args.url)
-        pid = server_pid(args.server_pid)
+        from client.runners import split_urls
+
+        urls = split_urls(args.url)
+        for u in urls:
+            _local(u)
+        pids = server_pids(args.server_pid, urls)
         import tritonclient.grpc as grpcclient
 
         from client.preprocess import sample_images
 
-        meta = grpcclient.InferenceServerClient(args.url).get_model_metadata(args.model)
+        meta = grpcclient.InferenceServerClient(urls[0]).get_model_metadata(args.model)
         dims = next(list(i.shape) for i in meta.inputs if i.name == "images")
         frames = list(sample_images((int(dims[-3]), int(dims[-2])), 4))
     except (ValueError, OSError) as exc:
@@ -225,7 +252,7 @@ def main(argv=None) -> int:
         print(f"probe: {measured:.2f} img/s at {args.in_flight} in flight; soak at {rate:.2f} req/s")
 
     def sample():
-        s = {"rss_mb": tree_rss(pid) / 2**20}
+        s = {"rss_mb": sum(tree_rss(p) for p in pids) / 2**20}
         if args.gpu:
             s["gpu_mib"] = gpu_used_mib()
         return s
@@ -233,7 +260,7 @@ def main(argv=None) -> int:
     reqs, samples = paced(args.url, args.model, frames, rate, args.in_flight, args.duration, args.timeout,
                           on_sample=sample, sample_every=args.sample)
     summary = summarise(reqs, samples, args.duration, args.warmup)
-    result = {"model": args.model, "duration_s": args.duration, "warmup_s": args.warmup, "rate": rate,
+    result = {"model": args.model, "endpoints": urls, "duration_s": args.duration, "warmup_s": args.warmup, "rate": rate,
               "load": args.load if probe else None, "probe": probe, "in_flight": args.in_flight,
               "summary": summary, "samples": samples,
               "failed_requests": [{"t": round(t, 3), "error": e} for t, _, e in reqs if e is not None][:1000]}

@@ -101,3 +101,59 @@ def _count_safe(port) -> int:
         return _count(port)
     except RunnerError:
         return 0
+
+
+def _kill_later(proc, delay: float):
+    import threading
+
+    def kill():
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    t = threading.Timer(delay, kill)
+    t.start()
+    return t
+
+
+def test_soak_over_two_servers_counts_and_names_the_failures_of_the_killed_one(two_servers, tmp_path):
+    import json
+
+    from loadtest.soak import main as soak_main
+
+    (a, pa), (b, pb) = two_servers
+    t = _kill_later(b, 3.0)
+    rc = soak_main(["--model", "null", "--url", f"localhost:{pa[1]},localhost:{pb[1]}", "--server-pid",
+                    f"{a.pid},{b.pid}", "--rate", "40", "--in-flight", "2", "--duration", "6", "--warmup", "1",
+                    "--sample", "1", "--timeout", "5", "--out", str(tmp_path / "soak")])
+    t.join()
+    res = json.loads((tmp_path / "soak" / "soak.json").read_text())
+    s = res["summary"]
+    assert rc == 1 and res["endpoints"] == [f"localhost:{pa[1]}", f"localhost:{pb[1]}"]
+    assert 1 <= s["failures"] <= 2, s  # the thread on B fails once, then moves on to A
+    assert all(e.startswith(f"localhost:{pb[1]}: the server is gone") for e in s["errors"]), s["errors"]
+    assert s["requests"] >= 200 and s["requests"] - s["failures"] >= 200  # paced at 40/s for 6 s, none lost
+    assert _count(pa[1]) > 150 and res["samples"][0]["rss_mb"] > 0
+
+
+def test_soak_with_several_servers_needs_their_pids(two_servers, capsys):
+    from loadtest.soak import main as soak_main
+
+    (a, pa), (b, pb) = two_servers
+    assert soak_main(["--model", "null", "--url", f"localhost:{pa[1]},localhost:{pb[1]}", "--rate", "5",
+                      "--duration", "1"]) == 2
+    assert "--server-pid PID1,PID2" in capsys.readouterr().err
+
+
+def test_locust_users_spread_over_two_servers_and_move_on(two_servers, tmp_path):
+    from loadtest.run import run as locust_run
+
+    (a, pa), (b, pb) = two_servers
+    t = _kill_later(b, 9.0)  # locust takes a few seconds to start its users
+    s = locust_run("null", 4, 14, tmp_path / "locust", "grpc", f"localhost:{pa[1]},localhost:{pb[1]}",
+                   f"localhost:{pa[2]}", processes=1)
+    t.join()
+    assert s["requests"] > 200, s
+    assert 1 <= s["failures"] <= 2, s  # the two users on B: one failed request each, then on to A
+    failures = (tmp_path / "locust" / "null_u4_failures.csv").read_text()
+    assert f"localhost:{pb[1]}: the server is gone" in failures
+    assert _count(pa[1]) > 100
