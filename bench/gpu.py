@@ -89,6 +89,44 @@ def agreement(seg_runner, weights, images, device) -> dict:
     return {"images": len(images), "agreement": same / total, "min_image_agreement": min(per)}
 
 
+def kernel_profile(runner, x, iters: int = 10) -> dict:
+    """GPU time per kernel over `iters` replays (torch.profiler), grouped into what the kernels do."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            runner(x)
+        torch.cuda.synchronize()
+    per = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t > 0:
+            per[e.key] = per.get(e.key, 0.0) + t
+    total = sum(per.values()) or 1.0
+    groups = {}
+    for k, t in per.items():
+        groups[_kernel_group(k)] = groups.get(_kernel_group(k), 0.0) + t
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:25]
+    n = x.shape[0] * iters
+    return {"batch": int(x.shape[0]), "us_per_img": total / n,
+            "groups": {g: {"us_per_img": t / n, "percent": 100 * t / total}
+                       for g, t in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top": [{"kernel": k, "us_per_img": t / n, "percent": 100 * t / total} for k, t in top]}
+
+
+def _kernel_group(name: str) -> str:
+    n = name.lower()
+    for key, group in (("flash", "attention (SDPA)"), ("fmha", "attention (SDPA)"), ("attention", "attention (SDPA)"),
+                       ("dwconv", "depthwise 3x3 (+GELU)"), ("depthwise", "depthwise 3x3 (+GELU)"),
+                       ("upsample", "upsample + argmax"), ("gemm", "GEMM (linear)"), ("xmma", "conv / GEMM (cuDNN)"),
+                       ("cutlass", "GEMM (linear)"), ("sm90", "GEMM (linear)"), ("conv", "conv / GEMM (cuDNN)"),
+                       ("triton_", "fused elementwise / norm (inductor)"), ("memcpy", "copies"), ("copy", "copies")):
+        if key in n:
+            return group
+    return "other"
+
+
 def model_only(args, log) -> dict:
     import torch
 
@@ -101,10 +139,12 @@ def model_only(args, log) -> dict:
     rows = []
     x_all = torch.randint(0, 256, (max(args.batches), *size, 3), dtype=torch.uint8, device=dev)
     compile_s = {}
-    for fused in args.fused_mixffn:
-        name = "ours (fast path" + (", fused Mix-FFN kernel)" if fused else ")")
+    configs = [(mode, fused) for mode in args.compile_modes for fused in args.fused_mixffn]
+    for mode, fused in configs:
+        name = "ours (fast path" + (", fused Mix-FFN kernel" if fused else "") + \
+            (", eager" if mode is None else f", compile {mode}" if mode != "default" else "") + ")"
         t0 = time.perf_counter()
-        seg = build_fast(args.weights, "cuda", compile_mode=args.compile_mode, fused_mixffn=fused)
+        seg = build_fast(args.weights, "cuda", compile_mode=mode, fused_mixffn=fused)
         runner = GraphedSegmenter(seg, size, tuple(args.batches))
         compile_s[name] = round(time.perf_counter() - t0, 1)
         log(f"{name}: compiled and captured {len(args.batches)} CUDA graphs in {compile_s[name]:.0f} s")
@@ -113,7 +153,10 @@ def model_only(args, log) -> dict:
             rows.append({"impl": name, "batch": b, "ms_per_batch": ms, "ms_per_img": ms / b,
                          "img_per_s": 1e3 * b / ms})
             log(f"{name} b{b}: {ms / b:.3f} ms/img")
-        if fused != args.fused_mixffn[-1]:
+        if args.profile and (mode, fused) == configs[0]:
+            profile = kernel_profile(runner, x_all[:max(args.batches)])
+            log("profile: " + "; ".join(f"{k['kernel'][:60]} {k['percent']:.1f} %" for k in profile["top"][:8]))
+        if (mode, fused) != configs[-1]:
             del runner, seg
             torch.cuda.empty_cache()
     images = []
@@ -134,84 +177,22 @@ def model_only(args, log) -> dict:
         rows.append({"impl": "HF eager fp16", "batch": b, "ms_per_batch": ms, "ms_per_img": ms / b,
                      "img_per_s": 1e3 * b / ms})
         log(f"HF eager b{b}: {ms / b:.3f} ms/img")
-    if not args.skip_hf_compile:
-        hfc = torch.compile(hf)
+    for mode in ([] if args.skip_hf_compile else args.hf_compile_modes):
+        torch._dynamo.reset()
+        hfc = torch.compile(hf, mode=None if mode == "default" else mode)
+        label = "HF torch.compile fp16" + ("" if mode == "default" else f" ({mode})")
         for b in args.hf_batches:
             t1 = time.perf_counter()
+            with torch.no_grad():
+                hfc(x_all[:b])  # compile (and autotune) for this shape, timed separately
+            torch.cuda.synchronize()
+            compile_s[f"{label} b{b}"] = round(time.perf_counter() - t1, 1)
             ms = cuda_ms(hfc, x_all[:b], iters=max(3, 48 // b))
-            rows.append({"impl": "HF torch.compile fp16", "batch": b, "ms_per_batch": ms, "ms_per_img": ms / b,
-                         "img_per_s": 1e3 * b / ms, "compile_and_time_s": round(time.perf_counter() - t1, 1)})
-            log(f"HF compile b{b}: {ms / b:.3f} ms/img")
-    return {"rows": rows, "agreement": acc, "compile_and_capture_s": compile_s}
-
-
-def served(args, log) -> dict:
-    """For each instance count: build the segformer_b1_gpu directory, start Triton, sweep in-flight requests."""
-    import os
-
-    rows, timing, error = [], {}, None
-    previous = os.environ.get("SEGFORMER_GPU_TIMING")
-    os.environ["SEGFORMER_GPU_TIMING"] = "1"  # the model prints per-stage times to the server log
-    try:
-        _sweep_instances(args, log, rows, timing)
-    except Exception as exc:  # noqa: BLE001 - kept in the results with the rows measured before it
-        error = f"{type(exc).__name__}: {exc}"
-        log(f"served benchmark failed: {exc}")
-    finally:
-        if previous is None:
-            os.environ.pop("SEGFORMER_GPU_TIMING", None)
-        else:
-            os.environ["SEGFORMER_GPU_TIMING"] = previous
-    return {"rows": rows, "stage_timing": timing, **({"error": error} if error else {})}
-
-
-def _sweep_instances(args, log, rows: list, timing: dict) -> None:
-    import dataclasses
-    import re
-
-    from server import serve
-    from build.repository import write_repository
-    from build.variants import VARIANTS
-    from loadtest import closed_loop
-
-    for instances in args.served_instances:
-        scratch = Path(tempfile.mkdtemp(prefix="bench_gpu."))
-        try:
-            repo = scratch / "repo"
-            row = dataclasses.replace(VARIANTS["segformer_b1_gpu"], instances=instances)
-            res = write_repository([row], repo, force=True, log=log)
-            if res[row.name] not in ("built", "unchanged"):
-                raise RuntimeError(f"{row.name}: {res[row.name]}")
-            t0 = time.perf_counter()
-            proc = serve.start(repo, state=scratch / "state", timeout=args.served_start_timeout)
-            log(f"Triton ready with {instances} instance(s) in {time.perf_counter() - t0:.0f} s")
-            try:
-                payloads = args.served_payloads if instances == args.served_instances[0] else args.served_payloads[:1]
-                for payload in payloads:
-                    for procs, conc in args.served_points:
-                        a = closed_loop.parser().parse_args(
-                            ["--model", row.name, "--processes", str(procs), "--concurrency", str(conc),
-                             "--duration", str(args.served_duration), "--payload", payload,
-                             "--images", args.images or ""])
-                        s = {**closed_loop.run(a), "instances": instances}
-                        rows.append(s)
-                        log(f"served x{instances} {payload} in-flight {s['in_flight']}: {s['img_per_s']:.0f} img/s "
-                            f"p50 {s['p50_ms'] or float('nan'):.1f} p99 {s['p99_ms'] or float('nan'):.1f} failures {s['failures']} {s['errors'][:1]}")
-            finally:
-                serve.stop_pid(proc.pid)
-        finally:
-            log_path = scratch / "state" / "server.log"
-            if log_path.is_file():
-                text = log_path.read_text(errors="replace")
-                shutil.copy2(log_path, f"{args.out}.server{instances}.log")
-                timing[instances] = re.findall(r"\[segformer_gpu\].*", text)[-4:]
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def knee(rows: list[dict], ratio: float = 2.0) -> dict | None:
-    """Highest throughput whose p99 stays within `ratio` x its p50, with no failures."""
-    ok = [r for r in rows if r["requests"] and not r["failures"] and r["p99_ms"] <= ratio * r["p50_ms"]]
-    return max(ok, key=lambda r: r["img_per_s"]) if ok else None
+            rows.append({"impl": label, "batch": b, "ms_per_batch": ms, "ms_per_img": ms / b,
+                         "img_per_s": 1e3 * b / ms, "compile_s": compile_s[f"{label} b{b}"]})
+            log(f"{label} b{b}: {ms / b:.3f} ms/img (compiled in {compile_s[f'{label} b{b}']:.0f} s)")
+    return {"rows": rows, "agreement": acc, "compile_and_capture_s": compile_s,
+            **({"profile": profile} if args.profile else {})}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -231,27 +212,17 @@ def plot(result: dict, path: Path) -> None:
         a.plot([r["batch"] for r in rows], [r["ms_per_img"] for r in rows], "o-", label=impl)
     a.set(xscale="log", xlabel="batch", ylabel="ms per image (lower is better)",
           title=f"model only, {result['device']}")
-    a.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
+    ticks = sorted({r["batch"] for r in result["model_only"]["rows"]})
+    a.set_xticks(ticks, [str(t) for t in ticks])
     a.grid(alpha=0.3)
     a.legend(fontsize=8)
     if served_rows:
-        _plot_served(axes[0][1], served_rows)
+        from bench.gpu_served import plot_served
+
+        plot_served(axes[0][1], served_rows)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _plot_served(b, served_rows: list[dict]) -> None:
-    for key in dict.fromkeys((r.get("instances"), r["payload"]) for r in served_rows):
-        rows = [r for r in served_rows if (r.get("instances"), r["payload"]) == key and r["p99_ms"]]
-        b.plot([r["p99_ms"] for r in rows], [r["img_per_s"] for r in rows], "o-",
-               label=f"{key[1]}, {key[0]} instance(s)")
-        for r in rows:
-            b.annotate(str(r["in_flight"]), (r["p99_ms"], r["img_per_s"]), fontsize=7, xytext=(3, 3),
-                       textcoords="offset points")
-    b.set(xlabel="p99 latency (ms)", ylabel="images per second", title="served through Triton (labels: in flight)")
-    b.grid(alpha=0.3)
-    b.legend(fontsize=8)
 
 
 def markdown(result: dict) -> str:
@@ -264,23 +235,36 @@ def markdown(result: dict) -> str:
     if acc:
         md += ["", f"Agreement with the FP32 reference on {acc['images']} real images: "
                    f"**{100 * acc['agreement']:.3f} %** of pixels (worst image {100 * acc['min_image_agreement']:.3f} %)."]
+    prof = result["model_only"].get("profile")
+    if prof:
+        md += ["", f"## Where the time goes (ours, batch {prof['batch']}, torch.profiler, "
+                   f"{prof['us_per_img']:.0f} us of GPU time per image)", "",
+               "| kernels | us/img | share |", "|---|---:|---:|"]
+        md += [f"| {g} | {v['us_per_img']:.1f} | {v['percent']:.1f} % |" for g, v in prof["groups"].items()]
+        md += ["", "| top kernels | us/img | share |", "|---|---:|---:|"]
+        md += [f"| `{k['kernel'][:90]}` | {k['us_per_img']:.1f} | {k['percent']:.1f} % |" for k in prof["top"][:12]]
+    comp = result["model_only"].get("compile_and_capture_s")
+    if comp:
+        md += ["", "Compile (+ CUDA-graph capture for ours) seconds: "
+               + "; ".join(f"{k}: {v:.0f}" for k, v in comp.items()) + "."]
     if result.get("served"):
         md += ["", "## Served through Triton (closed loop, multi-process, gRPC)", "",
-               "| instances | payload | in flight | img/s | p50 ms | p99 ms | failures | server queue ms | compute ms "
-               "| avg batch |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+               "| scenario | GPUs | servers | payload | in flight | img/s | p50 ms | p99 ms | failures | server queue ms "
+               "| compute ms | avg batch |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in result["served"]["rows"]:
             s = r.get("server") or {}
-            md.append(f"| {r.get('instances', '')} | {r['payload']} | {r['in_flight']} | {r['img_per_s']:.0f} | {r['p50_ms'] or 0:.1f} | "
+            md.append(f"| {r.get('scenario', '')} | {r.get('gpus', '0')} | {r.get('servers', 1)} | {r['payload']} | "
+                      f"{r['in_flight']} | {r['img_per_s']:.0f} | {r['p50_ms'] or 0:.1f} | "
                       f"{r['p99_ms'] or 0:.1f} | {r['failures']} | {s.get('queue_ms', float('nan')):.2f} | "
                       f"{s.get('compute_ms', float('nan')):.2f} | {s.get('avg_batch', float('nan')):.1f} |")
-        for inst, lines in (result["served"].get("stage_timing") or {}).items():
-            md += ["", f"Per-stage time in the model ({inst} instance(s)), from the server log:"] + \
+        for key, lines in (result["served"].get("stage_timing") or {}).items():
+            md += ["", f"Per-stage time in the model ({key}), from the server log:"] + \
                   [f"    {ln}" for ln in lines[-2:]]
         if result["served"].get("error"):
             md += ["", f"Served run failed: {result['served']['error']}"]
         k = result["served"].get("knee")
         if k:
-            md += ["", f"Knee (p99 <= 2 x p50): {k.get('instances')} instance(s), {k['payload']}, {k['in_flight']} in flight, "
+            md += ["", f"Knee on one GPU (p99 <= 2 x p50): {k.get('scenario')}, {k['payload']}, {k['in_flight']} in flight, "
                        f"{k['img_per_s']:.0f} img/s, p50 {k['p50_ms']:.1f} ms, p99 {k['p99_ms']:.1f} ms."]
     return "\n".join(md) + "\n"
 
@@ -298,7 +282,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--hf-batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--skip-hf-compile", action="store_true")
-    ap.add_argument("--compile-mode", default="default", help="torch.compile mode for ours (or 'none')")
+    ap.add_argument("--compile-modes", nargs="+", default=["default"],
+                    help="torch.compile modes for ours ('none' = eager; 'max-autotune-no-cudagraphs': our own CUDA "
+                         "graphs capture the result)")
+    ap.add_argument("--hf-compile-modes", nargs="+", default=["default", "max-autotune"],
+                    help="torch.compile modes for the HF peer (max-autotune: its compile time is reported)")
+    ap.add_argument("--profile", action="store_true", help="per-kernel GPU time of ours at the largest batch")
     ap.add_argument("--fused-mixffn", type=int, nargs="+", default=[1, 0], choices=(0, 1),
                     help="measure ours without (0) and/or with (1) the fused Mix-FFN kernel; the agreement check "
                          "uses the last (the served configuration by default)")
@@ -307,9 +296,9 @@ def main(argv=None) -> int:
     ap.add_argument("--served", action="store_true", help="also serve through Triton and load it")
     ap.add_argument("--served-only", action="store_true")
     ap.add_argument("--served-duration", type=float, default=8.0)
-    ap.add_argument("--served-instances", type=int, nargs="+", default=[2],
-                    help="model instances to try (the first gets every payload, the others the first payload)")
-    ap.add_argument("--served-payloads", nargs="+", default=["jpeg", "raw-shm"], choices=("jpeg", "raw-shm", "raw"))
+    ap.add_argument("--served-instances", type=int, default=2, help="model instances per GPU")
+    ap.add_argument("--served-scenarios", nargs="+", default=["shm1mb", "shm256mb"],
+                    help="see bench.gpu_served (multi-GPU: gpu0 allgpus twoservers)")
     ap.add_argument("--served-start-timeout", type=float, default=300.0, help="seconds for Triton to load the model")
     ap.add_argument("--out", type=Path, default=Path("results/bench_gpu"))
     ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw <JSON>.png and .md from a results file")
@@ -319,9 +308,7 @@ def main(argv=None) -> int:
         plot(result, args.replot.with_suffix(".png"))
         args.replot.with_suffix(".md").write_text(markdown(result))
         return 0
-    args.served_points = [(8, 2), (8, 4), (12, 4), (16, 4)]
-    if args.compile_mode == "none":
-        args.compile_mode = None
+    args.compile_modes = [None if m == "none" else m for m in args.compile_modes]
     try:
         import torch
     except ImportError:
@@ -348,8 +335,15 @@ def main(argv=None) -> int:
         result["model_only"] = model_only(args, log)
         write()  # kept even if serving fails below
     if args.served or args.served_only:
+        from bench.gpu_served import SCENARIOS, knee, served
+
+        unknown = [n for n in args.served_scenarios if n not in SCENARIOS]
+        if unknown:
+            print(f"error: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+            return 2
         result["served"] = served(args, log)
-        result["served"]["knee"] = knee(result["served"]["rows"])
+        result["served"]["knee"] = knee([r for r in result["served"]["rows"] if r.get("servers", 1) == 1
+                                         and r.get("gpus", "0") == "0"])
         write()
     print(markdown(result))
     return 0 if not result.get("served", {}).get("error") else 1

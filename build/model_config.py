@@ -59,6 +59,9 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
         params.update({"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
     if v.backend == PYTHON_GPU:
         params.update({"weights_file": f"{v.weights}.json", **{k: str(x) for k, x in v.extra.items()}})
+        # the python backend's own key: inputs a client placed in CUDA shared memory reach the model on the GPU
+        # (no copy to the host and back); others still arrive on the CPU
+        params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
     for k, val in params.items():
         cfg.parameters[k].string_value = val
     return cfg

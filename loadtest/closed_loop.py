@@ -8,6 +8,9 @@ request in flight (closed loop), so in-flight requests = processes x concurrency
 - ``raw``: the uint8 [n,H,W,3] tensor in the gRPC message (3 MB per 1024² image);
 - ``raw-shm``: the tensor written into a system shared-memory region for every request (one memcpy), no
   payload on the wire;
+- ``raw-cuda``: the frames already on the GPU (a camera pipeline decoding on the same host), copied for every
+  request into a CUDA shared-memory region of the load process (one device-to-device copy); the server maps the
+  region (CUDA IPC) and the model reads the frames where they are. Needs PyTorch with CUDA in the load process.
 - ``jpeg``: the image's JPEG bytes (the model's ``encoded`` input), decoded by the server.
 Labels come back through a system shared-memory region per thread (no 1 MB/image payload on the wire), or in the
 response with ``--output wire`` (the only way through a proxy: a region is registered with one server only).
@@ -69,8 +72,41 @@ def _jpeg(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+class CudaRegion:
+    """One CUDA shared-memory region per load process, a slot of one request's frames per thread. The memory is
+    a PyTorch CUDA tensor; its IPC handle (and the tensor's offset inside the allocation the handle names) is
+    what Triton's `register_cuda_shared_memory` takes, so no cuda-python is needed."""
+
+    def __init__(self, name: str, slot_bytes: int, slots: int, device: int = 0):
+        import base64
+
+        import torch
+
+        self.name, self.slot_bytes, self.device = name, slot_bytes, device
+        self.tensor = torch.empty(slot_bytes * slots, dtype=torch.uint8, device=f"cuda:{device}")
+        share = self.tensor.untyped_storage()._share_cuda_()
+        self.handle, self.offset = base64.b64encode(share[1]), int(share[3])
+        self.size = self.offset + slot_bytes * slots  # the region starts at the allocation's base
+
+    def register(self, client) -> None:
+        try:
+            client.register_cuda_shared_memory(self.name, self.handle, self.device, self.size)
+        except Exception as exc:  # noqa: BLE001 - registered already by another thread of this process
+            if "already" not in str(exc).lower():
+                raise
+
+    def write(self, slot: int, frames_gpu) -> int:
+        """Copy a batch (a uint8 CUDA tensor) into `slot`; returns its offset in the region."""
+        import torch
+
+        start = slot * self.slot_bytes
+        self.tensor[start:start + self.slot_bytes].copy_(frames_gpu.reshape(-1))
+        torch.cuda.current_stream(self.device).synchronize()  # the server reads it as soon as the request lands
+        return self.offset + start
+
+
 def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, out: list, errors: list,
-            first: int = 0):
+            first: int = 0, cuda: CudaRegion | None = None, slot: int = 0):
     """One request in flight until stop_at. With several --url servers the thread starts on server `first` and,
     when its server goes away, moves on to the next (the failed request is counted, never retried silently)."""
     import tritonclient.grpc as grpcclient
@@ -97,6 +133,8 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
             client.register_system_shared_memory(oname, f"/{oname}", out_bytes)
         if args.payload == "raw-shm":
             client.register_system_shared_memory(iname, f"/{iname}", in_bytes)
+        if cuda is not None:
+            cuda.register(client)
         state["client"] = client
 
     try:
@@ -107,6 +145,10 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
             if args.batch != 1:
                 raise ValueError("--payload jpeg sends one image per request: use --batch 1")
             blobs = [np.frombuffer(_jpeg(f), np.uint8)[None] for f in frames]
+        if cuda is not None:
+            import torch
+
+            on_gpu = [torch.from_numpy(b).to(f"cuda:{cuda.device}") for b in batches]
         connect()
         i = 0
         while time.perf_counter() < stop_at:
@@ -120,6 +162,8 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
                 if args.payload == "raw-shm":
                     shm.set_shared_memory_region(ihandle, [batches[k]])
                     inp.set_shared_memory(iname, in_bytes)
+                elif cuda is not None:
+                    inp.set_shared_memory(cuda.name, in_bytes, offset=cuda.write(slot, on_gpu[k]))
                 else:
                     inp.set_data_from_numpy(batches[k])
             t0 = time.perf_counter()
@@ -169,14 +213,31 @@ def _process(args, size, rank: int, t_start: float, queue) -> None:
     stop_at = t_start + args.warmup + args.duration
     measure_from = t_start + args.warmup
     results, errors = [], []
+    cuda = None
+    if args.payload == "raw-cuda":
+        try:
+            cuda = CudaRegion(f"cin_{os.getpid()}", args.batch * size[0] * size[1] * 3, args.concurrency)
+        except Exception as exc:  # noqa: BLE001 - no torch / no GPU here: one failure, said once
+            queue.put(([(measure_from, measure_from, False)], [f"setup: raw-cuda needs PyTorch with a CUDA GPU in "
+                                                               f"the load process ({_first_line(exc)})"]))
+            return
     threads = [threading.Thread(target=_thread, args=(args, size, frames, f"{os.getpid()}_{j}", stop_at,
-                                                      measure_from, results, errors, rank * args.concurrency + j),
+                                                      measure_from, results, errors, rank * args.concurrency + j,
+                                                      cuda, j),
                                 daemon=True)
                for j in range(args.concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=max(1.0, stop_at - time.perf_counter() + args.timeout + 5))
+    if cuda is not None:  # every thread is done with the region: unregister it from every server
+        import tritonclient.grpc as grpcclient
+
+        for url in split_urls(args.url):
+            try:
+                grpcclient.InferenceServerClient(url).unregister_cuda_shared_memory(cuda.name)
+            except Exception:  # noqa: BLE001 - the server may be gone
+                pass
     queue.put((results, errors))
 
 
@@ -247,7 +308,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--concurrency", type=int, default=1, help="requests in flight per process")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds run before measuring")
-    ap.add_argument("--payload", choices=("raw", "raw-shm", "jpeg"), default="raw-shm")
+    ap.add_argument("--payload", choices=("raw", "raw-shm", "raw-cuda", "jpeg"), default="raw-shm")
     ap.add_argument("--output", choices=("shm", "wire"), default="shm",
                     help="labels back through system shared memory (default) or in the response (through a proxy)")
     ap.add_argument("--batch", type=int, default=1, help="images per request")

@@ -138,6 +138,14 @@ if triton is not None:
                  out.to(y.dtype.element_ty), mask=ok)
 
 
+    # On the GPU the tile shape is tuned per (H, W, C) once per process (the interpreter keeps the fixed one).
+    _dwconv3x3_gelu_tuned = triton.autotune(
+        configs=[triton.Config({"BW": bw, "BC": bc}, num_warps=nw)
+                 for bw, bc, nw in ((32, 64, 4), (16, 128, 4), (64, 64, 8), (32, 128, 8), (64, 32, 4), (128, 32, 8),
+                                    (16, 64, 2), (8, 256, 8))],
+        key=["H", "W", "C"])(_dwconv3x3_gelu_kernel)
+
+
 def dwconv3x3_gelu_reference(x: torch.Tensor, h: int, w: int, weight: torch.Tensor, bias: torch.Tensor
                              ) -> torch.Tensor:
     """Tokens [N, h*w, C] -> GELU(depthwise 3x3 conv + bias) as tokens, in plain PyTorch (Mix-FFN's middle)."""
@@ -155,6 +163,12 @@ def dwconv3x3_gelu(x: torch.Tensor, h: int, w: int, weight: torch.Tensor, bias: 
     x = x.contiguous()
     n, _, c = x.shape
     y = torch.empty_like(x)
+    if x.is_cuda:
+        def grid(meta):
+            return triton.cdiv(w, meta["BW"]), h, n * triton.cdiv(c, meta["BC"])
+
+        _dwconv3x3_gelu_tuned[grid](x, weight.contiguous(), bias.contiguous(), y, h, w, c)
+        return y
     bc = min(64, triton.next_power_of_2(c))
     bw = 32
     grid = (triton.cdiv(w, bw), h, n * triton.cdiv(c, bc))

@@ -180,17 +180,21 @@ def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 18
 
 
 def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, state: Path = STATE,
-          timeout: float = 180, plugins: list[Path] | None = None, host: str = DEFAULT_HOST) -> subprocess.Popen:
+          timeout: float = 180, plugins: list[Path] | None = None, host: str = DEFAULT_HOST,
+          extra_args: tuple[str, ...] = (), env_extra: dict | None = None) -> subprocess.Popen:
+    """Start tritonserver in the background and wait until it is ready; `extra_args` are added to its command
+    line (e.g. --backend-config=...), `env_extra` to its environment (e.g. CUDA_VISIBLE_DEVICES)."""
     try:
         host = check_host(host)
     except ValueError as exc:
         raise ServerError(str(exc)) from None
     binary = find_tritonserver()
     env, have, extra = prepare(binary, plugins)
+    env.update(env_extra or {})
     if env.get("LD_PRELOAD"):
         print(f"LD_PRELOAD={env['LD_PRELOAD']}")
     args, skipped = server_args(repo.resolve(), have, http, grpc, metrics)
-    args += extra + access_args(host, write_admin_key(state))
+    args += extra + access_args(host, write_admin_key(state)) + list(extra_args)
     if exposure_warning(host):
         print(exposure_warning(host), file=sys.stderr)
     state.mkdir(parents=True, exist_ok=True)

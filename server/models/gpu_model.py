@@ -7,6 +7,8 @@ the weights, so the directory is self-contained. Inputs (one of the two per requ
 - ``encoded`` uint8 [n, L] one JPEG/PNG file's bytes per request (n = 1); JPEG is decoded on the GPU (nvJPEG via
   torchvision), other formats on the CPU; any size is resized (bilinear) to the model's size on the GPU.
 Output ``labels`` uint8 [n, H, W]. Requests gathered by the dynamic batcher run as one padded CUDA-graph replay.
+Raw frames a client put in CUDA shared memory arrive on the GPU (``FORCE_CPU_ONLY_INPUT_TENSORS: no``) and are
+used where they are; frames from the wire or system shared memory go through one pinned staging copy.
 Tensors cross the python-backend boundary through DLPack (``pb_utils.Tensor.from_dlpack``), never numpy.
 A bad request gets its own error response; the others in the batch and the server carry on.
 """
@@ -71,16 +73,23 @@ class TritonPythonModel:
         data = torch.from_dlpack(enc.to_dlpack())
         if data.dim() != 2 or data.dtype != torch.uint8:
             raise ValueError("'encoded' must be uint8 [n, bytes], one encoded image per row")
+        data = data.cpu() if data.is_cuda else data  # nvJPEG takes the file bytes from host memory
         return "enc", [row.contiguous() for row in data]
 
     def _upload(self, tensors):
-        """CPU uint8 frames -> one GPU tensor, through a pinned staging buffer (one memcpy, one async copy)."""
+        """uint8 frames -> GPU tensors in the same order: frames already on the GPU (CUDA shared memory) as they
+        are, host frames through one pinned staging buffer (one memcpy, one async copy)."""
         torch = self.torch
-        total = sum(t.shape[0] for t in tensors)
-        if total > self.stage.shape[0]:
-            self.stage = torch.empty((total, *self.size, 3), dtype=torch.uint8).pin_memory()
-        torch.cat(tensors, out=self.stage[:total])
-        return self.stage[:total].to(self.device, non_blocking=True)
+        host = [t for t in tensors if not t.is_cuda]
+        staged = iter(())
+        if host:
+            total = sum(t.shape[0] for t in host)
+            if total > self.stage.shape[0]:
+                self.stage = torch.empty((total, *self.size, 3), dtype=torch.uint8).pin_memory()
+            torch.cat(host, out=self.stage[:total])
+            on_gpu = self.stage[:total].to(self.device, non_blocking=True)
+            staged = iter(on_gpu.split([t.shape[0] for t in host]))
+        return [next(staged) if not t.is_cuda else t.to(self.device, non_blocking=True) for t in tensors]
 
     def _decode_all(self, blobs):
         """Decoded [H,W,3] GPU tensors (or the exception for an unreadable one), JPEGs in one nvJPEG batch."""
@@ -141,12 +150,11 @@ class TritonPythonModel:
         blobs = [b for _, kind, p in parsed if kind == "enc" for b in p]
         decoded = iter(self._decode_all(blobs)) if blobs else iter(())
         raws = [p for _, kind, p in parsed if kind == "raw"]
-        uploaded = self._upload(raws) if raws else None
-        frames, owners, start = [], [], 0
+        uploaded = iter(self._upload(raws)) if raws else iter(())
+        frames, owners = [], []
         for i, kind, p in parsed:
             if kind == "raw":
-                x = uploaded[start:start + p.shape[0]]
-                start += p.shape[0]
+                x = next(uploaded)
             else:
                 imgs = [next(decoded) for _ in p]
                 bad = next((x for x in imgs if isinstance(x, Exception)), None)

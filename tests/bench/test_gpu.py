@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from bench.gpu import knee, main, markdown, plot
+from bench.gpu import main, markdown, plot
+from bench.gpu_served import knee
 
 
 def _served(in_flight, rate, p50, p99, failures=0, payload="jpeg"):
@@ -28,7 +29,7 @@ def test_knee_is_the_fastest_point_with_p99_within_twice_p50_and_no_failures():
 
 def test_report_and_plot_are_written(tmp_path):
     md = markdown({**RESULT, "served": {**RESULT["served"], "knee": knee(RESULT["served"]["rows"])}})
-    assert "| ours | 16 |" in md and "99.970 %" in md and "Knee (p99 <= 2 x p50)" in md
+    assert "| ours | 16 |" in md and "99.970 %" in md and "Knee on one GPU (p99 <= 2 x p50)" in md
     path = tmp_path / "r.json"
     path.write_text(json.dumps(RESULT))
     assert main(["--replot", str(path)]) == 0
@@ -45,12 +46,12 @@ def test_served_run_on_a_machine_without_a_gpu_reports_the_model_s_error(tmp_pat
 
     import torch
 
-    from bench.gpu import served
+    from bench.gpu_served import served
 
     if torch.cuda.is_available():
         pytest.skip("this checks the no-GPU error path")
-    args = argparse.Namespace(served_instances=[1], served_payloads=["jpeg"], served_points=[(1, 1)],
-                              served_duration=1.0, images="", served_start_timeout=120, out=tmp_path / "bench")
+    args = argparse.Namespace(served_instances=1, served_scenarios=["shm256mb"], served_duration=1.0, images="",
+                              served_start_timeout=120, out=tmp_path / "bench")
     res = served(args, log=lambda *_: None)
     assert res["rows"] == [] and "KIND_GPU but no GPUs are available" in res["error"]
-    assert (tmp_path / "bench.server1.log").is_file()
+    assert res["error"].startswith("shm256mb: ") and (tmp_path / "bench.shm256mb.server0.log").is_file()
