@@ -112,37 +112,60 @@ if triton is not None:
 
 
     @triton.jit
-    def _dwconv3x3_gelu_kernel(x, w, b, y, H, W, C, BW: tl.constexpr, BC: tl.constexpr):
-        """One output row segment of BW pixels x BC channels: 3x3 depthwise conv (zero padding 1) on NHWC
-        input, + bias, exact (erf) GELU, accumulated in FP32, written once."""
-        cblocks = tl.cdiv(C, BC)
-        n = tl.program_id(2) // cblocks
+    def _row3(base, yy, cols, chans, cin, H, W, C):
+        """One input row at three column shifts (x-1, x, x+1) as [BW, BC] tiles, zero outside the image."""
+        inside = (yy >= 0) & (yy < H)
+        ptr = base + (yy * W + cols)[:, None] * C + chans[None, :]
+        ok = cin[None, :] & inside[:, None]
+        left = tl.load(ptr - C, mask=ok & ((cols >= 1) & (cols <= W))[:, None], other=0.0)
+        mid = tl.load(ptr, mask=ok & (cols < W)[:, None], other=0.0)
+        right = tl.load(ptr + C, mask=ok & (cols + 1 < W)[:, None], other=0.0)
+        return left, mid, right
+
+    @triton.jit
+    def _dwconv3x3_gelu_kernel(x, w, b, y, H, W, C, RB: tl.constexpr, BW: tl.constexpr, BC: tl.constexpr):
+        """RB output rows of one BW-pixel x BC-channel column strip: 3x3 depthwise conv (zero padding 1) on NHWC
+        input, + bias, exact (erf) GELU, accumulated in FP32, written once. The three input rows in use are
+        kept in registers and rolled down the strip, so each input row is read from memory once per strip (at
+        three column shifts, which the L1 cache serves) instead of once per tap."""
+        rblocks = tl.cdiv(H, RB)
+        n = tl.program_id(2) // rblocks
+        r0 = (tl.program_id(2) % rblocks) * RB
         cols = tl.program_id(0) * BW + tl.arange(0, BW)
-        row = tl.program_id(1)
-        chans = (tl.program_id(2) % cblocks) * BC + tl.arange(0, BC)
+        chans = tl.program_id(1) * BC + tl.arange(0, BC)
         cin = chans < C
         base = x + n.to(tl.int64) * H * W * C
-        acc = tl.zeros([BW, BC], tl.float32)
-        for dy in tl.static_range(3):
-            yy = row + dy - 1 + tl.zeros([BW], tl.int32)  # a vector: Triton's interpreter cannot mix in scalar masks
-            for dx in tl.static_range(3):
-                xx = cols + dx - 1
-                ok = ((xx >= 0) & (xx < W) & (yy >= 0) & (yy < H))[:, None] & cin[None, :]
-                v = tl.load(base + (yy * W + xx)[:, None] * C + chans[None, :], mask=ok, other=0.0)
-                wt = tl.load(w + chans * 9 + (dy * 3 + dx), mask=cin, other=0.0)
-                acc += v.to(tl.float32) * wt.to(tl.float32)[None, :]
-        acc += tl.load(b + chans, mask=cin, other=0.0).to(tl.float32)[None, :]
-        out = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        ok = (cols < W)[:, None] & cin[None, :]
-        tl.store(y + n.to(tl.int64) * H * W * C + (row * W + cols)[:, None] * C + chans[None, :],
-                 out.to(y.dtype.element_ty), mask=ok)
+        out = y + n.to(tl.int64) * H * W * C
+        w0 = tl.load(w + chans * 9 + 0, mask=cin, other=0.0).to(tl.float32)[None, :]
+        w1 = tl.load(w + chans * 9 + 1, mask=cin, other=0.0).to(tl.float32)[None, :]
+        w2 = tl.load(w + chans * 9 + 2, mask=cin, other=0.0).to(tl.float32)[None, :]
+        w3 = tl.load(w + chans * 9 + 3, mask=cin, other=0.0).to(tl.float32)[None, :]
+        w4 = tl.load(w + chans * 9 + 4, mask=cin, other=0.0).to(tl.float32)[None, :]
+        w5 = tl.load(w + chans * 9 + 5, mask=cin, other=0.0).to(tl.float32)[None, :]
+        w6 = tl.load(w + chans * 9 + 6, mask=cin, other=0.0).to(tl.float32)[None, :]
+        w7 = tl.load(w + chans * 9 + 7, mask=cin, other=0.0).to(tl.float32)[None, :]
+        w8 = tl.load(w + chans * 9 + 8, mask=cin, other=0.0).to(tl.float32)[None, :]
+        bias = tl.load(b + chans, mask=cin, other=0.0).to(tl.float32)[None, :]
+        row = r0 + tl.zeros([BW], tl.int32)  # vectors: Triton's interpreter cannot mix in scalar masks
+        a0, a1, a2 = _row3(base, row - 1, cols, chans, cin, H, W, C)
+        b0, b1, b2 = _row3(base, row, cols, chans, cin, H, W, C)
+        for i in range(RB):
+            c0, c1, c2 = _row3(base, row + i + 1, cols, chans, cin, H, W, C)
+            acc = (a0.to(tl.float32) * w0 + a1.to(tl.float32) * w1 + a2.to(tl.float32) * w2
+                   + b0.to(tl.float32) * w3 + b1.to(tl.float32) * w4 + b2.to(tl.float32) * w5
+                   + c0.to(tl.float32) * w6 + c1.to(tl.float32) * w7 + c2.to(tl.float32) * w8 + bias)
+            res = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+            yy = row + i
+            ok = ((cols < W) & (yy < H))[:, None] & cin[None, :]
+            tl.store(out + (yy * W + cols)[:, None] * C + chans[None, :], res.to(y.dtype.element_ty), mask=ok)
+            a0, a1, a2 = b0, b1, b2
+            b0, b1, b2 = c0, c1, c2
 
-
-    # On the GPU the tile shape is tuned per (H, W, C) once per process (the interpreter keeps the fixed one).
+    # On the GPU the strip shape is tuned per (H, W, C) once per process (the interpreter keeps a fixed one).
     _dwconv3x3_gelu_tuned = triton.autotune(
-        configs=[triton.Config({"BW": bw, "BC": bc}, num_warps=nw)
-                 for bw, bc, nw in ((32, 64, 4), (16, 128, 4), (64, 64, 8), (32, 128, 8), (64, 32, 4), (128, 32, 8),
-                                    (16, 64, 2), (8, 256, 8))],
+        configs=[triton.Config({"RB": rb, "BW": bw, "BC": bc}, num_warps=nw)
+                 for rb, bw, bc, nw in ((16, 32, 64, 4), (16, 16, 128, 4), (16, 64, 32, 4), (32, 32, 64, 8),
+                                        (32, 16, 64, 4), (32, 8, 128, 4), (16, 32, 128, 8), (8, 32, 64, 4))],
         key=["H", "W", "C"])(_dwconv3x3_gelu_kernel)
 
 
@@ -163,12 +186,15 @@ def dwconv3x3_gelu(x: torch.Tensor, h: int, w: int, weight: torch.Tensor, bias: 
     x = x.contiguous()
     n, _, c = x.shape
     y = torch.empty_like(x)
-    if x.is_cuda:
-        def grid(meta):
-            return triton.cdiv(w, meta["BW"]), h, n * triton.cdiv(c, meta["BC"])
+    def grid(meta):
+        return triton.cdiv(w, meta["BW"]), triton.cdiv(c, meta["BC"]), n * triton.cdiv(h, meta["RB"])
 
+    if x.is_cuda:
         _dwconv3x3_gelu_tuned[grid](x, weight.contiguous(), bias.contiguous(), y, h, w, c)
-        return y
+    else:
+        _dwconv3x3_gelu_kernel[grid](x, weight.contiguous(), bias.contiguous(), y, h, w, c, RB=4, BW=16,
+                                     BC=min(64, triton.next_power_of_2(c)), num_warps=4)
+    return y
     bc = min(64, triton.next_power_of_2(c))
     bw = 32
     grid = (triton.cdiv(w, bw), h, n * triton.cdiv(c, bc))

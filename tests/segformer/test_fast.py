@@ -121,7 +121,7 @@ DWCONV_CHECK = textwrap.dedent("""
     import torch
     from segformer.kernels import dwconv3x3_gelu, dwconv3x3_gelu_reference
     torch.manual_seed(0)
-    for n, h, w, c in [(2, 5, 7, 16), (1, 3, 40, 96), (1, 1, 1, 8)]:
+    for n, h, w, c in [(2, 5, 7, 16), (1, 3, 40, 96), (1, 1, 1, 8), (1, 9, 17, 80)]:
         x = torch.randn(n, h * w, c)
         wt, b = torch.randn(c, 1, 3, 3), torch.randn(c)
         out = dwconv3x3_gelu(x, h, w, wt, b)
