@@ -110,7 +110,7 @@ TEMPLATES: tuple[Template, ...] = (
              "op (needs make plugins)", **TRT),
     Template("_gpu", PYTHON_GPU, precision="fp16", max_batch=16, preferred_batches=(8, 16), queue_delay_us=1000,
              instances=2, fixed_size=True,
-             extra={"buckets": "1,2,4,8,16", "compile_mode": "default", "fused_mixffn": "0"},
+             extra={"buckets": "1,2,4,8,16", "compile_mode": "default", "fused_mixffn": "1"},
              description="GPU fast path: FP16, folded decoder, fused upsample+argmax, CUDA graphs; raw or JPEG/PNG "
                          "input (needs a CUDA GPU)"),
 )
