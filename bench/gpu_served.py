@@ -6,6 +6,7 @@ run as the others):
   time): JPEG sweep, raw frames over system shared memory, raw frames over CUDA shared memory;
 - ``shm256mb``: the same server with the pool at 256 MB (growing 64 MB): raw frames over system shared memory
   and on the wire (what `make serve` now passes);
+- ``inputs``: one GPU, a point of each payload, for the model's per-stage input timing;
 - ``gpu0`` / ``allgpus``: one Triton seeing GPU 0 only, or every GPU (the config's instance group is placed on
   each GPU): JPEG points, for the multi-GPU scaling;
 - ``twoservers``: one Triton per GPU (CUDA_VISIBLE_DEVICES), the closed-loop client spread over both (`--url
@@ -30,6 +31,8 @@ SCENARIOS = {
                "loads": [("jpeg", JPEG_POINTS), ("raw-shm", [(8, 2), (16, 4)]), ("raw-cuda", [(8, 2), (16, 4)])]},
     "shm256mb": {"gpus": "0", "servers": 1, "args": BIG_POOL,
                  "loads": [("raw-shm", [(8, 2), (16, 4)]), ("raw", [(8, 2)]), ("raw-cuda", [(16, 4)])]},
+    "inputs": {"gpus": "0", "servers": 1, "args": BIG_POOL,
+               "loads": [("raw-cuda", [(8, 2), (16, 4)]), ("raw-shm", [(16, 4)]), ("jpeg", [(16, 4)])]},
     "gpu0": {"gpus": "0", "servers": 1, "args": BIG_POOL, "loads": [("jpeg", [(16, 4), (24, 4)])]},
     "allgpus": {"gpus": "all", "servers": 1, "args": BIG_POOL, "loads": [("jpeg", [(16, 4), (24, 4), (32, 4)])]},
     "twoservers": {"gpus": "each", "servers": 2, "args": BIG_POOL, "loads": [("jpeg", [(16, 4), (24, 4), (32, 4)])]},

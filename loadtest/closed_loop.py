@@ -85,7 +85,14 @@ class CudaRegion:
         self.name, self.slot_bytes, self.device = name, slot_bytes, device
         self.tensor = torch.empty(slot_bytes * slots, dtype=torch.uint8, device=f"cuda:{device}")
         share = self.tensor.untyped_storage()._share_cuda_()
-        self.handle, self.offset = base64.b64encode(share[1]), int(share[3])
+        handle = bytes(share[1])
+        # PyTorch writes [format version][kind]['c': the 64-byte cudaIpcMemHandle_t of a cudaMalloc block]
+        if len(handle) == 66 and handle[1:2] == b"c":
+            handle = handle[2:]
+        if len(handle) != 64:
+            raise RuntimeError("this PyTorch shares CUDA memory in a form Triton cannot open (expandable "
+                               "segments?): unset PYTORCH_CUDA_ALLOC_CONF=expandable_segments")
+        self.handle, self.offset = base64.b64encode(handle), int(share[3])
         self.size = self.offset + slot_bytes * slots  # the region starts at the allocation's base
 
     def register(self, client) -> None:

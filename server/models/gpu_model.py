@@ -147,10 +147,16 @@ class TritonPythonModel:
                 parsed.append((i, *self._parse(r)))
             except Exception as exc:  # noqa: BLE001 - this request's error; the batch goes on
                 responses[i] = _error(str(exc))
+        tp = time.perf_counter()
         blobs = [b for _, kind, p in parsed if kind == "enc" for b in p]
         decoded = iter(self._decode_all(blobs)) if blobs else iter(())
+        td = time.perf_counter()
         raws = [p for _, kind, p in parsed if kind == "raw"]
         uploaded = iter(self._upload(raws)) if raws else iter(())
+        tu = time.perf_counter()
+        if self.timing:
+            on_gpu = sum(1 for r in raws if r.is_cuda)
+            self._split(tp - t0, td - tp, tu - td, on_gpu, len(raws))
         frames, owners = [], []
         for i, kind, p in parsed:
             if kind == "raw":
@@ -183,6 +189,13 @@ class TritonPythonModel:
             self._account(sum(n for _, n in owners), t1 - t0, t2 - t1, time.perf_counter() - t2)
         return responses
 
+    def _split(self, t_parse, t_decode, t_upload, raw_on_gpu, raws):
+        """Where the input stage goes: request tensors (parse), JPEG/PNG decode, raw frames to the GPU."""
+        st = self.stats
+        for k, v in (("parse", t_parse), ("decode", t_decode), ("upload", t_upload), ("raw_gpu", raw_on_gpu),
+                     ("raws", raws)):
+            st[k] = st.get(k, 0.0) + v
+
     def _account(self, images, t_in, t_model, t_out):
         """Per-stage time, printed to the server log every 200 batches when SEGFORMER_GPU_TIMING=1."""
         if not self.timing:
@@ -197,7 +210,9 @@ class TritonPythonModel:
             b = st["batches"]
             print(f"[segformer_gpu] {b} batches, {st['images'] / b:.1f} img/batch; ms per batch: inputs "
                   f"{1e3 * st['inputs'] / b:.2f}, model+D2H {1e3 * st['model'] / b:.2f}, responses "
-                  f"{1e3 * st['outputs'] / b:.2f}", flush=True)
+                  f"{1e3 * st['outputs'] / b:.2f}; inputs split: parse {1e3 * st.get('parse', 0) / b:.2f}, decode "
+                  f"{1e3 * st.get('decode', 0) / b:.2f}, upload {1e3 * st.get('upload', 0) / b:.2f}; raw requests "
+                  f"on the GPU {st.get('raw_gpu', 0):.0f} of {st.get('raws', 0):.0f}", flush=True)
 
     def _run(self, batch):
         """Labels of the whole batch in a pinned host buffer (chunks of the largest bucket)."""
