@@ -250,13 +250,16 @@ def markdown(result: dict) -> str:
     if result.get("served"):
         md += ["", "## Served through Triton (closed loop, multi-process, gRPC)", "",
                "| scenario | GPUs | servers | payload | in flight | img/s | p50 ms | p99 ms | failures | server queue ms "
-               "| compute ms | avg batch |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+               "| compute ms (input / infer / output) | avg batch |",
+               "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in result["served"]["rows"]:
             s = r.get("server") or {}
             md.append(f"| {r.get('scenario', '')} | {r.get('gpus', '0')} | {r.get('servers', 1)} | {r['payload']} | "
                       f"{r['in_flight']} | {r['img_per_s']:.0f} | {r['p50_ms'] or 0:.1f} | "
                       f"{r['p99_ms'] or 0:.1f} | {r['failures']} | {s.get('queue_ms', float('nan')):.2f} | "
-                      f"{s.get('compute_ms', float('nan')):.2f} | {s.get('avg_batch', float('nan')):.1f} |")
+                      f"{s.get('compute_ms', float('nan')):.2f}" + (
+                          f" ({s['compute_input_ms']:.2f} / {s['compute_infer_ms']:.2f} / {s['compute_output_ms']:.2f})"
+                          if "compute_input_ms" in s else "") + f" | {s.get('avg_batch', float('nan')):.1f} |")
         for key, lines in (result["served"].get("stage_timing") or {}).items():
             md += ["", f"Per-stage time in the model ({key}), from the server log:"] + \
                   [f"    {ln}" for ln in lines[-2:]]

@@ -33,7 +33,8 @@ SCENARIOS = {
                  "loads": [("raw-shm", [(8, 2), (16, 4)]), ("raw", [(8, 2)]), ("raw-cuda", [(16, 4)])]},
     "inputs": {"gpus": "0", "servers": 1, "args": BIG_POOL,
                "loads": [("raw-cuda", [(8, 2), (16, 4)]), ("raw-shm", [(16, 4)]), ("jpeg", [(16, 4)])]},
-    "gpu0": {"gpus": "0", "servers": 1, "args": BIG_POOL, "loads": [("jpeg", [(16, 4), (24, 4)])]},
+    "gpu0": {"gpus": "0", "servers": 1, "args": BIG_POOL,
+             "loads": [("jpeg", [(16, 4), (24, 4)]), ("raw-shm", [(16, 4)])]},
     "allgpus": {"gpus": "all", "servers": 1, "args": BIG_POOL, "loads": [("jpeg", [(16, 4), (24, 4), (32, 4)])]},
     "twoservers": {"gpus": "each", "servers": 2, "args": BIG_POOL, "loads": [("jpeg", [(16, 4), (24, 4), (32, 4)])]},
 }

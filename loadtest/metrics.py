@@ -46,4 +46,8 @@ def breakdown(d: dict[str, float]) -> dict[str, float]:
     return {"requests": n, "failures": d["nv_inference_request_failure"], "executions": execs,
             "avg_batch": d["nv_inference_count"] / execs if execs else float("nan"),
             "server_ms": per("nv_inference_request_duration_us"), "queue_ms": per("nv_inference_queue_duration_us"),
-            "compute_ms": compute / n / 1e3 if n else float("nan")}
+            "compute_ms": compute / n / 1e3 if n else float("nan"),
+            # Triton's own split of compute: inputs into the backend, the model's execute, outputs back
+            "compute_input_ms": per("nv_inference_compute_input_duration_us"),
+            "compute_infer_ms": per("nv_inference_compute_infer_duration_us"),
+            "compute_output_ms": per("nv_inference_compute_output_duration_us")}
