@@ -55,7 +55,8 @@ help:
 	@echo "make sweep     concurrency sweep with knee under SLO_MS"
 	@echo "make soak      SOAK_S seconds at SOAK_LOAD x the probed rate: failures, p99 over time, server RSS drift"
 	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
-	@echo "make bench     GPU: fast path vs HF eager/compile, model-only and served (BENCH_IMAGES=DIR) -> results/"
+	@echo "make bench     GPU: fast path vs HF eager/compile/max-autotune (SKIP_MAX_AUTOTUNE=1 skips it), kernel profile,"
+	@echo "               served JPEG / raw over system and CUDA shared memory, one vs all GPUs vs two servers (BENCH_IMAGES=DIR) -> results/"
 	@echo "make bench-cpu  CPU: ONNX Runtime FP32 / best_cpu vs OpenVINO f32 / bf16, speed + accuracy (BENCH_DATA=camvid) -> results/"
 	@echo "make cluster [REPLICAS=3]  N Triton replicas behind HAProxy on $(HTTP_PORT)/$(GRPC_PORT) (a cluster Service on one host); cluster-status, cluster-stop"
 	@echo "make deploy-manifests  Kubernetes (kustomize) + KServe manifests for the built $(REPO)/ -> deploy/k8s/, validated"
@@ -111,7 +112,8 @@ bench-build: venv
 
 bench: venv
 	$(PY) -m pip install -q -e ".[gpu]"
-	$(PY) -m bench.gpu --served --out results/bench_gpu $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES))
+	$(PY) -m bench.gpu --served --profile --batches 1 16 32 --hf-batches 16 --out results/bench_gpu \
+	  $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) $(if $(SKIP_MAX_AUTOTUNE),--hf-compile-modes default)
 
 BENCH_DATA ?= ../shared/datasets/camvid
 bench-cpu: venv

@@ -1,14 +1,16 @@
 """GPU benchmark of the fast path against Hugging Face SegFormer, model-only and served through Triton.
 
-    python -m bench.gpu [--weights segformer-b1-camvid] [--images DIR] [--served] [--out results/bench_gpu]
+    python -m bench.gpu [--weights segformer-b1-camvid] [--images DIR] [--served] [--profile] [--out results/bench_gpu]
 
 Model only (uint8 [N,1024,1024,3] on the GPU -> uint8 labels on the GPU, CUDA-event timed, median of repeats):
-HF transformers SegFormer eager FP16, the same under torch.compile, and ours (segformer.fast: FP16, folded
-decoder, fused upsample+argmax, torch.compile, CUDA graphs), per batch size. HF models have the same
+HF transformers SegFormer eager FP16, the same under torch.compile (default and max-autotune, compile time
+reported), and ours (segformer.fast: FP16, folded decoder, fused dwconv+GELU and upsample+argmax kernels,
+torch.compile, CUDA graphs), per batch size; --profile adds ours' GPU time per kernel group. HF models have the same
 architecture (variant, classes) with their own initial weights: only their speed is compared. Agreement: share
 of pixels where our labels equal the FP32 PyTorch reference (TF32 off) on --images, resized as the server does.
---served: builds the segformer_b1_gpu model directory, starts Triton, and sweeps in-flight requests with the
-project's multi-process closed-loop generator (loadtest.closed_loop), JPEG and raw-shared-memory payloads.
+--served: builds the segformer_b1_gpu model directory, starts Triton, and loads it with the project's
+multi-process closed-loop generator (loadtest.closed_loop) in the scenarios of bench.gpu_served (JPEG, raw frames
+over system / CUDA shared memory, one GPU vs every GPU vs one server per GPU).
 Writes <out>.json, <out>.md and <out>.png (one run, every number side by side); --replot redraws from a JSON.
 """
 from __future__ import annotations
@@ -16,10 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -300,8 +300,9 @@ def main(argv=None) -> int:
     ap.add_argument("--served-only", action="store_true")
     ap.add_argument("--served-duration", type=float, default=8.0)
     ap.add_argument("--served-instances", type=int, default=2, help="model instances per GPU")
-    ap.add_argument("--served-scenarios", nargs="+", default=["shm1mb", "shm256mb"],
-                    help="see bench.gpu_served (multi-GPU: gpu0 allgpus twoservers)")
+    ap.add_argument("--served-scenarios", nargs="+",
+                    help="see bench.gpu_served (default: shm1mb shm256mb, and gpu0 allgpus twoservers where there "
+                         "are two or more GPUs)")
     ap.add_argument("--served-start-timeout", type=float, default=300.0, help="seconds for Triton to load the model")
     ap.add_argument("--out", type=Path, default=Path("results/bench_gpu"))
     ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw <JSON>.png and .md from a results file")
@@ -340,6 +341,9 @@ def main(argv=None) -> int:
     if args.served or args.served_only:
         from bench.gpu_served import SCENARIOS, knee, served
 
+        if not args.served_scenarios:
+            args.served_scenarios = ["shm1mb", "shm256mb"] + (["gpu0", "allgpus", "twoservers"]
+                                                              if torch.cuda.device_count() > 1 else [])
         unknown = [n for n in args.served_scenarios if n not in SCENARIOS]
         if unknown:
             print(f"error: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)

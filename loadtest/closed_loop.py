@@ -72,6 +72,17 @@ def _jpeg(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def ipc_mem_handle(shared: bytes) -> bytes:
+    """The 64-byte cudaIpcMemHandle_t Triton opens, from PyTorch's shared-storage handle: PyTorch >= 2.4 writes
+    [format version][kind][payload], kind 'c' (a cudaMalloc block) carrying the 64-byte handle."""
+    if len(shared) == 66 and shared[1:2] == b"c":
+        shared = shared[2:]
+    if len(shared) != 64:
+        raise RuntimeError("this PyTorch shares CUDA memory in a form Triton cannot open (expandable segments?): "
+                           "unset PYTORCH_CUDA_ALLOC_CONF=expandable_segments")
+    return shared
+
+
 class CudaRegion:
     """One CUDA shared-memory region per load process, a slot of one request's frames per thread. The memory is
     a PyTorch CUDA tensor; its IPC handle (and the tensor's offset inside the allocation the handle names) is
@@ -85,14 +96,7 @@ class CudaRegion:
         self.name, self.slot_bytes, self.device = name, slot_bytes, device
         self.tensor = torch.empty(slot_bytes * slots, dtype=torch.uint8, device=f"cuda:{device}")
         share = self.tensor.untyped_storage()._share_cuda_()
-        handle = bytes(share[1])
-        # PyTorch writes [format version][kind]['c': the 64-byte cudaIpcMemHandle_t of a cudaMalloc block]
-        if len(handle) == 66 and handle[1:2] == b"c":
-            handle = handle[2:]
-        if len(handle) != 64:
-            raise RuntimeError("this PyTorch shares CUDA memory in a form Triton cannot open (expandable "
-                               "segments?): unset PYTORCH_CUDA_ALLOC_CONF=expandable_segments")
-        self.handle, self.offset = base64.b64encode(handle), int(share[3])
+        self.handle, self.offset = base64.b64encode(ipc_mem_handle(bytes(share[1]))), int(share[3])
         self.size = self.offset + slot_bytes * slots  # the region starts at the allocation's base
 
     def register(self, client) -> None:

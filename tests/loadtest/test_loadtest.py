@@ -29,6 +29,18 @@ def test_metrics_parse_and_breakdown():
     assert b["compute_ms"] == pytest.approx(93.6 / 12)
 
 
+def test_compute_split_and_the_cuda_ipc_handle_format():
+    b = metrics.breakdown(metrics.diff({}, metrics.parse(SAMPLE), "m"))
+    assert set(b) >= {"compute_input_ms", "compute_infer_ms", "compute_output_ms"}
+    assert b["compute_input_ms"] + b["compute_infer_ms"] + b["compute_output_ms"] == pytest.approx(b["compute_ms"])
+    from loadtest.closed_loop import ipc_mem_handle
+
+    raw = bytes(range(64))
+    assert ipc_mem_handle(raw) == raw and ipc_mem_handle(bytes([2]) + b"c" + raw) == raw
+    with pytest.raises(RuntimeError, match="expandable"):
+        ipc_mem_handle(bytes([2]) + b"e" + raw[:40])
+
+
 def test_knee_picks_highest_throughput_within_slo():
     rows = [{"users": 1, "img_s": 1.0, "p99_ms": 100, "requests": 9, "failures": 0},
             {"users": 2, "img_s": 1.8, "p99_ms": 180, "requests": 9, "failures": 0},
@@ -105,6 +117,23 @@ def test_closed_loop_counts_failures_instead_of_hiding_them(server, capsys):
                            "--duration", "1", "--warmup", "0.5", "--payload", "jpeg"])
     out = capsys.readouterr().out
     assert rc == 1 and "failures" in out and " 0 failures" not in out
+
+
+@pytest.mark.integration
+def test_raw_frames_over_cuda_shared_memory_need_a_gpu_and_say_so(server):
+    import torch
+
+    from loadtest import closed_loop
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU message; the GPU path is measured by make bench")
+    args = closed_loop.parser().parse_args(
+        ["--model", server["null"], "--url", f"localhost:{server['ports']['grpc']}", "--metrics-url",
+         f"localhost:{server['ports']['metrics']}", "--processes", "1", "--concurrency", "2", "--duration", "1",
+         "--warmup", "0", "--payload", "raw-cuda"])
+    s = closed_loop.run(args)
+    assert s["requests"] == 0 and s["failures"] == 1
+    assert s["errors"][0].startswith("setup: raw-cuda needs PyTorch with a CUDA GPU"), s["errors"]
 
 
 def test_stats_come_from_the_masters_csv_when_a_worker_left_an_empty_json(tmp_path):
