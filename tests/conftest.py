@@ -51,6 +51,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def null_repository(tmp_path: Path, size=(64, 64)) -> Path:
+    """A model repository holding only the null model ('null': zero labels at once), built as `make repo` does."""
+    from build.repository import write_repository
+    from build.variants import PYTHON_NULL, ServingVariant
+
+    repo = tmp_path / "repo"
+    write_repository([ServingVariant("null", "segformer-b0-camvid", PYTHON_NULL, size=size, max_batch=4)], repo,
+                     log=lambda *_: None, cache_dir=tmp_path / "cache")
+    return repo
+
+
 def http_post(url: str, body: bytes = b"{}", headers: dict | None = None) -> tuple[int, str]:
     """(status, body text) of a POST, error statuses included (for requests tritonclient would not send)."""
     import urllib.error

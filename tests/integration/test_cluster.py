@@ -10,12 +10,10 @@ import time
 
 import pytest
 
-from build.repository import write_repository
-from build.variants import PYTHON_NULL, ServingVariant
 from client.runners import PROXY_FAILED, TritonRunner
 from client.segment import main as segment_main
 from server.cluster import replica_states, start_cluster, stop_cluster
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, null_repository
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("haproxy") is None,
@@ -25,9 +23,7 @@ SIZE = (64, 64)
 
 @pytest.fixture
 def cluster(tmp_path):
-    repo = tmp_path / "repo"
-    write_repository([ServingVariant("null", "segformer-b0-camvid", PYTHON_NULL, size=SIZE, max_batch=4)], repo,
-                     log=lambda *_: None, cache_dir=tmp_path / "cache")
+    repo = null_repository(tmp_path, SIZE)
     state = tmp_path / "cluster"
     info = start_cluster(repo, 3, free_port(), free_port(), state=state)
     info["state"] = state

@@ -6,13 +6,11 @@ import signal
 import numpy as np
 import pytest
 
-from build.repository import write_repository
-from build.variants import PYTHON_NULL, ServingVariant
 from client.endpoints import MultiRunner, triton_runner
 from client.runners import RunnerError, TritonRunner, served_models
 from client.segment import main as segment_main
 from server.serve import start, stop_pid
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, null_repository
 
 pytestmark = pytest.mark.integration
 SIZE = (64, 64)
@@ -20,9 +18,7 @@ SIZE = (64, 64)
 
 @pytest.fixture
 def two_servers(tmp_path):
-    repo = tmp_path / "repo"
-    write_repository([ServingVariant("null", "segformer-b0-camvid", PYTHON_NULL, size=SIZE, max_batch=4)], repo,
-                     log=lambda *_: None, cache_dir=tmp_path / "cache")
+    repo = null_repository(tmp_path, SIZE)
     servers = []
     for k in range(2):
         ports = [free_port(), free_port(), free_port()]
