@@ -6,10 +6,16 @@ back to the image's own size with nearest-neighbour resampling.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# load_image checks Pillow's pixel limit itself and says so in one error line; Pillow's own warning (for images
+# between 1x and 2x the limit) would only print a second, Python-formatted line before it. Set once at import:
+# a filter toggled per call is process-wide and races between threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(ValueError):
