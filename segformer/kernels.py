@@ -112,18 +112,22 @@ if triton is not None:
 
 
     @triton.jit
-    def _row3(base, yy, cols, chans, cin, H, W, C):
-        """One input row at three column shifts (x-1, x, x+1) as [BW, BC] tiles, zero outside the image."""
+    def _row3(base, yy, cols, chans, cin, H, W, C, F32: tl.constexpr):
+        """One input row at three column shifts (x-1, x, x+1) as [BW, BC] tiles, zero outside the image; F32:
+        converted to float32 once here (each tile is used by three output rows) instead of at every use."""
         inside = (yy >= 0) & (yy < H)
         ptr = base + (yy * W + cols)[:, None] * C + chans[None, :]
         ok = cin[None, :] & inside[:, None]
         left = tl.load(ptr - C, mask=ok & ((cols >= 1) & (cols <= W))[:, None], other=0.0)
         mid = tl.load(ptr, mask=ok & (cols < W)[:, None], other=0.0)
         right = tl.load(ptr + C, mask=ok & (cols + 1 < W)[:, None], other=0.0)
+        if F32:
+            return left.to(tl.float32), mid.to(tl.float32), right.to(tl.float32)
         return left, mid, right
 
     @triton.jit
-    def _dwconv3x3_gelu_kernel(x, w, b, y, H, W, C, RB: tl.constexpr, BW: tl.constexpr, BC: tl.constexpr):
+    def _dwconv3x3_gelu_kernel(x, w, b, y, H, W, C, RB: tl.constexpr, BW: tl.constexpr, BC: tl.constexpr,
+                               F32: tl.constexpr):
         """RB output rows of one BW-pixel x BC-channel column strip: 3x3 depthwise conv (zero padding 1) on NHWC
         input, + bias, exact (erf) GELU, accumulated in FP32, written once. The three input rows in use are
         kept in registers and rolled down the strip, so each input row is read from memory once per strip (at
@@ -147,10 +151,10 @@ if triton is not None:
         w8 = tl.load(w + chans * 9 + 8, mask=cin, other=0.0).to(tl.float32)[None, :]
         bias = tl.load(b + chans, mask=cin, other=0.0).to(tl.float32)[None, :]
         row = r0 + tl.zeros([BW], tl.int32)  # vectors: Triton's interpreter cannot mix in scalar masks
-        a0, a1, a2 = _row3(base, row - 1, cols, chans, cin, H, W, C)
-        b0, b1, b2 = _row3(base, row, cols, chans, cin, H, W, C)
+        a0, a1, a2 = _row3(base, row - 1, cols, chans, cin, H, W, C, F32)
+        b0, b1, b2 = _row3(base, row, cols, chans, cin, H, W, C, F32)
         for i in range(RB):
-            c0, c1, c2 = _row3(base, row + i + 1, cols, chans, cin, H, W, C)
+            c0, c1, c2 = _row3(base, row + i + 1, cols, chans, cin, H, W, C, F32)
             acc = (a0.to(tl.float32) * w0 + a1.to(tl.float32) * w1 + a2.to(tl.float32) * w2
                    + b0.to(tl.float32) * w3 + b1.to(tl.float32) * w4 + b2.to(tl.float32) * w5
                    + c0.to(tl.float32) * w6 + c1.to(tl.float32) * w7 + c2.to(tl.float32) * w8 + bias)
@@ -161,12 +165,14 @@ if triton is not None:
             a0, a1, a2 = b0, b1, b2
             b0, b1, b2 = c0, c1, c2
 
-    # On the GPU the strip shape is tuned per (H, W, C) once per process (the interpreter keeps a fixed one).
-    _dwconv3x3_gelu_tuned = triton.autotune(
-        configs=[triton.Config({"RB": rb, "BW": bw, "BC": bc}, num_warps=nw)
-                 for rb, bw, bc, nw in ((16, 32, 64, 4), (16, 16, 128, 4), (16, 64, 32, 4), (32, 32, 64, 8),
-                                        (32, 16, 64, 4), (32, 8, 128, 4), (16, 32, 128, 8), (8, 32, 64, 4))],
-        key=["H", "W", "C"])(_dwconv3x3_gelu_kernel)
+    # On the GPU the strip shape (and where tiles become float32) is tuned per (H, W, C) once per process (the
+    # interpreter runs one fixed configuration of each kind).
+    DWCONV_CONFIGS = [triton.Config({"RB": rb, "BW": bw, "BC": bc, "F32": f32}, num_warps=nw)
+                      for rb, bw, bc, nw in ((16, 32, 64, 4), (16, 16, 128, 4), (16, 64, 32, 4), (32, 32, 64, 8),
+                                             (32, 16, 64, 4), (32, 8, 128, 4), (16, 32, 128, 8), (8, 32, 64, 4),
+                                             (16, 16, 64, 4), (32, 16, 32, 2))
+                      for f32 in (False, True)]
+    _dwconv3x3_gelu_tuned = triton.autotune(configs=DWCONV_CONFIGS, key=["H", "W", "C"])(_dwconv3x3_gelu_kernel)
 
 
 def dwconv3x3_gelu_reference(x: torch.Tensor, h: int, w: int, weight: torch.Tensor, bias: torch.Tensor
@@ -192,8 +198,9 @@ def dwconv3x3_gelu(x: torch.Tensor, h: int, w: int, weight: torch.Tensor, bias: 
     if x.is_cuda:
         _dwconv3x3_gelu_tuned[grid](x, weight.contiguous(), bias.contiguous(), y, h, w, c)
     else:
+        f32 = os.environ.get("SEGFORMER_DWCONV_F32", "0") == "1"  # the CPU tests run both kinds
         _dwconv3x3_gelu_kernel[grid](x, weight.contiguous(), bias.contiguous(), y, h, w, c, RB=4, BW=16,
-                                     BC=min(64, triton.next_power_of_2(c)), num_warps=4)
+                                     BC=min(64, triton.next_power_of_2(c)), F32=f32, num_warps=4)
     return y
     bc = min(64, triton.next_power_of_2(c))
     bw = 32

@@ -132,9 +132,10 @@ DWCONV_CHECK = textwrap.dedent("""
 """)
 
 
-def test_fused_dwconv_gelu_kernel_in_the_interpreter_matches_pytorch():
+@pytest.mark.parametrize("f32", ["0", "1"])
+def test_fused_dwconv_gelu_kernel_in_the_interpreter_matches_pytorch(f32):
     pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "SEGFORMER_DWCONV_F32": f32}
     res = subprocess.run([sys.executable, "-c", DWCONV_CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "dwconv ok" in res.stdout, res.stderr[-3000:]
 
