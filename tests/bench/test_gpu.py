@@ -55,3 +55,14 @@ def test_served_run_on_a_machine_without_a_gpu_reports_the_model_s_error(tmp_pat
     res = served(args, log=lambda *_: None)
     assert res["rows"] == [] and "KIND_GPU but no GPUs are available" in res["error"]
     assert res["error"].startswith("shm256mb: ") and (tmp_path / "bench.shm256mb.server0.log").is_file()
+
+
+def test_kernel_microbenchmark_says_it_needs_a_gpu(capsys):
+    import torch
+
+    from bench.kernels_gpu import main as kernels_main
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU message")
+    assert kernels_main(["--out", "/nonexistent/never-written"]) == 2
+    assert capsys.readouterr().err.startswith("error: no CUDA GPU here")
