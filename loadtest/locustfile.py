@@ -73,26 +73,18 @@ class _TritonUser(User):
         raise StopUser(message)
 
     def on_start(self):
-        from client.runners import TritonRunner, split_urls
+        from client.runners import split_urls
 
         opts = self.environment.parsed_options
         self.model, self.batch, self.payload = opts.model, max(1, opts.batch), opts.payload
+        self.timeout = opts.request_timeout
         self.urls = split_urls(self.host) or [None]
         self.k = next(self._started)
-        runner, problems = None, []
-        for _ in range(len(self.urls)):  # this user's server, or the next one that answers
-            r = TritonRunner(self.model, self.urls[self.k % len(self.urls)], self.protocol, opts.request_timeout)
-            try:
-                info = r.activate()
-                meta = r.client.get_model_metadata(self.model)
-                runner = r
-                break
-            except Exception as exc:  # noqa: BLE001 - RunnerError, or the metadata call failing: one line each
-                problems.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                self.k += 1
-        if runner is None:
+        self.client = None
+        problems = self._connect()  # this user's server, or the next one that answers
+        if self.client is None:
             self._stop("; ".join(problems))
-        self.runner, self.client, self.tc = runner, runner.client, runner._tc
+        info, meta, self.tc = self.runner.info, self.meta, self.runner._tc
         inputs = meta["inputs"] if isinstance(meta, dict) else [{"name": i.name, "datatype": i.datatype}
                                                                for i in meta.inputs]
         encoded = [i["name"] for i in inputs if i["datatype"] == "BYTES"]
@@ -111,7 +103,6 @@ class _TritonUser(User):
             self.requests.append(inp)
         self.outputs = [self.tc.InferRequestedOutput("labels")]
         self.i = 0
-        self.timeout = opts.request_timeout
 
     @task
     def infer(self):
@@ -138,23 +129,34 @@ class _TritonUser(User):
         if exc is not None and why == SERVER_GONE and len(self.urls) > 1:
             self._next_server()
 
-    def _next_server(self):
-        """On to the next server after this one went away (the same requests: every server has the model)."""
-        from client.runners import RunnerError, TritonRunner
+    def _connect(self) -> list[str]:
+        """Connect to the first server from `self.k` on that answers (self.runner, self.client, self.meta);
+        self.client stays None when none does. Returns why each skipped server was skipped."""
+        from client.runners import TritonRunner
 
-        if self.client is not None:
-            self.runner.deactivate()
+        problems = []
         for _ in range(len(self.urls)):
-            self.k += 1
             runner = TritonRunner(self.model, self.urls[self.k % len(self.urls)], self.protocol, self.timeout)
             try:
                 runner.activate()
-            except RunnerError:
+                self.meta = runner.client.get_model_metadata(self.model)
+            except Exception as exc:  # noqa: BLE001 - RunnerError, or the metadata call failing: one line each
+                problems.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                self.k += 1
                 continue
             self.runner, self.client = runner, runner.client
-            return
-        self.client = None  # none answered: the next requests look again, each counted as failed until one does
-        time.sleep(0.2)
+            break
+        return problems
+
+    def _next_server(self):
+        """On to the next server after this one went away (the same requests: every server has the model)."""
+        if self.client is not None:
+            self.runner.deactivate()
+            self.client = None
+            self.k += 1
+        self._connect()
+        if self.client is None:  # none answered: the next requests look again, each counted as failed until one does
+            time.sleep(0.2)
 
     def on_stop(self):
         if getattr(self, "runner", None) is not None:
