@@ -69,7 +69,7 @@ def timing(paths: dict, images: np.ndarray, repeats: int, log) -> list[dict]:
 
 def accuracy(paths: dict, data: Path, n: int) -> dict:
     from client.metrics import confusion_matrix, mean_iou
-    from client.placement import from_output, place, to_input
+    from client.policy import from_output, place, to_input
     from training.data import find_samples, load_pair
 
     samples, lut = find_samples(data, "test")

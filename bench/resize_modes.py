@@ -3,7 +3,7 @@ images at their own 480x360 aspect, with the shipped B1 exported to ONNX (with l
 
     python -m bench.resize_modes --data ../shared/datasets/camvid [--every 4] [--out docs/results/resize_modes_b1]
 
-Modes (client.placement): `stretch` (360x480 squashed into 1024x1024, the old client), `fit` into the fixed
+Modes (client.policy): `stretch` (360x480 squashed into 1024x1024, the old client), `fit` into the fixed
 1024x1024 input (letterboxed to 768x1024 + zero padding), `fit` on a dynamic row at the image's own size
 (384x480 after padding to a multiple of 32), `fit` on a dynamic row scaled to the long side 1024 (768x1024, no
 padding), and `slide` (scaled to cover 1024x1024 -> 1024x1365, two 1024x1024 crops, stride 768, logits averaged).
@@ -48,7 +48,7 @@ def cpu_facts() -> dict:
 
 def main(argv=None) -> int:
     from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-    from client.placement import predict
+    from client.policy import predict
     from client.runners import OnnxRunner
     from build.export import build_onnx
     from segformer.weights import atomic_write_bytes

@@ -70,6 +70,15 @@ def verify(model_bytes: bytes, pipeline: SegmentationPipeline, images: np.ndarra
     return float((onnx_labels == torch_labels).mean())
 
 
+def _verify_batch(size, n: int, images=None):
+    """Real images prepared as clients send them (the input policy), else synthetic frames."""
+    if images:
+        from client.policy import InputPolicy
+
+        return InputPolicy(tuple(size)).batch(list(images)[:n])
+    return sample_images(tuple(size), n)
+
+
 def build_onnx(weights: str, size: tuple[int, int], with_logits: bool = False, min_agreement: float = 0.9999,
                verify_images: list[Path] | None = None, log=print, also_sizes=()) -> tuple[bytes, dict]:
     """Export + simplify + verify (at `size`, and at each of `also_sizes` for a dynamic-size row); returns the
@@ -81,11 +90,11 @@ def build_onnx(weights: str, size: tuple[int, int], with_logits: bool = False, m
     t_export = time.perf_counter() - t0
     data, how = simplify(raw)
     t_simplify = time.perf_counter() - t0 - t_export
-    imgs = sample_images(size, 2, verify_images)
+    imgs = _verify_batch(size, 2, verify_images)
     agreement = verify(data, pipeline, imgs)
     per_size = {f"{size[0]}x{size[1]}": agreement}
     for other in also_sizes:
-        per_size[f"{other[0]}x{other[1]}"] = verify(data, pipeline, sample_images(tuple(other), 1, verify_images))
+        per_size[f"{other[0]}x{other[1]}"] = verify(data, pipeline, _verify_batch(tuple(other), 1, verify_images))
     agreement = min(per_size.values())
     t_verify = time.perf_counter() - t0 - t_export - t_simplify
     report = {"weights": w.name, "weights_sha256": w.meta["sha256"], "size": list(size), "opset": OPSET,

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from client.labels import FORMATS, LabelError, find_label, list_images, load_label
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from client.placement import MODES, predict
+from client.policy import MODES, predict
 from client.preprocess import ImageError, load_image
 from client.endpoints import MultiRunner
 from client.runners import RunnerError, TritonRunner, is_local, make_runner, served_models

@@ -1,8 +1,8 @@
-"""Image decoding and the resize policy shared by the client, evaluation, calibration and training eval.
+"""Image decoding and the two resampling primitives (bilinear for images, nearest for labels).
 
-Policy: decode any Pillow-readable file to RGB, resize the whole image to the model's input size with bilinear
-filtering (no letterbox, no crop), run the model (which normalises inside the graph), and bring the label map
-back to the image's own size with nearest-neighbour resampling.
+`load_image` turns any Pillow-readable file into uint8 RGB the way a viewer shows it. Where the decoded image goes
+in a model's input (fit / stretch / slide, padding, dynamic sizes) is the input policy's business:
+`client.policy.InputPolicy`, used by everything that prepares an image.
 """
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from segformer.errors import ProjectError
+
 # load_image checks Pillow's pixel limit itself and says so in one error line; Pillow's own warning (for images
 # between 1x and 2x the limit) would only print a second, Python-formatted line before it. Set once at import:
 # a filter toggled per call is process-wide and races between threads.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-class ImageError(ValueError):
+class ImageError(ProjectError, ValueError):
     """An input image that cannot be used; the message names the file and the fix."""
 
 
@@ -92,10 +94,8 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.array(Image.fromarray(labels).resize((w, h), Image.NEAREST), dtype=np.uint8)
 
 
-def sample_images(size: tuple[int, int], n: int = 2, images: list[Path] | None = None) -> np.ndarray:
-    """Real images (resized with the serving policy) when given, else smooth synthetic street-like frames."""
-    if images:
-        return np.stack([resize_image(load_image(p), size) for p in images[:n]])
+def sample_images(size: tuple[int, int], n: int = 2) -> np.ndarray:
+    """`n` smooth synthetic street-like frames [n, H, W, 3] (real images go through client.policy.InputPolicy)."""
     h, w = size
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from client.placement import place, predict
+from client.policy import place, predict
 from client.preprocess import ImageError, load_image
 from client.endpoints import triton_runner
 from client.runners import RunnerError

@@ -164,7 +164,7 @@ def segment_video(source: Source, make_runner, out: Path, in_flight: int, labels
     outputs in frame order. Returns the summary; raises nothing for a partial run (summary['stopped'] says why)."""
     from tqdm import tqdm
 
-    from client.placement import predict
+    from client.policy import predict
     from client.runners import RunnerError
     from client.visualize import overlay
 

@@ -3,7 +3,7 @@ sliding windows, with the labels brought back to the image's size."""
 import numpy as np
 import pytest
 
-from client.placement import Placement, from_output, place, slide, slide_scale, to_input, windows
+from client.policy import Placement, from_output, place, slide, slide_scale, to_input, windows
 
 
 def test_fit_letterboxes_into_a_fixed_input_and_cuts_the_padding_off():
