@@ -103,3 +103,86 @@ def run(body: Callable[[], int | None], handled: tuple[type[BaseException], ...]
     except handled as exc:  # type: ignore[misc]
         print(error_line(exc), file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+
+
+class PlainProgress:
+    """Progress as whole lines for logs and pipes (no carriage returns): `desc: 3/12 img (25 %), 1.20 img/s`,
+    printed at most every `every` seconds or each 10 % of a known total, and once at the end."""
+
+    def __init__(self, iterable=None, total=None, desc: str = "", unit: str = "it", file=None, every: float = 30.0,
+                 disable: bool = False, **_):
+        import time
+
+        self.iterable, self.desc, self.unit, self.disable = iterable, desc, unit, disable
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.file, self.every, self.n, self.postfix = file or sys.stderr, every, 0, ""
+        self._t0 = self._last = time.perf_counter()
+        self._last_step = -1
+        self._closed = False
+
+    def __iter__(self):
+        for x in self.iterable:
+            yield x
+            self.update(1)
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _line(self) -> str:
+        import time
+
+        dt = max(1e-9, time.perf_counter() - self._t0)
+        share = f"/{self.total} {self.unit} ({100 * self.n / self.total:.0f} %)" if self.total else f" {self.unit}"
+        return f"{self.desc + ': ' if self.desc else ''}{self.n}{share}, {self.n / dt:.2f} {self.unit}/s" + \
+            (f", {self.postfix}" if self.postfix else "")
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        if self.disable:
+            return
+        now = time.perf_counter()
+        step = int(10 * self.n / self.total) if self.total else -1
+        if now - self._last >= self.every or (self.total and step != self._last_step and step < 10):
+            self._last, self._last_step = now, step
+            print(self._line(), file=self.file, flush=True)
+
+    def set_postfix(self, ordered_dict=None, **kw) -> None:
+        items = {**(ordered_dict or {}), **kw}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+
+    def write(self, text: str) -> None:
+        print(text, file=self.file, flush=True)
+
+    def close(self) -> None:
+        if not self._closed and not self.disable and self.n:
+            print(self._line() + " done", file=self.file, flush=True)
+        self._closed = True
+
+
+def progress(iterable=None, total=None, desc: str = "", unit: str = "it", disable: bool = False, **kw):
+    """A progress bar where a person watches (stderr is a terminal: tqdm), plain progress lines elsewhere (logs, CI,
+    pipes): the same calls either way (iterate, update, set_postfix, close)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, **kw)
+    return PlainProgress(iterable, total=total, desc=desc, unit=unit, disable=disable)
+
+
+def log(text: str) -> None:
+    """A line of progress output that does not break a bar (tqdm.write on a terminal, print elsewhere)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        tqdm.write(text)
+    else:
+        print(text, flush=True)
