@@ -29,7 +29,7 @@ from client.labels import FORMATS, LabelError, find_label, list_images, load_lab
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from client.policy import MODES, predict
 from client.preprocess import ImageError, load_image
-from client.endpoints import MultiRunner
+from client.runners import MultiRunner
 from client.runners import RunnerError, TritonRunner, is_local, make_runner, served_models
 
 VERDICTS = ((0.005, "good"), (0.02, "marginal"), (float("inf"), "bad"))
