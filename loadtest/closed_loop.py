@@ -108,14 +108,22 @@ class CudaRegion:
         return self.offset + start
 
 
+def _client_module(protocol: str):
+    if protocol == "http":
+        import tritonclient.http as tc
+    else:
+        import tritonclient.grpc as tc
+    return tc
+
+
 def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, out: list, errors: list,
             first: int = 0, cuda: CudaRegion | None = None, slot: int = 0):
     """One request in flight until stop_at. With several --url servers the thread starts on server `first` and,
     when its server goes away, moves on to the next (client.runners.Failover; the failed request is counted,
     never retried silently)."""
-    import tritonclient.grpc as grpcclient
     import tritonclient.utils.shared_memory as shm
 
+    tc = _client_module(args.protocol)
     urls = split_urls(args.url)
     h, w = size
     out_bytes = args.batch * h * w
@@ -129,7 +137,7 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
     ihandle = regions[-1][1] if regions else None
 
     def connect(url):
-        client = grpcclient.InferenceServerClient(url)
+        client = tc.InferenceServerClient(url)  # made in this thread, used only by it
         try:
             if not wire:
                 client.register_system_shared_memory(oname, f"/{oname}", out_bytes)
@@ -152,8 +160,9 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
 
     servers = Failover(urls, connect, close, first=first)
 
+    timeout = {"client_timeout": args.timeout} if args.protocol == "grpc" else {"timeout": int(args.timeout)}
     try:
-        output = grpcclient.InferRequestedOutput("labels")
+        output = tc.InferRequestedOutput("labels")
         if not wire:
             output.set_shared_memory(oname, out_bytes)
         if args.payload == "jpeg":
@@ -172,10 +181,10 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
             k = i % len(batches)
             i += 1
             if args.payload == "jpeg":
-                inp = grpcclient.InferInput("encoded", list(blobs[k].shape), "UINT8")
+                inp = tc.InferInput("encoded", list(blobs[k].shape), "UINT8")
                 inp.set_data_from_numpy(blobs[k])
             else:
-                inp = grpcclient.InferInput("images", list(batches[k].shape), "UINT8")
+                inp = tc.InferInput("images", list(batches[k].shape), "UINT8")
                 if args.payload == "raw-shm":
                     shm.set_shared_memory_region(ihandle, [batches[k]])
                     inp.set_shared_memory(iname, in_bytes)
@@ -188,7 +197,7 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
             try:
                 if not servers.ensure():
                     raise ConnectionError(f"no Triton server left of {', '.join(urls)}")
-                servers.current.infer(args.model, [inp], outputs=[output], client_timeout=args.timeout)
+                servers.current.infer(args.model, [inp], outputs=[output], **timeout)
             except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
                 msg = servers.label(_first_line(exc))
             t1 = time.perf_counter()
@@ -231,11 +240,10 @@ def _process(args, policy, rank: int, t_start: float, queue) -> None:
     for t in threads:
         t.join(timeout=max(1.0, stop_at - time.perf_counter() + args.timeout + 5))
     if cuda is not None:  # every thread is done with the region: unregister it from every server
-        import tritonclient.grpc as grpcclient
-
+        tc = _client_module(args.protocol)
         for url in split_urls(args.url):
             try:
-                grpcclient.InferenceServerClient(url).unregister_cuda_shared_memory(cuda.name)
+                tc.InferenceServerClient(url).unregister_cuda_shared_memory(cuda.name)
             except Exception:  # noqa: BLE001 - the server may be gone
                 pass
     queue.put((results, errors))
@@ -253,7 +261,7 @@ def run(args) -> dict:
     from client.policy import InputPolicy
     from client.runners import TritonRunner
 
-    probe = TritonRunner(args.model, urls[0], "grpc", args.timeout)
+    probe = TritonRunner(args.model, urls[0], args.protocol, args.timeout)
     try:
         policy = InputPolicy.for_model(probe.activate())
     finally:
@@ -291,7 +299,7 @@ def run(args) -> dict:
     ok = np.array([(t1 - t0) * 1e3 for t0, t1, good in results if good])
     failures = sum(not good for _, _, good in results)
     window = args.duration
-    summary = {"model": args.model, "payload": args.payload, "batch": args.batch, "processes": args.processes,
+    summary = {"model": args.model, "protocol": args.protocol, "payload": args.payload, "batch": args.batch, "processes": args.processes,
                "concurrency": args.concurrency, "in_flight": args.processes * args.concurrency,
                "duration_s": window, "requests": int(len(ok)), "failures": int(failures),
                "img_per_s": float(len(ok) * args.batch / window),
@@ -306,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m loadtest.closed_loop", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_model_option(ap, "segformer_b1_gpu")
-    cli.add_server_options(ap, protocols=("grpc",), timeout=30.0, metrics=True)
+    cli.add_server_options(ap, default="grpc", timeout=30.0, metrics=True)
     ap.add_argument("--processes", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=1, help="requests in flight per process")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
@@ -322,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    args.url = cli.url_of(args, "grpc")
+    args.url = cli.url_of(args)
     return cli.run(lambda: _main(args), handled=(ValueError, OSError))
 
 

@@ -78,15 +78,18 @@ def server_pids(explicit: str | None, urls: list[str]) -> list[int]:
         raise ValueError("no server pid: start it with `make serve` or pass --server-pid") from None
 
 
-def _send_loop(urls, first, model, frames, schedule, stop_at, timeout, record):
+def _send_loop(urls, first, model, frames, schedule, stop_at, timeout, record, protocol="grpc"):
     """One thread: take the next send time from `schedule`, wait for it, send, record (t, ms, error or None).
     With several servers the thread starts on server `first`; when its server goes away, that failure is
     recorded (with the server's address) and the thread goes on with the next server (client.runners.Failover)."""
-    import tritonclient.grpc as grpcclient
+    from client.runners import Failover, TritonRunner
 
-    from client.runners import Failover
+    def connect(url):  # this thread's runner (and connection) on `url`
+        runner = TritonRunner(model, url, protocol, timeout)
+        runner.connect()
+        return runner
 
-    servers = Failover(urls, grpcclient.InferenceServerClient, lambda c: c.close(), first=first)
+    servers = Failover(urls, connect, lambda r: r.deactivate(), first=first)
     servers.start()
     i = 0
     while True:
@@ -98,15 +101,12 @@ def _send_loop(urls, first, model, frames, schedule, stop_at, timeout, record):
             time.sleep(delay)
         batch = frames[i % len(frames)][None]
         i += 1
-        inp = grpcclient.InferInput("images", list(batch.shape), "UINT8")
-        inp.set_data_from_numpy(batch)
         t0 = time.perf_counter()
         err = None
         try:
             if not servers.ensure():
                 raise ConnectionError(f"no Triton server left of {', '.join(urls)}")
-            servers.current.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput("labels")],
-                                  client_timeout=timeout)
+            servers.current.send([servers.current.images_input(batch)])
         except Exception as exc:  # noqa: BLE001 - every failure is recorded with its message
             err = servers.label(_first_line(exc))
         record((t0, 1e3 * (time.perf_counter() - t0), err))
@@ -116,7 +116,7 @@ def _send_loop(urls, first, model, frames, schedule, stop_at, timeout, record):
 
 
 def paced(url, model, frames, rate: float | None, in_flight: int, duration: float, timeout: float,
-          on_sample=None, sample_every: float = 5.0) -> tuple[list, list]:
+          on_sample=None, sample_every: float = 5.0, protocol: str = "grpc") -> tuple[list, list]:
     """Send for `duration` s: at `rate` req/s when given (closed loop otherwise); returns (requests, samples).
     `url` may list several servers (a,b): the threads are spread over them."""
     from client.cli import split_urls
@@ -136,7 +136,7 @@ def paced(url, model, frames, rate: float | None, in_flight: int, duration: floa
         with lock:
             records.append(r)
 
-    threads = [threading.Thread(target=_send_loop, args=(urls, j, model, frames, schedule, stop_at, timeout, record),
+    threads = [threading.Thread(target=_send_loop, args=(urls, j, model, frames, schedule, stop_at, timeout, record, protocol),
                                 daemon=True) for j in range(in_flight)]
     for t in threads:
         t.start()
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_model_option(ap, "segformer_b0")
-    cli.add_server_options(ap, protocols=("grpc",), timeout=60.0)
+    cli.add_server_options(ap, default="grpc", timeout=60.0)
     ap.add_argument("--duration", type=float, default=600.0, help="soak seconds")
     ap.add_argument("--load", type=float, default=0.8, help="share of the probed rate to send (default 0.8)")
     ap.add_argument("--rate", type=float, help="requests/s to send (skips the probe)")
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/soak"))
     ap.add_argument("--images", default="", help="folder of images to send (default: generated frames)")
     args = ap.parse_args(argv)
-    args.url = cli.url_of(args, "grpc")
+    args.url = cli.url_of(args)
     return cli.run(lambda: _soak(args), handled=(ValueError, OSError))
 
 
@@ -234,7 +234,7 @@ def _soak(args) -> int:
     for u in urls:
         _local(u)
     pids = server_pids(args.server_pid, urls)
-    probe_runner = TritonRunner(args.model, urls[0], "grpc", args.timeout)
+    probe_runner = TritonRunner(args.model, urls[0], args.protocol, args.timeout)
     try:
         frames = InputPolicy.for_model(probe_runner.activate()).frames(args.images, 4)
     finally:
@@ -242,7 +242,8 @@ def _soak(args) -> int:
     rate = args.rate
     probe = None
     if rate is None:
-        reqs, _ = paced(args.url, args.model, frames, None, args.in_flight, args.probe, args.timeout)
+        reqs, _ = paced(args.url, args.model, frames, None, args.in_flight, args.probe, args.timeout,
+                        protocol=args.protocol)
         good = [r for r in reqs if r[2] is None and r[0] > min(5.0, args.probe / 4)]
         measured = len(good) / (args.probe - min(5.0, args.probe / 4))
         if not measured:
@@ -258,9 +259,9 @@ def _soak(args) -> int:
         return s
 
     reqs, samples = paced(args.url, args.model, frames, rate, args.in_flight, args.duration, args.timeout,
-                          on_sample=sample, sample_every=args.sample)
+                          on_sample=sample, sample_every=args.sample, protocol=args.protocol)
     summary = summarise(reqs, samples, args.duration, args.warmup)
-    result = {"model": args.model, "endpoints": urls, "duration_s": args.duration, "warmup_s": args.warmup, "rate": rate,
+    result = {"model": args.model, "protocol": args.protocol, "endpoints": urls, "duration_s": args.duration, "warmup_s": args.warmup, "rate": rate,
               "load": args.load if probe else None, "probe": probe, "in_flight": args.in_flight,
               "summary": summary, "samples": samples,
               "failed_requests": [{"t": round(t, 3), "error": e} for t, _, e in reqs if e is not None][:1000]}

@@ -59,14 +59,14 @@ def _grpc_answers(url: str) -> bool:
 def wrong_port(url: str, protocol: str) -> str | None:
     """What answers at `url` instead of Triton's `protocol` endpoint, as the fix to make; None if nothing does."""
     host = url.rsplit(":", 1)[0] if ":" in url else url
-    status, body = _http_get(f"http://{url}/v2/health/live")
-    if protocol == "grpc" and status == 200:
-        return (f"{url} is Triton's HTTP endpoint, not gRPC: pass --protocol http, or the gRPC port "
-                f"({host}:{PORTS['grpc']} by default)")
     m_status, m_body = _http_get(f"http://{url}/metrics")
     if m_status == 200 and b"nv_" in m_body:
         return (f"{url} is Triton's metrics endpoint: use the HTTP port ({host}:{PORTS['http']}) or, with "
                 f"--protocol grpc, the gRPC port ({host}:{PORTS['grpc']})")
+    status, body = _http_get(f"http://{url}/v2")
+    if protocol == "grpc" and status == 200 and b'"name"' in body:
+        return (f"{url} is Triton's HTTP endpoint, not gRPC: pass --protocol http, or the gRPC port "
+                f"({host}:{PORTS['grpc']} by default)")
     if protocol == "http" and _grpc_answers(url):
         return (f"{url} is Triton's gRPC endpoint, not HTTP: pass --protocol grpc, or the HTTP port "
                 f"({host}:{PORTS['http']} by default)")
@@ -76,8 +76,12 @@ def wrong_port(url: str, protocol: str) -> str | None:
 
 
 def built_on_disk(model: str, repo: Path | None = None) -> Path | None:
-    """The model's directory in the local model repository, if `make repo` built it there."""
-    d = (repo or ROOT / "model_repository") / model
+    """The model's directory in the local model repository (SEGFORMER_MODEL_REPOSITORY, else the project's
+    model_repository/), if `make repo` built it there."""
+    import os
+
+    repo = repo or Path(os.environ.get("SEGFORMER_MODEL_REPOSITORY") or ROOT / "model_repository")
+    d = repo / model
     return d if (d / "config.pbtxt").is_file() else None
 
 
@@ -112,6 +116,8 @@ class TritonRunner(Runner):
         try:
             client = self.tc.InferenceServerClient(self.url, **kwargs)
             live = client.is_server_live()
+            if live and self.protocol == "http":  # an HTTP server that answers anything (the metrics port) is not
+                _as_dict(client.get_server_metadata())["version"]  # Triton until it describes itself
         except Exception as exc:  # noqa: BLE001 - connection errors come in many types
             raise RunnerError(self._unreachable(exc)) from None
         if not live:
