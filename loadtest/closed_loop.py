@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _first_line(exc: BaseException) -> str:
     """An exception as one line, also when its message is empty (then its type); a server that went away says so."""
-    return (str(exc) if hasattr(exc, "exit_code") else describe_failure(exc))[:300]
+    return describe_failure(exc)[:300]
 
 def _distinct(errors: list[str], n: int = 8) -> list[str]:
     """The first `n` different messages, each with how often it came."""

@@ -118,9 +118,7 @@ class _TritonUser(User):
         except Exception as e:  # noqa: BLE001 - every failure is reported, with the server's message
             from client.runners import describe_failure
 
-            why = str(e) if hasattr(e, "exit_code") else describe_failure(e)
-            why = why.split("failed: ", 1)[-1] if why.startswith("inference on ") else why
-            exc = RuntimeError(self.servers.label(why))
+            exc = RuntimeError(self.servers.label(describe_failure(e)))
         self.environment.events.request.fire(
             request_type=self.protocol, name=f"{self.model} x{self.batch}",
             response_time=(time.perf_counter() - t0) * 1e3, response_length=size, exception=exc, context={})

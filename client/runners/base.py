@@ -16,7 +16,12 @@ from segformer.errors import ProjectError, first_line
 
 
 class RunnerError(ProjectError, RuntimeError):
-    """Server down, model unknown, bad response: one line that says what to do."""
+    """Server down, model unknown, bad response: one line that says what to do. `reason` is the failure without
+    the request's context (what a load generator counts)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 SERVER_GONE = "the server is gone (connection refused or closed): restart it with `make serve`"
@@ -38,7 +43,10 @@ PROXY_FAILED = {
 
 def describe_failure(exc: BaseException) -> str:
     """One line for a failed request; a server that went away is said to be gone, not shown as a transport dump,
-    and a proxy's 502/503/504 (HAProxy, a Kubernetes ingress) says what happened behind it."""
+    and a proxy's 502/503/504 (HAProxy, a Kubernetes ingress) says what happened behind it. A RunnerError is
+    already said: its reason."""
+    if isinstance(exc, RunnerError):
+        return exc.reason
     text = f"{type(exc).__name__} {exc}".lower()
     proxy = _PROXY_STATUS.search(str(exc))
     if proxy and ("http2 header" in text or "<html" in text):

@@ -240,7 +240,8 @@ class TritonRunner(Runner):
         except RunnerError:
             raise
         except Exception as exc:  # noqa: BLE001 - InferenceServerException and transport errors
-            raise RunnerError(f"inference on {self.model} failed: {describe_failure(exc)}") from None
+            why = describe_failure(exc)
+            raise RunnerError(f"inference on {self.model} failed: {why}", why) from None
 
     def infer(self, images: np.ndarray, logits: bool = False) -> np.ndarray:
         info = self.ensure_active()
