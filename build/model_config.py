@@ -11,10 +11,11 @@ from build.variants import ServingVariant
 
 
 def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]], tensorrt_rtx: bool = False,
-                 trained_classes: list[str] | None = None
+                 trained_classes: list[str] | None = None, entry: str | None = None
                  ) -> mc.ModelConfig:
     """The row's config: Triton backend/platform, instance kind, inputs, warmup and parameters from its backend
-    record (build.backends); names, sizes, batching, classes and palette from the row and its weights entry."""
+    record (build.backends); names, sizes, batching, classes and palette from the row and its weights entry
+    (`entry`: the entry's name, for file names; default the row's `weights`, which is the name for table rows)."""
     b = backend(v.backend)
     cfg = mc.ModelConfig(name=v.name, max_batch_size=v.max_batch)
     # A TensorRT-RTX plan cannot be loaded by stock Triton's tensorrt backend: its record claims no platform.
@@ -44,7 +45,7 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
     if v.dynamic:  # the range the client may send: it resizes within these bounds
         params["size_range"] = json.dumps([list(s) for s in v.size_range])
         params["opt_size"] = json.dumps(list(v.size))
-    params.update(b.config_parameters(v.weights, v.extra))
+    params.update(b.config_parameters(entry or v.weights, v.extra))
     for k, val in params.items():
         cfg.parameters[k].string_value = val
     return cfg

@@ -141,7 +141,7 @@ def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=cli_log, 
         info = backend(v.backend).build()(v, stage, cache, log)
         w = get_weights(v.weights)
         cfg = model_config(v, w.classes, [list(c) for c in w.palette], tensorrt_rtx=info.get("rtx", False),
-                           trained_classes=w.trained_classes)
+                           trained_classes=w.trained_classes, entry=w.name)
         (stage / "config.pbtxt").write_text(to_pbtxt(cfg))
         provenance = {"model": v.name, "recipe": rec, "variant": v.spec(), "weights": w.name,
                       "weights_sha256": w.meta["sha256"], "build_seconds": round(time.perf_counter() - t0, 2),

@@ -70,7 +70,7 @@ def test_a_new_backend_kind_is_one_record(tiny_weights, tmp_path, monkeypatch):
     assert {p.name for p in (repo / "echo" / "1").iterdir()} == {"model.py", "segformer_runtime.py"}
     cfg = parse_pbtxt((repo / "echo" / "config.pbtxt").read_text())
     assert cfg.backend == "python" and cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
-    assert cfg.parameters["mode"].string_value == f"echo-{tiny_weights}"
+    assert cfg.parameters["mode"].string_value == "echo-tiny-test"  # the entry's name, not its path
     assert json.loads((repo / "echo" / "build.json").read_text())["variant"]["backend"] == kind
     groups, skipped = plan(repo)
     assert [m.name for g in groups for m in g.models] == ["echo"] and not skipped

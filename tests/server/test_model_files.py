@@ -2,15 +2,12 @@
 the programs `make repo` copies run the same runtime module the build-time checks import (loaded here from a
 built model directory the way Triton loads `1/model.py`, with a stand-in for Triton's pb_utils)."""
 import ast
-import importlib.util
-import json
-import sys
-import types
 
 import numpy as np
 import pytest
 
 from server.models import segformer_runtime as runtime
+from tests.server.programs import load_program
 
 
 def test_the_runtime_imports_no_triton_module():
@@ -42,56 +39,6 @@ def test_build_measures_plans_with_the_served_runner():
     assert openvino_ir.PlanRunner is runtime.PlanRunner  # one class, re-exported for bench.cpu
 
 
-class _In:
-    def __init__(self, a):
-        self.a = a
-
-    def as_numpy(self):
-        return self.a
-
-
-def _pb_utils():
-    pb = types.ModuleType("triton_python_backend_utils")
-
-    class Tensor:
-        def __init__(self, name, a):
-            self.name, self.a = name, a
-
-    class Response:
-        def __init__(self, output_tensors=None, error=None):
-            self.output_tensors, self.error = output_tensors or [], error
-
-    pb.Tensor, pb.InferenceResponse, pb.TritonError = Tensor, Response, lambda msg: msg
-    pb.TritonModelException = RuntimeError
-    pb.get_input_tensor_by_name = lambda req, name: _In(req[name]) if name in req else None
-    return pb
-
-
-def _load_program(model_dir, monkeypatch):
-    """`model_dir/1/model.py` imported as Triton's python backend does, with only that folder's files beside it."""
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _pb_utils())
-    for name in ("segformer_runtime", "segformer_batching"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    spec = importlib.util.spec_from_file_location("served_model", model_dir / "1" / "model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert sys.modules["segformer_runtime"].__file__ == str(model_dir / "1" / "segformer_runtime.py")
-    model = mod.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(_config_json(model_dir)), "model_repository": str(model_dir),
-                      "model_version": "1"})
-    return model
-
-
-def _config_json(model_dir):
-    from google.protobuf import json_format
-
-    from build.model_config import parse_pbtxt
-
-    cfg = parse_pbtxt((model_dir / "config.pbtxt").read_text())
-    return json_format.MessageToDict(cfg, preserving_proto_field_name=True)
-
-
 def test_served_cpu_programs_run_the_runtime_copied_beside_them(tiny_weights, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     from build.repository import write_repository
@@ -107,7 +54,7 @@ def test_served_cpu_programs_run_the_runtime_copied_beside_them(tiny_weights, tm
     x = np.random.default_rng(0).integers(0, 255, (2, 64, 96, 3), dtype=np.uint8)
     expected = runtime.PlanRunner(repo / "tiny_ov" / "1").run(x)  # what the build-time guard measures
     for name in ("tiny", "tiny_ov"):
-        model = _load_program(repo / name, monkeypatch)
+        model = load_program(repo / name, monkeypatch)
         out = model.execute([{"images": x[:1]}, {"images": x[1:]}])
         labels = np.concatenate([r.output_tensors[0].a for r in out])
         assert labels.shape == (2, 64, 96)
@@ -126,4 +73,4 @@ def test_a_config_naming_a_file_outside_the_directory_fails_the_load(tiny_weight
     cfg = repo / "tiny_ov" / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace('"plan.json"', '"../../../etc/passwd"'))
     with pytest.raises(Exception, match="outside the model directory"):
-        _load_program(repo / "tiny_ov", monkeypatch)
+        load_program(repo / "tiny_ov", monkeypatch)
