@@ -16,17 +16,23 @@ from pathlib import Path
 
 from build.export import build_onnx
 from build.variants import ServingVariant
+from segformer.errors import ProjectError
 from segformer.weights import atomic_write_bytes, get_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_CODE = [ROOT / "build" / "export.py", ROOT / "segformer" / "model.py"]
 PASS_CODE = [ROOT / "build" / f for f in ("passes.py", "quantize.py", "quantize_cpu.py")]
-OPENVINO_CODE = [ROOT / "build" / "openvino_ir.py"]
+# the plan's guard runs the served runtime: a change to either re-measures the plan
+OPENVINO_CODE = [ROOT / "build" / "openvino_ir.py", ROOT / "server" / "models" / "segformer_runtime.py"]
 DEFAULT_HOLDOUT = ROOT / "samples" / "heldout"  # three CamVid test frames (never trained on): the guards without HOLDOUT=
 
 
-class NeedsCalibration(RuntimeError):
+class NeedsCalibration(ProjectError, RuntimeError):
     """An INT8 row without calibration images; the message names the fix."""
+
+
+class MissingCodeFile(ProjectError, FileNotFoundError):
+    """A file a cache key or recipe covers is gone (renamed or deleted): the key would silently stop covering it."""
 
 
 def _sha(data: bytes) -> str:
@@ -34,7 +40,12 @@ def _sha(data: bytes) -> str:
 
 
 def code_hash(files: list[Path]) -> str:
-    return _sha(b"".join(p.read_bytes() for p in files if p.is_file()))[:16]
+    """A short hash over the code files a cached artefact depends on; every file must exist."""
+    missing = [str(p) for p in files if not Path(p).is_file()]
+    if missing:
+        raise MissingCodeFile(f"code file {missing[0]} is missing (a cache key covers it): restore it, or update the "
+                              "list that names it (build/artefacts.py, build/repository.py, build/backends.py)")
+    return _sha(b"".join(Path(p).read_bytes() for p in files))[:16]
 
 
 @dataclass(frozen=True)
