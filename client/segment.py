@@ -113,7 +113,7 @@ def _images(args, stride) -> int:
 
 def _videos(args) -> int:
     """Video files and frame folders: one overlay video each (see client.video)."""
-    from client.video import default_in_flight, format_summary, open_source, segment_video
+    from client.video import VideoError, default_in_flight, format_summary, open_source, segment_video
 
     for p in args.images:
         src = open_source(p, args.fps)
@@ -131,9 +131,7 @@ def _videos(args) -> int:
                 return 130
             where = (f"written to {summary['video']}" if summary["frames"] else
                      "no frame was written (no output file left)")
-            print(f"error: {p}: {summary['stopped']}; the {summary['frames']} frames before it are {where}",
-                  file=sys.stderr)
-            return 2
+            raise VideoError(f"{p}: {summary['stopped']}; the {summary['frames']} frames before it are {where}")
     return 0
 
 
