@@ -49,9 +49,65 @@ def test_knee_picks_highest_throughput_within_slo():
     assert knee(rows, 200)["users"] == 2 and knee(rows, 50) is None
 
 
-def test_remote_targets_are_refused():
-    with pytest.raises(SystemExit):
-        run_main(["--url", "10.0.0.1:8001", "--duration", "1"])
+def test_remote_targets_are_refused(capsys):
+    assert run_main(["--url", "10.0.0.1:8001", "--duration", "1"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: 10.0.0.1:8001: load tests target this machine only (localhost / 127.0.0.1)"
+
+
+def _hold_5557():
+    """Locust's default master port, taken (on every interface) while the test runs, where it is free."""
+    import socket
+
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", 5557))
+        s.listen()
+    except OSError:  # taken already: just as good
+        s.close()
+        return None
+    return s
+
+
+def _locust_processes(marker: str) -> list[str]:
+    import subprocess
+
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    return [ln for ln in ps.splitlines() if "locust" in ln and marker in ln]
+
+
+def test_no_server_says_why_in_one_line_and_leaves_no_worker(tmp_path):
+    """Issue 30, item 4: with 5557 taken and nothing on the target port, a 2-process run ends on time, says
+    why in one readable line, and no locust worker outlives it."""
+    from tests.conftest import free_port
+
+    held = _hold_5557()
+    try:
+        s = run("m", 2, 2, tmp_path, "grpc", f"localhost:{free_port()}", f"localhost:{free_port()}", processes=2)
+    finally:
+        if held:
+            held.close()
+    assert s["requests"] == 0 and s["wall_s"] < 30, s
+    note = s["note"]
+    assert note.startswith("no request completed: cannot reach Triton at localhost:"), note
+    assert "\n" not in note and len(note) < 300 and "b'" not in note and "Traceback" not in note
+    assert _locust_processes(str(tmp_path)) == []
+
+
+@pytest.mark.integration
+def test_master_on_a_free_loopback_port_while_5557_is_taken(server, tmp_path):
+    ports = server["ports"]
+    held = _hold_5557()
+    try:
+        s = run(server["null"], 2, 8, tmp_path, "grpc", f"localhost:{ports['grpc']}",
+                f"localhost:{ports['metrics']}", processes=2)
+    finally:
+        if held:
+            held.close()
+    assert s["requests"] > 0 and s["failures"] == 0 and s["wall_s"] < 40, s  # (a loaded machine sends few)
+    log = (tmp_path / f"{server['null']}_u2.log").read_text()
+    assert "2 workers connected" in log and "5557" not in log
+    assert _locust_processes(str(tmp_path)) == []
 
 
 @pytest.mark.integration
