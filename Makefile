@@ -53,7 +53,7 @@ help:
 	@echo "make evaluate EVAL_IMAGES=DIR [EVAL_LABELS=DIR LABEL_FORMAT=camvid EVAL_MODELS=a,b]  accuracy of the served"
 	@echo "              $(REFERENCE)_* rows (or EVAL_MODELS) vs $(REFERENCE)"
 	@echo "make loadtest  headless locust run against the served LOAD_MODEL=$(LOAD_MODEL) (LOAD_USERS=$(LOAD_USERS), DURATION=$(DURATION))"
-	@echo "make sweep     concurrency sweep (USERS=$(USERS), DURATION=$(DURATION)) with knee under SLO_MS=$(SLO_MS)"
+	@echo "make sweep     concurrency sweep of LOAD_MODEL (USERS=$(USERS), DURATION=$(DURATION)) with knee under SLO_MS=$(SLO_MS)"
 	@echo "make soak      SOAK_S seconds at SOAK_LOAD x the probed rate: failures, p99 over time, server RSS drift"
 	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
 	@echo "make bench     GPU: fast path vs HF eager/compile/max-autotune (SKIP_MAX_AUTOTUNE=1 skips it), kernel profile,"

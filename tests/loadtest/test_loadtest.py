@@ -205,3 +205,26 @@ def test_stats_come_from_the_masters_csv_when_a_worker_left_an_empty_json(tmp_pa
         "2400,2400,2400\n")
     s = read_stats(prefix, duration=40)
     assert s["requests"] == 31 and s["failures"] == 1 and s["p99_ms"] == 2400 and s["rps"] == 31 / 40
+
+
+def test_make_help_names_the_variables_loadtest_and_sweep_read():
+    """Issue 30, item 9: `make help` said loadtest takes USERS; it reads LOAD_USERS (USERS is the sweep's list)."""
+    import re
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    text = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60).stdout
+    loadtest = next(ln for ln in text.splitlines() if ln.startswith("make loadtest"))
+    sweep = next(ln for ln in text.splitlines() if ln.startswith("make sweep"))
+    makefile = (ROOT / "Makefile").read_text()
+
+    def recipe(target):
+        return re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+
+    for line, target in ((loadtest, "loadtest"), (sweep, "sweep")):
+        named = set(re.findall(r"\b([A-Z][A-Z_]+)=", line))
+        assert named, line
+        assert all(f"$({v})" in recipe(target) for v in named), (line, named)
+    assert "LOAD_USERS=" in loadtest and not re.search(r"\bUSERS=", loadtest.replace("LOAD_USERS=", ""))
