@@ -177,20 +177,25 @@ def run(model: str, users: int, duration: float, out: Path, protocol: str = "grp
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     limit = duration + 60
-    # its own process group: the workers locust forks end with the run, however it ends (time-out, Ctrl-C)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    log_path = out / f"{model}_u{users}.log"
+    # Its own process group: the workers locust forks end with the run, however it ends (time-out, Ctrl-C, a
+    # master that exits while a worker hangs). The log goes to a file, not a pipe: a worker still holding a pipe
+    # would keep the run waiting for its end-of-file after the master is gone.
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    killed = False
     try:  # bounded: locust stops itself at -t; the kill is the guard if it does not
-        out_bytes, _ = proc.communicate(timeout=limit)
-        log = out_bytes.decode(errors="replace")
+        proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
-        end_group(proc)
-        out_bytes, _ = proc.communicate()
-        log = f"locust did not stop within {limit:.0f} s and was killed\n" + (out_bytes or b"").decode(errors="replace")
+        killed = True
     finally:
-        end_group(proc)  # workers left behind by a master that exited early
+        end_group(proc, grace=3.0)  # the master first if it still runs, and any worker left behind
+    log = log_path.read_text(errors="replace")
+    if killed:
+        log = f"locust did not stop within {limit:.0f} s and was killed\n{log}"
+        log_path.write_text(log)
     wall = time.perf_counter() - t0
-    (out / f"{model}_u{users}.log").write_text(log)
     stats = read_stats(prefix, duration)
     stats.update({"model": model, "users": users, "processes": procs, "batch": batch, "protocol": protocol,
                   "duration_s": duration, "wall_s": round(wall, 1)})
