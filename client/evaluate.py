@@ -17,7 +17,6 @@ Labels are mapped to the reference's classes by class name (see client.labels).
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,8 +29,7 @@ from client.labels import FORMATS, LabelError, LabelMapper, find_label, list_ima
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from client.policy import MODES, predict
 from client.preprocess import ImageError, load_image
-from client.runners import MultiRunner
-from client.runners import RunnerError, TritonRunner, is_local, make_runner, served_models
+from client.runners import RunnerError, is_local, make_runner, served_models
 from segformer.errors import ProjectError
 
 VERDICTS = ((0.005, "good"), (0.02, "marginal"), (float("inf"), "bad"))
@@ -42,38 +40,29 @@ def verdict(share: float) -> str:
 
 
 class RunnerPool:
-    """One runner per (thread, model) for server models (HTTP clients are not thread-safe); local runners are
-    shared. Every runner made is deactivated by close()."""
+    """One runner per model, shared by the worker threads (a Triton runner gives each thread its own connection;
+    local runners are thread-safe). Every runner is activated up front, so errors surface before any work."""
 
     def __init__(self, specs: list[str], url, protocol, timeout, size=None, weights=None):
-        self.specs, self.args = specs, (url, protocol, timeout, size, weights)
-        self.local, self.shared, self.made = threading.local(), {}, []
-        self.lock = threading.Lock()
+        self.runners = {spec: make_runner(spec, url, protocol, timeout, size, weights) for spec in specs}
         self.info = {}
-        for spec in specs:  # activate once up front: errors surface before any work starts
-            r = self._make(spec)
-            self.info[spec] = r.info
-            if not isinstance(r, (TritonRunner, MultiRunner)):  # local runners are shared; clients are per thread
-                self.shared[spec] = r
-
-    def _make(self, spec):
-        url, protocol, timeout, size, weights = self.args
-        r = make_runner(spec, url, protocol, timeout, size, weights)
-        r.activate()
-        with self.lock:
-            self.made.append(r)
-        return r
+        try:
+            for spec, r in self.runners.items():
+                self.info[spec] = r.activate()
+        except Exception:
+            self.close()
+            raise
 
     def get(self, spec):
-        if spec in self.shared:
-            return self.shared[spec]
-        runners = self.local.__dict__.setdefault("runners", {})
-        if spec not in runners:
-            runners[spec] = self._make(spec)
-        return runners[spec]
+        return self.runners[spec]
+
+    def release(self):
+        """The calling (worker) thread is done: its connections close."""
+        for r in self.runners.values():
+            r.release()
 
     def close(self):
-        for r in self.made:
+        for r in self.runners.values():
             r.deactivate()
 
 
@@ -263,7 +252,7 @@ def main(argv=None) -> int:
         stride = parse_size(args.stride) if args.stride else None
     except ValueError as exc:
         ap.error(str(exc))
-    return cli.run(lambda: _main(args, models, size, stride), handled=(RunnerError,))
+    return cli.run(lambda: _main(args, models, size, stride))
 
 
 def _main(args, models: list[str], size, stride) -> int:
