@@ -7,7 +7,8 @@ HF transformers SegFormer eager FP16, the same under torch.compile (default and 
 reported), and ours (segformer.fast: FP16, folded decoder, fused dwconv+GELU and upsample+argmax kernels,
 torch.compile, CUDA graphs), per batch size; --profile adds ours' GPU time per kernel group. HF models have the same
 architecture (variant, classes) with their own initial weights: only their speed is compared. Agreement: share
-of pixels where our labels equal the FP32 PyTorch reference (TF32 off) on --images, resized as the server does.
+of pixels where our labels equal the FP32 PyTorch reference (TF32 off) on --images, prepared as clients send
+them (client.policy, `fit`: letterboxed).
 --served: builds the segformer_b1_gpu model directory, starts Triton, and loads it with the project's
 multi-process closed-loop generator (loadtest.closed_loop) in the scenarios of bench.gpu_served (JPEG, raw frames
 over system / CUDA shared memory, one GPU vs every GPU vs one server per GPU).
@@ -161,10 +162,9 @@ def model_only(args, log) -> dict:
             torch.cuda.empty_cache()
     images = []
     if args.images:
-        from client.labels import list_images
-        from client.preprocess import load_image, resize_image
+        from client.policy import InputPolicy
 
-        images = [resize_image(load_image(p), size) for p in list_images(Path(args.images))[:args.limit]]
+        images = InputPolicy(tuple(size)).frames(args.images, args.limit)  # as clients send them (fit)
     acc = agreement(runner, w, images, dev) if images else None
     if acc:
         log(f"agreement with FP32 on {acc['images']} images: {100 * acc['agreement']:.3f} %")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data import find_samples, load_pair
-from client.preprocess import resize_image, resize_labels
+from client.policy import InputPolicy
 from client.runners import TorchRunner
 from client.visualize import colourise
 from segformer.weights import get_weights
@@ -45,8 +45,7 @@ def main(argv=None) -> int:
         gt[label == 255] = 0
         panels = [(image, samples[idx].image.name), (gt, "ground truth (black: void)")]
         for w, run in zip(entries, runners):
-            pred = run.infer(resize_image(image, run.size)[None])[0]
-            pred = resize_labels(pred, image.shape[:2])
+            pred = InputPolicy.for_model(run.info).predict(image, run)  # as clients send it: `fit`
             valid = label != 255
             acc = (pred[valid] == label[valid]).mean()
             panels.append((colourise(pred, palette), f"{w.variant.upper()} {run.size[0]}x{run.size[1]} "
