@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import BenchError
 from client.cli import log, progress, run as run_cli
-from segformer.errors import ProjectError
 
 def runners(paths: dict, threads: int) -> dict:
     """name -> callable(uint8 [n,H,W,3]) -> labels, for one thread count."""
@@ -70,10 +70,6 @@ def timing(paths: dict, images: np.ndarray, repeats: int, log) -> list[dict]:
             log(f"threads {threads} batch {batch}: " + ", ".join(
                 f"{n} {statistics.median(s):.3f}" for n, s in samples.items()))
     return rows
-
-
-class BenchError(ProjectError):
-    """The benchmark cannot run here (no CamVid-layout folder, too few test frames); the message names the fix."""
 
 
 def split_test(samples: list, n: int, guard: int) -> tuple[list, list]:

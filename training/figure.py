@@ -16,6 +16,12 @@ from client.visualize import colourise
 from segformer.weights import get_weights
 
 
+def prediction(image: np.ndarray, run) -> np.ndarray:
+    """A runner's labels for `image` at the image's size, the image sent as clients send it (the input policy of the
+    runner's model, `fit`: letterboxed)."""
+    return InputPolicy.for_model(run.info or run.activate()).predict(image, run)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.figure", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +51,7 @@ def main(argv=None) -> int:
         gt[label == 255] = 0
         panels = [(image, samples[idx].image.name), (gt, "ground truth (black: void)")]
         for w, run in zip(entries, runners):
-            pred = InputPolicy.for_model(run.info).predict(image, run)  # as clients send it: `fit`
+            pred = prediction(image, run)
             valid = label != 255
             acc = (pred[valid] == label[valid]).mean()
             panels.append((colourise(pred, palette), f"{w.variant.upper()} {run.size[0]}x{run.size[1]} "
