@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import time
@@ -46,6 +47,15 @@ def runners(paths: dict, threads: int) -> dict:
     for name in ("openvino f32", "openvino bf16", "openvino bf16, f32 prefix", "openvino int8 (guarded)"):
         out[name] = PlanRunner(paths[name], threads=threads).run
     return out
+
+
+def load_average() -> float | None:
+    """The host's 1-minute load average (None where the OS has none): above the core count, other processes were
+    competing for the CPU and the timings of that run are not to be trusted."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def timing(paths: dict, images: np.ndarray, repeats: int, log) -> list[dict]:
@@ -115,7 +125,7 @@ def markdown(r: dict) -> str:
              f"Input policy {_policy_text(r['input_policy'])} for every frame; guards on {r['guard']['images']} "
              f"CamVid test frames ({r['guard']['frames'][0]} .. {r['guard']['frames'][-1]}), reported on "
              f"{r['accuracy']['images']} other test frames. Guarded plans: bf16 {_plan_text(r['bf16_row_plan'])}; "
-             f"int8 {_plan_text(r['int8_row_plan'])}.", "",
+             f"int8 {_plan_text(r['int8_row_plan'])}.", "", *_load_note(r),
              "| runtime | 2 threads, batch 1 s/img | vs ORT FP32 | batch 2 s/img | 1 thread, batch 1 | "
              f"pixels differing (mean / max, {r['accuracy']['images']} test images) | mIoU |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -126,6 +136,15 @@ def markdown(r: dict) -> str:
                      f"{t[(name, 1, 1)]['s_per_image']:.3f} | {a['disagreement_mean'] * 100:.3f} % / "
                      f"{a['disagreement_max'] * 100:.3f} % | {a['miou']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _load_note(r: dict) -> list[str]:
+    before, after = r.get("load_average_before"), r.get("load_average_after")
+    if before is None or after is None:
+        return []
+    busy = max(before, after) > r["cores"]
+    return [f"Host load average (1 min) before / after the timing: {before:.2f} / {after:.2f} on {r['cores']} cores" +
+            (": other processes competed for the CPU, the timings are not reliable." if busy else "."), ""]
 
 
 def _policy_text(d: dict) -> str:
@@ -205,7 +224,8 @@ def bench(a) -> int:
               "guard": {"split": "test", "images": len(held), "frames": [s.image.name for s in held],
                         "calibration": "CamVid train"},
               "bf16_row_plan": bf16_report["openvino"], "int8_row_plan": int8_report["openvino"],
-              "timing": timing(paths, images, a.repeats, log), "accuracy": accuracy(paths, reported, lut, policy)}
+              "load_average_before": load_average(), "timing": timing(paths, images, a.repeats, log),
+              "load_average_after": load_average(), "accuracy": accuracy(paths, reported, lut, policy)}
     shutil.rmtree(prefix, ignore_errors=True)
     shutil.rmtree(whole, ignore_errors=True)
     atomic_write_bytes(a.out.with_suffix(".json"), (json.dumps(result, indent=1) + "\n").encode())

@@ -39,6 +39,12 @@ def test_report_names_the_policy_and_the_guard():
                    "int8_row_plan": plan, "accuracy": {"images": 12, "rows": rows}})
     assert "Input policy `fit` 1024x1024" in md and "guards on 12 CamVid test frames (x.png .. y.png)" in md
     assert "int8 f32, fell back: no INT8 plan within the budget; tried nothing 0.400 %" in md
+    busy = markdown({"cpu": "CPU", "cores": 2, "flags": [], "date": "today", "command": "c",
+                     "input_policy": {"mode": "fit", "size": [1024, 1024]}, "timing": timing,
+                     "guard": {"images": 12, "frames": ["x.png", "y.png"]}, "bf16_row_plan": {"plan": ["bf16"]},
+                     "int8_row_plan": plan, "accuracy": {"images": 12, "rows": rows},
+                     "load_average_before": 1.5, "load_average_after": 3.2})
+    assert "before / after the timing: 1.50 / 3.20 on 2 cores: other processes competed" in busy
 
 
 def test_no_camvid_is_one_error_line(tmp_path, capsys):
