@@ -108,6 +108,7 @@ class OnnxCache:
     def openvino(self, v: ServingVariant, log) -> tuple[Path, dict]:
         """The row's OpenVINO plan folder (IR parts + plan.json) and its report, cached by content hash."""
         from build import openvino_ir, quantize
+        from client.policy import InputPolicy
 
         base, report = self.base(v, log)
         precision = v.precision if v.precision in ("bf16", "int8") else "f32"
@@ -121,8 +122,9 @@ class OnnxCache:
                                code_hash(OPENVINO_CODE)]).encode())[:16]
         folder = self.root / f"ov-{key}"
         if not (folder / "report.json").is_file():
-            hold = quantize.load_batch(folder_in, v.size, q.holdout_count, "held-out") if precision != "f32" else None
-            calib = quantize.load_batch(q.calib, v.size, q.calib_count) if precision == "int8" else None
+            hold = quantize.load_batch(folder_in, InputPolicy.for_row(v), q.holdout_count, "held-out") \
+                if precision != "f32" else None
+            calib = quantize.load_batch(q.calib, InputPolicy.for_row(v), q.calib_count) if precision == "int8" else None
             stage = self.root / f".ov-{key}.stage"
             shutil.rmtree(stage, ignore_errors=True)
             try:
@@ -161,6 +163,7 @@ class OnnxCache:
     def _quantized(self, v: ServingVariant, base: Path, log) -> tuple[Path, dict]:
         """Q/DQ int8 + best (build.quantize) or the ONNX Runtime CPU mix (build.quantize_cpu), cached per recipe."""
         from build import quantize, quantize_cpu
+        from client.policy import InputPolicy
 
         q = self.quant
         if q.calib is None:
@@ -172,15 +175,16 @@ class OnnxCache:
         report_name = "quantize_cpu.json" if cpu else "quantize.json"
         if not (folder / report_name).is_file():
             size = v.size
-            hold = quantize.load_batch(q.holdout or q.calib, q.analysis_size or size, q.holdout_count, "held-out")
-            full = quantize.load_batch(q.holdout or q.calib, size, q.holdout_count, "held-out") \
+            hold = quantize.load_batch(q.holdout or q.calib, InputPolicy.for_row(v).at(q.analysis_size or size),
+                                       q.holdout_count, "held-out")
+            full = quantize.load_batch(q.holdout or q.calib, InputPolicy.for_row(v), q.holdout_count, "held-out") \
                 if q.analysis_size and tuple(q.analysis_size) != tuple(size) else None
             stage = Path(tempfile.mkdtemp(prefix=f".quant-{key}.", dir=self.root))
             try:
                 if cpu:
                     quantize_cpu.build_cpu_int8(base, stage, hold, q.budget, log=log, holdout_full=full)
                 else:
-                    calib = quantize.load_batch(q.calib, size, q.calib_count)
+                    calib = quantize.load_batch(q.calib, InputPolicy.for_row(v), q.calib_count)
                     quantize.build_quantized(base, stage, calib, hold, q.method, q.budget, log=log,
                                              holdout_full=full)
                 shutil.rmtree(folder, ignore_errors=True)
