@@ -35,6 +35,8 @@ def segment_files(paths: list[Path], runner, out: Path, quiet: bool = False, mod
     except OSError as exc:
         raise ImageError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     results = []
+    if not quiet:
+        print(licence_line(info))
     for path in paths:
         t0 = time.perf_counter()
         image = load_image(path)
@@ -56,6 +58,14 @@ def segment_files(paths: list[Path], runner, out: Path, quiet: bool = False, mod
         results.append({"image": str(path), "labels": lab_path, "overlay": ov_path, "classes": rows,
                         "infer_s": t2 - t1})
     return results
+
+
+def licence_line(info) -> str:
+    """The served weights' licence (config parameter `licence`), said loudly when unknown."""
+    if info.licence and info.licence != "unknown":
+        return f"{info.name}: weights licence: {info.licence}"
+    return (f"{info.name}: WARNING: weights licence unknown (the server's model config does not record it; check "
+            "it before using the labels)")
 
 
 def parser() -> argparse.ArgumentParser:
