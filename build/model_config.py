@@ -51,7 +51,7 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
     params.update(b.config_parameters(entry or v.weights, v.extra))
     for k, val in params.items():
         cfg.parameters[k].string_value = val
-    return cfg
+    return b.finish_config(cfg, v)  # kinds whose config differs (the JPEG ensembles and their decode step)
 
 
 def to_pbtxt(cfg: mc.ModelConfig) -> str:
