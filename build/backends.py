@@ -65,6 +65,7 @@ class Backend:
     jpeg: bool = False  # rows of this kind get a JPEG/PNG ensemble (<row>_decode -> <row>, served as <row>_jpeg)
     shared: tuple[str, ...] = ()  # project files (ROOT-relative, importing nothing of the project) copied beside
     configure: str = ""  # "module:function" (config, row) that finishes the config where the generic one does not fit
+    pip: tuple[str, ...] = ()  # packages a python row imports that the stock NGC image lacks (build.envpack packs them)
 
     @property
     def python(self) -> bool:
@@ -111,9 +112,8 @@ _ENSEMBLE = "build.ensemble:"
 RECORDS: tuple[Backend, ...] = (
     Backend(PYTHON_ORT, "ONNX Runtime inside the python backend (runs on pip Triton, CPU)", _BUILD + "build_onnx_dir",
             triton_backend="python", parameters=(("onnx_file", "model.onnx"), ("intra_op_threads", "0")),
-            program="onnxruntime_model.py", runtime=CPU_RUNTIME, jpeg=True,
-            ngc="ONNX Runtime inside the python backend needs pip packages the NGC image lacks: serve the `_onnx` "
-                "row (stock onnxruntime backend) in a cluster"),
+            program="onnxruntime_model.py", runtime=CPU_RUNTIME, jpeg=True, pip=("numpy", "onnxruntime"),
+            image=STOCK),
     Backend(ONNXRUNTIME, "stock Triton onnxruntime backend (NGC)", _BUILD + "build_onnx_dir",
             triton_platform="onnxruntime_onnx", instance=GPU, image=STOCK, jpeg=True),
     Backend(PYTHON_NULL, "python backend returning zero labels at once: the load generator's ceiling",
@@ -136,20 +136,20 @@ RECORDS: tuple[Backend, ...] = (
     Backend(PYTHON_OV, "python backend running an OpenVINO precision plan on the CPU (pip Triton)",
             _BUILD + "build_openvino_dir", triton_backend="python",
             parameters=(("plan_file", "plan.json"), ("threads", "0")), program="openvino_model.py", jpeg=True,
-            runtime=CPU_RUNTIME,
-            ngc="OpenVINO inside the python backend needs pip packages the NGC image lacks: serve the `_openvino` "
-                "row (stock openvino backend) in a cluster"),
+            runtime=CPU_RUNTIME, pip=("numpy", "openvino"), image=STOCK),
     Backend(OPENVINO, "stock Triton openvino backend (NGC), f32 IR (1/model.xml + model.bin)",
             _BUILD + "build_openvino_dir", triton_backend="openvino",
             parameters=(("PERFORMANCE_HINT", "LATENCY"), ("INFERENCE_PRECISION_HINT", "f32")), image=STOCK,
             jpeg=True),
     Backend(PYTHON_DECODE, "JPEG/PNG decode-and-place step of a row's ensemble (Pillow, the client's placement)",
             _ENSEMBLE + "build_decode_dir", triton_backend="python", parameters=(("decoder", "pillow"),),
+            pip=("numpy", "pillow"),
             program="decode_model.py", runtime=("segformer_runtime.py",), shared=("client/placement.py",),
             configure=_ENSEMBLE + "decode_config", image=STOCK),
     Backend(PYTHON_DECODE_GPU, "JPEG/PNG decode-and-place step of a GPU row's ensemble (nvImageCodec on the GPU, "
             "Pillow for what it cannot decode; the client's placement)", _ENSEMBLE + "build_decode_dir",
             triton_backend="python", instance=GPU, parameters=(("decoder", "nvimgcodec"),),
+            pip=("numpy", "pillow", "nvidia-nvimgcodec-cu12"),
             program="decode_model.py", runtime=("segformer_runtime.py",), shared=("client/placement.py",),
             configure=_ENSEMBLE + "decode_config", image=STOCK),
     Backend(ENSEMBLE, "a row's JPEG/PNG ensemble: encoded bytes -> decode step -> the row -> labels + placement",
