@@ -103,3 +103,22 @@ def ensemble_config(cfg: mc.ModelConfig, v: ServingVariant) -> mc.ModelConfig:
     cfg.parameters["opt_size"].string_value = json.dumps(list(v.size))
     cfg.parameters["payload"].string_value = "encoded"
     return cfg
+
+
+def unloadable_ensembles(repo: Path, skipped: set[str]) -> dict[str, str]:
+    """{ensemble: why} for the ensembles of `repo` that cannot load because a step is absent or in `skipped` (the
+    models a launcher leaves out): for server/serve.py, which must treat platform "ensemble" as always available
+    (Triton's own scheduler, no backend folder) and leave out only these."""
+    from build.model_config import parse_pbtxt
+
+    present = {p.parent.name for p in Path(repo).glob("*/config.pbtxt")}
+    out = {}
+    for cfg_path in sorted(Path(repo).glob("*/config.pbtxt")):
+        cfg = parse_pbtxt(cfg_path.read_text())
+        if cfg.platform != "ensemble":
+            continue
+        missing = [s.model_name for s in cfg.ensemble_scheduling.step
+                   if s.model_name not in present or s.model_name in skipped]
+        if missing:
+            out[cfg_path.parent.name] = f"its step(s) {', '.join(missing)} do not load here"
+    return out

@@ -91,3 +91,14 @@ def test_policy_places_with_the_shared_code():
     assert place((360, 480), (512, 512)) == placement.place((360, 480), (512, 512))
     with pytest.raises(PolicyError):
         place((360, 480), (512, 512), mode="slide")
+
+
+def test_a_launcher_leaves_out_only_the_ensembles_whose_steps_do_not_load(tiny_weights, tmp_path):
+    from build.ensemble import unloadable_ensembles
+
+    rows = [ServingVariant(n, str(tiny_weights), PYTHON_NULL, size=(64, 64)) for n in ("a", "b")]
+    rows += [j for r in rows for j in jpeg_rows(r)]
+    repo = tmp_path / "repo"
+    write_repository(rows, repo, log=lambda *_: None, cache_dir=tmp_path / "c")
+    assert unloadable_ensembles(repo, set()) == {}
+    assert unloadable_ensembles(repo, {"b_decode"}) == {"b_jpeg": "its step(s) b_decode do not load here"}
