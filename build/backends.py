@@ -26,6 +26,9 @@ TENSORRT = "tensorrt"
 PYTHON_GPU = "python_gpu"
 PYTHON_OV = "python_openvino"
 OPENVINO = "openvino"
+ENSEMBLE = "ensemble"  # a row's JPEG/PNG ensemble: decode step -> the row (build.ensemble)
+PYTHON_DECODE = "python_decode"  # the decode-and-place step on the CPU (Pillow)
+PYTHON_DECODE_GPU = "python_decode_gpu"  # the decode-and-place step of a GPU row (nvImageCodec, Pillow fallback)
 
 # deploy image flavours (deploy.groups turns them into NGC image tags)
 STOCK = "stock"  # tritonserver:<release>-py3: onnxruntime, openvino, tensorrt and python backends
@@ -59,6 +62,10 @@ class Backend:
     ngc_rtx: str = ""  # why stock NGC Triton cannot load the TensorRT-RTX variant
     image: str = ""  # the deploy image flavour (STOCK / PYTORCH); "" when a cluster does not serve it
     not_deployed: str = ""  # why a cluster does not serve it (when `ngc` does not already say)
+    jpeg: bool = False  # rows of this kind get a JPEG/PNG ensemble (<row>_decode -> <row>, served as <row>_jpeg)
+    shared: tuple[str, ...] = ()  # project files (ROOT-relative, importing nothing of the project) copied beside
+    configure: str = ""  # "module:function" (config, row) that finishes the config where the generic one does not fit
+    pip: tuple[str, ...] = ()  # packages a python row imports that the stock NGC image lacks (build.envpack packs them)
 
     @property
     def python(self) -> bool:
@@ -76,14 +83,18 @@ class Backend:
     def code_files(self) -> list[Path]:
         """The files copied into the row's directory from the project: its program, runtime files and package."""
         files = [SERVER_MODELS / f for f in ((self.program,) if self.program else ()) + self.runtime]
+        files += [ROOT / f for f in self.shared]
         if self.package:
             files += sorted((ROOT / self.package).glob("*.py"))
         return files
 
     def build(self):
         """The builder function: (row, stage folder, ONNX cache, log) -> provenance dict."""
-        module, name = self.builder.split(":")
-        return getattr(importlib.import_module(module), name)
+        return _resolve(self.builder)
+
+    def finish_config(self, cfg, row):
+        """The config as this kind needs it (the `configure` hook, resolved when used), else as it is."""
+        return _resolve(self.configure)(cfg, row) if self.configure else cfg
 
     def deployable(self) -> str | None:
         """None when a cluster (stock NGC images) serves rows of this kind, else why not."""
@@ -91,21 +102,26 @@ class Backend:
                                                                           "recipe")
 
 
+def _resolve(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 _BUILD = "build.repository:"
+_ENSEMBLE = "build.ensemble:"
 RECORDS: tuple[Backend, ...] = (
     Backend(PYTHON_ORT, "ONNX Runtime inside the python backend (runs on pip Triton, CPU)", _BUILD + "build_onnx_dir",
             triton_backend="python", parameters=(("onnx_file", "model.onnx"), ("intra_op_threads", "0")),
-            program="onnxruntime_model.py", runtime=CPU_RUNTIME,
-            ngc="ONNX Runtime inside the python backend needs pip packages the NGC image lacks: serve the `_onnx` "
-                "row (stock onnxruntime backend) in a cluster"),
+            program="onnxruntime_model.py", runtime=CPU_RUNTIME, jpeg=True, pip=("numpy", "onnxruntime"),
+            image=STOCK),
     Backend(ONNXRUNTIME, "stock Triton onnxruntime backend (NGC)", _BUILD + "build_onnx_dir",
-            triton_platform="onnxruntime_onnx", instance=GPU, image=STOCK),
+            triton_platform="onnxruntime_onnx", instance=GPU, image=STOCK, jpeg=True),
     Backend(PYTHON_NULL, "python backend returning zero labels at once: the load generator's ceiling",
-            _BUILD + "build_null_dir", triton_backend="python", program="null_model.py",
+            _BUILD + "build_null_dir", triton_backend="python", program="null_model.py", jpeg=True,
             not_deployed="the load generator's null model, not a segmentation model"),
     Backend(TENSORRT, "TensorRT plan for the tensorrt backend (NGC), built by TensorRT or TensorRT-RTX",
             _BUILD + "build_tensorrt_dir", triton_platform="tensorrt_plan", rtx_backend="tensorrt_rtx", instance=GPU,
-            warmup=True, image=STOCK,
+            warmup=True, image=STOCK, jpeg=True,
             ngc_rtx="its plan was built by TensorRT-RTX, which stock Triton's tensorrt backend cannot load: run "
                     "`make repo` on a machine with TensorRT (the version of the NGC release) to build a "
                     "deployable plan"),
@@ -119,13 +135,26 @@ RECORDS: tuple[Backend, ...] = (
                                  "(-pyt-python-py3) loads it", image=PYTORCH),
     Backend(PYTHON_OV, "python backend running an OpenVINO precision plan on the CPU (pip Triton)",
             _BUILD + "build_openvino_dir", triton_backend="python",
-            parameters=(("plan_file", "plan.json"), ("threads", "0")), program="openvino_model.py",
-            runtime=CPU_RUNTIME,
-            ngc="OpenVINO inside the python backend needs pip packages the NGC image lacks: serve the `_openvino` "
-                "row (stock openvino backend) in a cluster"),
+            parameters=(("plan_file", "plan.json"), ("threads", "0")), program="openvino_model.py", jpeg=True,
+            runtime=CPU_RUNTIME, pip=("numpy", "openvino"), image=STOCK),
     Backend(OPENVINO, "stock Triton openvino backend (NGC), f32 IR (1/model.xml + model.bin)",
             _BUILD + "build_openvino_dir", triton_backend="openvino",
-            parameters=(("PERFORMANCE_HINT", "LATENCY"), ("INFERENCE_PRECISION_HINT", "f32")), image=STOCK),
+            parameters=(("PERFORMANCE_HINT", "LATENCY"), ("INFERENCE_PRECISION_HINT", "f32")), image=STOCK,
+            jpeg=True),
+    Backend(PYTHON_DECODE, "JPEG/PNG decode-and-place step of a row's ensemble (Pillow, the client's placement)",
+            _ENSEMBLE + "build_decode_dir", triton_backend="python", parameters=(("decoder", "pillow"),),
+            pip=("numpy", "pillow"),
+            program="decode_model.py", runtime=("segformer_runtime.py",), shared=("client/placement.py",),
+            configure=_ENSEMBLE + "decode_config", image=STOCK),
+    Backend(PYTHON_DECODE_GPU, "JPEG/PNG decode-and-place step of a GPU row's ensemble (nvImageCodec on the GPU, "
+            "Pillow for what it cannot decode; the client's placement)", _ENSEMBLE + "build_decode_dir",
+            triton_backend="python", instance=GPU, parameters=(("decoder", "nvimgcodec"),),
+            pip=("numpy", "pillow", "nvidia-nvimgcodec-cu12"),
+            program="decode_model.py", runtime=("segformer_runtime.py",), shared=("client/placement.py",),
+            configure=_ENSEMBLE + "decode_config", image=STOCK),
+    Backend(ENSEMBLE, "a row's JPEG/PNG ensemble: encoded bytes -> decode step -> the row -> labels + placement",
+            _ENSEMBLE + "build_ensemble_dir", triton_platform="ensemble", configure=_ENSEMBLE + "ensemble_config",
+            image=STOCK),
 )
 BACKENDS: dict[str, Backend] = {b.kind: b for b in RECORDS}
 

@@ -14,12 +14,20 @@ Classes and palette come from the checkpoint when it carries them; --classes (a 
 says what to pass. --size is the served input (height x width, multiples of 32); --dynamic MIN:MAX makes the rows
 take any size in that range (ONNX dynamic axes, TensorRT profile min/opt=size/max, Triton dims -1).
 Re-importing the same checkpoint with the same options is a no-op; anything else needs --force.
+
+The checkpoint's licence is recorded in the entry and travels into every row's config (parameter `licence`), which
+clients and `make serve` print: --licence (make repo: LICENSE=...) wins; else a Hugging Face folder's model card
+(README.md front matter `license:` / `license_name:` / `license_link:`), its config.json or LICENSE file, or a
+`license` / `licence` key in a .pth's `meta`; else it is "unknown", said in a warning line. NVlabs' published
+SegFormer checkpoints (and the nvidia/segformer-* ones on Hugging Face) are under the NVIDIA Source Code License
+for SegFormer: non-commercial use only.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -119,6 +127,88 @@ def resolve_classes(ck: Checkpoint, preset: str | None, classes_file: Path | Non
     return classes, [list(map(int, c)) for c in palette], origin
 
 
+NVLABS_HINT = ("NVlabs' published SegFormer checkpoints (and nvidia/segformer-* on Hugging Face) are under the NVIDIA "
+               "Source Code License for SegFormer: non-commercial use only")
+
+
+def _front_matter(text: str) -> dict[str, str]:
+    """`key: value` lines of a model card's leading YAML block (only the flat keys a licence needs)."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    out = {}
+    for line in lines[1:]:
+        if line.strip() == "---":
+            break
+        m = re.match(r"^([A-Za-z_]+):\s*(.*?)\s*$", line)
+        if m and m.group(2):
+            out[m.group(1).lower()] = m.group(2).strip("'\"")
+    return out
+
+
+def _describe(fields: dict) -> str | None:
+    """One licence string from `license` (+ `license_name`, `license_link`) fields, or None."""
+    lic = fields.get("license") or fields.get("licence")
+    if not lic:
+        return None
+    lic = str(lic)
+    if fields.get("license_name") and fields["license_name"] != lic:
+        lic = f"{lic}: {fields['license_name']}"
+    return f"{lic} ({fields['license_link']})" if fields.get("license_link") else lic
+
+
+def _pth_meta(src: Path) -> dict:
+    from segformer.checkpoints import safe_load
+
+    try:
+        raw, _ = safe_load(src)
+    except Exception:  # noqa: BLE001 - read_checkpoint already accepted the file; no meta is no licence
+        return {}
+    return raw["meta"] if isinstance(raw, dict) and isinstance(raw.get("meta"), dict) else {}
+
+
+def find_licence(src: Path, given: str | None = None) -> tuple[str, str]:
+    """(licence, where it came from): `given` (--licence), else the checkpoint's own metadata, else "unknown"."""
+    from segformer.weights import UNKNOWN_LICENCE
+
+    if given and given.strip():
+        return given.strip(), "--licence"
+    src = Path(src)
+    if src.is_dir():
+        card = src / "README.md"
+        if card.is_file():
+            found = _describe(_front_matter(card.read_text(errors="replace")))
+            if found:
+                return found, "README.md model card"
+        cfg = src / "config.json"
+        if cfg.is_file():
+            try:
+                found = _describe({k.lower(): v for k, v in json.loads(cfg.read_text()).items()
+                                   if isinstance(v, str)})
+            except (json.JSONDecodeError, AttributeError):
+                found = None
+            if found:
+                return found, "config.json"
+        for name in ("LICENSE", "LICENSE.md", "LICENSE.txt", "LICENCE"):
+            if (src / name).is_file():
+                first = next((ln.strip() for ln in (src / name).read_text(errors="replace").splitlines()
+                              if ln.strip()), "")
+                if first:
+                    return f"{first} (see {name} beside the checkpoint)", name
+    elif src.suffix in (".pth", ".pt", ".bin"):
+        found = _describe({k.lower(): v for k, v in _pth_meta(src).items() if isinstance(v, str)})
+        if found:
+            return found, "checkpoint meta"
+    return UNKNOWN_LICENCE, "not recorded in the checkpoint"
+
+
+def licence_warning(src: Path, fmt: str) -> str:
+    """The loud line for a checkpoint whose licence is unknown."""
+    hint = f" ({NVLABS_HINT})" if fmt == "nvlabs" else ""
+    return (f"warning: the licence of {Path(src).name} is UNKNOWN: nothing in the checkpoint says it{hint}; check "
+            "it before serving or sharing the model, and record it with --licence NAME (make repo: LICENSE=NAME)")
+
+
 FP16_MIN_AGREEMENT = 0.9999  # below this on the check frames, the entry keeps FP32 tensors
 
 
@@ -141,8 +231,10 @@ def fp16_agreement(model, mean, std, size: tuple[int, int]) -> float:
 
 def import_weights(src: Path, name: str, preset: str | None = None, classes_file: Path | None = None,
                    size: tuple[int, int] | None = None, dynamic=None, force: bool = False,
-                   out: Path | None = None, log=print, logits: bool = False) -> tuple[str, Path]:
-    """Write entry `name` from checkpoint `src`; returns ('imported' | 'unchanged', path of NAME.json)."""
+                   out: Path | None = None, log=print, logits: bool = False, licence: str | None = None,
+                   warn=None) -> tuple[str, Path]:
+    """Write entry `name` from checkpoint `src`; returns ('imported' | 'unchanged', path of NAME.json). `licence`
+    overrides what the checkpoint says; an unknown licence is said through `warn` (default: stderr)."""
     from segformer import weights as entries
 
     out = Path(out) if out is not None else entries.IMPORTED_DIR
@@ -160,6 +252,8 @@ def import_weights(src: Path, name: str, preset: str | None = None, classes_file
     options = {"preset": preset, "classes_file": classes_file.name if classes_file else None,
                "size": list(size) if size else None, "dynamic": [list(s) for s in dynamic] if dynamic else None,
                "logits": logits}
+    if licence:
+        options["licence"] = licence
     meta_path = Path(out) / f"{name}.json"
     ck = None
     if meta_path.is_file():
@@ -185,13 +279,17 @@ def import_weights(src: Path, name: str, preset: str | None = None, classes_file
             "import_options": options, "fp16_check": {"label_agreement": check, "images": "4 synthetic",
                                                       "size": [min(size[0], 512), min(size[1], 512)],
                                                       "min_agreement": FP16_MIN_AGREEMENT}}
+    meta["licence"], meta["source"]["licence_from"] = find_licence(src, licence)
     keep_fp32 = check < FP16_MIN_AGREEMENT
     save_weights(model, Path(out), name, meta, dtype=torch.float32 if keep_fp32 else torch.float16)
     for s in ck.skipped:
         log(f"note: not read from {Path(src).name}: {s}")
+    if meta["licence"] == entries.UNKNOWN_LICENCE:
+        (warn or (lambda text: print(text, file=sys.stderr)))(licence_warning(src, ck.format))
     log(f"imported {Path(src).name} ({ck.format}, SegFormer-{ck.config.name}, {ck.config.decoder} decoder, "
         f"{len(classes)} classes from {origin}) as {name!r}: {meta_path}; an FP16 copy agrees with FP32 on "
-        f"{check * 100:.3f} % of pixels: " + ("kept FP32 (below 99.99 %)" if keep_fp32 else "stored FP16"))
+        f"{check * 100:.3f} % of pixels: " + ("kept FP32 (below 99.99 %)" if keep_fp32 else "stored FP16")
+        + f"; licence: {meta['licence']} ({meta['source']['licence_from']})")
     return "imported", meta_path
 
 
@@ -206,6 +304,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dynamic", help="MIN:MAX sizes for dynamic-size rows, e.g. 512x512:1024x2048")
     ap.add_argument("--logits", action="store_true", help="rows also output float32 logits (client --slide uses "
                     "them)")
+    ap.add_argument("--licence", "--license", dest="licence", help="the weights' licence (SPDX id or name), when "
+                    "the checkpoint does not carry it (default: read from its metadata, else unknown)")
     ap.add_argument("--force", action="store_true", help="replace an existing entry of that name")
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -215,7 +315,7 @@ def main(argv=None) -> int:
         dynamic = parse_range(a.dynamic) if a.dynamic else None
         name = a.name or default_name(a.src)
         state, path = import_weights(a.src, name, a.preset, a.classes, size, dynamic, a.force, a.out,
-                                     logits=a.logits)
+                                     logits=a.logits, licence=a.licence)
         if state == "unchanged":
             print(f"{name}: already imported from this checkpoint ({path})")
 

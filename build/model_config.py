@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -11,7 +12,7 @@ from build.variants import ServingVariant
 
 
 def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]], tensorrt_rtx: bool = False,
-                 trained_classes: list[str] | None = None, entry: str | None = None
+                 trained_classes: list[str] | None = None, entry: str | None = None, licence: str | None = None
                  ) -> mc.ModelConfig:
     """The row's config: Triton backend/platform, instance kind, inputs, warmup and parameters from its backend
     record (build.backends); names, sizes, batching, classes and palette from the row and its weights entry
@@ -40,6 +41,8 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
         warm.inputs["images"].zero_data = True
     params = {"classes": json.dumps(classes), "palette": json.dumps(palette), "weights": v.weights,
               "precision": v.precision}
+    if licence:  # the weights' licence (segformer.weights.Weights.licence): clients and `make serve` print it
+        params["licence"] = licence
     if trained_classes and len(trained_classes) < len(classes):  # clients mark the others "never trained"
         params["trained_classes"] = json.dumps(trained_classes)
     if v.dynamic:  # the range the client may send: it resizes within these bounds
@@ -48,7 +51,7 @@ def model_config(v: ServingVariant, classes: list[str], palette: list[list[int]]
     params.update(b.config_parameters(entry or v.weights, v.extra))
     for k, val in params.items():
         cfg.parameters[k].string_value = val
-    return cfg
+    return b.finish_config(cfg, v)  # kinds whose config differs (the JPEG ensembles and their decode step)
 
 
 def to_pbtxt(cfg: mc.ModelConfig) -> str:
@@ -57,3 +60,28 @@ def to_pbtxt(cfg: mc.ModelConfig) -> str:
 
 def parse_pbtxt(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
+
+
+def licences(repo: Path) -> dict[str, str]:
+    """{model: the licence of its weights} for every model directory of a built repository (config parameter
+    `licence`; "unknown" where a config has none)."""
+    out = {}
+    for cfg_path in sorted(Path(repo).glob("*/config.pbtxt")):
+        cfg = parse_pbtxt(cfg_path.read_text())
+        lic = cfg.parameters["licence"].string_value if "licence" in cfg.parameters else ""
+        out[cfg.name or cfg_path.parent.name] = lic or "unknown"
+    return out
+
+
+def licence_lines(repo: Path) -> list[str]:
+    """What `make serve` prints about the served weights: one line per licence naming its models, the unknown
+    ones said loudly."""
+    by = {}
+    for model, lic in licences(repo).items():
+        by.setdefault(lic, []).append(model)
+    lines = []
+    for lic, models in sorted(by.items(), key=lambda kv: kv[0] == "unknown"):
+        head = ("WARNING: weights licence UNKNOWN (check it before serving; re-import with LICENSE=...)"
+                if lic == "unknown" else f"weights licence: {lic}")
+        lines.append(f"{head}: {', '.join(models)}")
+    return lines

@@ -45,7 +45,8 @@ def recipe(v: ServingVariant, quant: QuantSettings) -> str:
     w = get_weights(v.weights)
     q = quant.key() if v.precision in ("int8", "best") else ""
     code = code_hash(CODE + backend(v.backend).code_files())
-    return _sha(json.dumps([v.spec(), w.meta["sha256"], q, code], sort_keys=True).encode())[:16]
+    parts = [v.spec(), w.meta["sha256"], q, code] + ([w.licence] if w.meta.get("licence") else [])
+    return _sha(json.dumps(parts, sort_keys=True).encode())[:16]
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -141,7 +142,7 @@ def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=cli_log, 
         info = backend(v.backend).build()(v, stage, cache, log)
         w = get_weights(v.weights)
         cfg = model_config(v, w.classes, [list(c) for c in w.palette], tensorrt_rtx=info.get("rtx", False),
-                           trained_classes=w.trained_classes, entry=w.name)
+                           trained_classes=w.trained_classes, entry=w.name, licence=w.licence)
         (stage / "config.pbtxt").write_text(to_pbtxt(cfg))
         provenance = {"model": v.name, "recipe": rec, "variant": v.spec(), "weights": w.name,
                       "weights_sha256": w.meta["sha256"], "build_seconds": round(time.perf_counter() - t0, 2),
@@ -287,6 +288,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", help="with --checkpoint: served input HxW (multiples of 32)")
     ap.add_argument("--dynamic", help="with --checkpoint: MIN:MAX for dynamic-size rows, e.g. 512x512:1024x2048")
     ap.add_argument("--logits", action="store_true", help="with --checkpoint: rows also output logits (--slide)")
+    ap.add_argument("--licence", "--license", dest="licence", help="with --checkpoint: the weights' licence when the "
+                    "checkpoint does not carry it (make repo: LICENSE=...)")
     ap.add_argument("--variants", nargs="*", type=_names, help="rows by model name, space- or comma-separated "
                     "(default: the standard set)")
     ap.add_argument("--precisions", nargs="*", type=_names, help="keep only rows of these precisions (fp32 fp16 "
@@ -317,7 +320,8 @@ def _weights_entry(args) -> str | None:
         try:
             import_weights(args.checkpoint, weights, args.preset, args.classes,
                            parse_size(args.size) if args.size else None,
-                           parse_range(args.dynamic) if args.dynamic else None, args.force, logits=args.logits)
+                           parse_range(args.dynamic) if args.dynamic else None, args.force, logits=args.logits,
+                           licence=args.licence)
         except ImportError_ as exc:
             raise RepositoryInput(str(exc)) from None
         return weights
@@ -326,8 +330,9 @@ def _weights_entry(args) -> str | None:
             return args.name
         raise RepositoryInput(f"no weights entry {args.name!r}: import one with CHECKPOINT=path (make repo) or "
                               "python -m build.import_weights")
-    if args.size or args.dynamic or args.preset or args.classes or args.logits:
-        raise RepositoryInput("SIZE, DYNAMIC, PRESET, CLASSES and LOGITS apply to an import: pass CHECKPOINT=path too")
+    if args.size or args.dynamic or args.preset or args.classes or args.logits or args.licence:
+        raise RepositoryInput("SIZE, DYNAMIC, PRESET, CLASSES, LOGITS and LICENSE apply to an import: pass "
+                              "CHECKPOINT=path too")
     return None
 
 

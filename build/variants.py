@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 # backend kinds: one record each in build.backends (re-exported here, where the rows name them)
 from build.backends import ONNXRUNTIME, OPENVINO, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, PYTHON_OV, TENSORRT  # noqa: F401
+from build.backends import ENSEMBLE, GPU, PYTHON_DECODE, PYTHON_DECODE_GPU
 from build.backends import backend as backend_record
 from segformer.errors import ProjectError
 
@@ -113,6 +114,32 @@ TEMPLATES: tuple[Template, ...] = (
 )
 TEMPLATE_BY_SUFFIX = {t.suffix: t for t in TEMPLATES}
 
+# JPEG/PNG in on every accelerated row: <row>_jpeg (a Triton ensemble) runs <row>_decode (decode + the client's
+# placement) and then <row>, so a client may send an encoded file to any row (build.ensemble writes them)
+JPEG_SUFFIX, DECODE_SUFFIX = "_jpeg", "_decode"
+
+
+def jpeg_rows(row: ServingVariant) -> list[ServingVariant]:
+    """The decode step and the ensemble of `row` (none where its backend takes encoded input itself or is not an
+    accelerated row)."""
+    record = backend_record(row.backend)
+    if not record.jpeg:
+        return []
+    decode = ServingVariant(row.name + DECODE_SUFFIX, row.weights, PYTHON_DECODE_GPU if record.instance == GPU
+                            else PYTHON_DECODE, precision=row.precision, size=row.size, max_batch=row.max_batch,
+                            queue_delay_us=0, size_range=row.size_range, extra={"target": row.name},
+                            description=f"decodes a JPEG/PNG and places it (input policy, fit) for {row.name}")
+    ensemble = replace(decode, name=row.name + JPEG_SUFFIX, backend=ENSEMBLE,
+                       extra={"decode": decode.name, "target": row.name},
+                       description=f"{row.name} taking one JPEG/PNG file per request (`encoded`); labels at the "
+                                   "placed size + `placement` [content h, w, image h, w]")
+    return [decode, ensemble]
+
+
+def needs(row: ServingVariant) -> list[str]:
+    """The rows an ensemble runs (its decode step and its row), built before it; [] for other rows."""
+    return [row.extra["target"], row.extra["decode"]] if row.backend == ENSEMBLE else []
+
 # The shipped entries: weights name -> (model-name prefix, served size, templates built by default)
 SHIPPED = {"segformer-b1-camvid": ("segformer_b1", (1024, 1024), None),
            "segformer-b0-camvid": ("segformer_b0", (512, 1024), ("",))}
@@ -136,8 +163,9 @@ def rows_for(weights: str, prefix: str | None = None, size: tuple[int, int] | No
         size_range = w.size_range
         logits = bool(w.meta.get("with_logits"))
     logits = logits if with_logits is None else with_logits
-    return [t.apply(prefix, weights, size, size_range, logits) for t in TEMPLATES
+    rows = [t.apply(prefix, weights, size, size_range, logits) for t in TEMPLATES
             if suffixes is None or t.suffix in suffixes]
+    return rows + [j for r in rows for j in jpeg_rows(r)]
 
 
 NULL_ROW = ServingVariant("segformer_null", "segformer-b1-camvid", PYTHON_NULL, max_batch=8, queue_delay_us=0,
@@ -149,7 +177,7 @@ def _shipped_rows() -> list[ServingVariant]:
     for weights in SHIPPED:
         rows += [replace(r, description=f"SegFormer-{weights.split('-')[1].upper()} {r.size[0]}x{r.size[1]}, "
                                          + r.description) for r in rows_for(weights)]
-    return rows + [NULL_ROW]
+    return rows + [NULL_ROW] + jpeg_rows(NULL_ROW)
 
 
 VARIANTS: dict[str, ServingVariant] = {v.name: v for v in _shipped_rows()}
@@ -183,6 +211,17 @@ def entry_rows(weights: str, gpu: bool | None = None) -> list[ServingVariant]:
     return [v for v in rows_for(weights) if gpu or not backend_record(v.backend).needs_cuda]
 
 
+def _with_needs(rows: list[ServingVariant], table: dict) -> list[ServingVariant]:
+    """`rows` plus the rows their ensembles run, each before the first row that needs it."""
+    out, seen = [], set()
+    for r in rows:
+        for dep in [table[n] for n in needs(r) if n in table] + [r]:
+            if dep.name not in seen:
+                seen.add(dep.name)
+                out.append(dep)
+    return out
+
+
 class SelectionError(ProjectError, ValueError):
     """VARIANTS / PRECISIONS that name no row; the message names what the table has."""
 
@@ -197,7 +236,7 @@ def select(names: list[str] | None = None, precisions: list[str] | None = None, 
         unknown = [n for n in names if n not in table]
         if unknown:
             raise SelectionError(f"unknown variant(s) {', '.join(unknown)}; the table has: {', '.join(table)}")
-        rows = [table[n] for n in names]
+        rows = _with_needs([table[n] for n in names], table)
     elif weights:
         rows = entry_rows(weights)
     else:

@@ -23,61 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
+from client import placement as _placement
+from client.placement import MULTIPLE, Placement, from_output, to_input  # noqa: F401 - this module's API
 from client.preprocess import resize_image, resize_labels
 from segformer.errors import ProjectError
 
 MODES = ("fit", "stretch", "slide")
 DEFAULT_MODE = "fit"  # what clients send unless told otherwise, and so what calibration and guards see
-MULTIPLE = 32
 
 
 class PolicyError(ProjectError, ValueError):
     """A policy that cannot apply (an unknown mode, slide on a model without logits)."""
 
 
-@dataclass(frozen=True)
-class Placement:
-    input_size: tuple[int, int]  # the tensor sent (H, W)
-    content: tuple[int, int]  # the image's part of it (top-left), after scaling
-
-
-def _ceil(x: float, m: int = MULTIPLE) -> int:
-    return int(math.ceil(x / m) * m)
-
-
 def place(image_hw: tuple[int, int], model_size: tuple[int, int], size_range=None, mode: str = "fit") -> Placement:
-    """Where the image goes in the model's input, for the `fit` and `stretch` modes."""
-    h, w = image_hw
-    if mode == "stretch":
-        return Placement(tuple(model_size), tuple(model_size))
-    if mode != "fit":
+    """Where the image goes in the model's input, for the `fit` and `stretch` modes (client.placement, the code the
+    decode step of a row's JPEG ensemble runs too)."""
+    if mode not in ("fit", "stretch"):
         raise PolicyError(f"unknown resize mode {mode!r}; choose from {', '.join(MODES)}")
-    if size_range is None:  # letterbox into the fixed input
-        mh, mw = model_size
-        s = min(mh / h, mw / w)
-        content = (min(mh, max(1, round(h * s))), min(mw, max(1, round(w * s))))
-        return Placement(tuple(model_size), content)
-    (lo_h, lo_w), (hi_h, hi_w) = size_range
-    s = min(1.0, hi_h / h, hi_w / w)  # shrink only as far as the upper bound asks
-    s = max(s, lo_h / h, lo_w / w) if h * s < lo_h or w * s < lo_w else s  # grow to the lower bound
-    content = (max(1, round(h * s)), max(1, round(w * s)))
-    content = (min(content[0], hi_h), min(content[1], hi_w))
-    return Placement((max(lo_h, min(hi_h, _ceil(content[0]))), max(lo_w, min(hi_w, _ceil(content[1])))), content)
-
-
-def to_input(image: np.ndarray, p: Placement, pad: int = 0) -> np.ndarray:
-    """The uint8 [H, W, 3] tensor for placement `p`: the image scaled to p.content, padded to p.input_size."""
-    scaled = resize_image(image, p.content)
-    if p.content == p.input_size:
-        return scaled
-    out = np.full((*p.input_size, 3), pad, np.uint8)
-    out[:p.content[0], :p.content[1]] = scaled
-    return out
-
-
-def from_output(labels: np.ndarray, p: Placement, image_hw: tuple[int, int]) -> np.ndarray:
-    """The model's labels for placement `p` at the image's own size (padding cut off, nearest resize)."""
-    return resize_labels(np.ascontiguousarray(labels[:p.content[0], :p.content[1]]), tuple(image_hw))
+    return _placement.place(image_hw, model_size, size_range, mode)
 
 
 def windows(size: tuple[int, int], crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int]]:

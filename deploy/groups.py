@@ -5,9 +5,10 @@ Triton process. Models are grouped by the instance kind `make repo` wrote into t
 a GPU pod with one `nvidia.com/gpu`, KIND_CPU -> a CPU pod); the image and whether a cluster serves a row at all
 are its backend record's (build.backends: stock NGC Triton for onnxruntime / openvino / tensorrt, NGC's PyTorch
 flavour for the python-backend GPU fast path). Rows a cluster does not serve are left out with the record's
-reason: the pip-Triton python-backend rows (ONNX Runtime / OpenVINO inside the python backend need packages the
-NGC image lacks), the load generator's null model, and TensorRT-RTX plans (a stock tensorrt backend cannot
-deserialise them: build the plan with TensorRT on the GPU host).
+reason: python rows whose packages the NGC image lacks (ONNX Runtime, OpenVINO, Pillow) unless their config names
+a packed environment (the NGC repository `python -m build.envpack` writes: deploy that one), the load generator's
+null model, and TensorRT-RTX plans (a stock tensorrt backend cannot deserialise them: build the plan with TensorRT
+on the GPU host). A row's JPEG ensemble goes to its row's pod, and only where its row and decode step are served.
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ class Model:
     plugin: bool  # needs the LayerNorm plugin preloaded
     versions: list[str]
     digest: str  # sha256 over config.pbtxt and build.json: what the pods load
+    packed_env: bool = False  # config.pbtxt names a packed Python environment (EXECUTION_ENV_PATH, build.envpack)
+    steps: list[str] = field(default_factory=list)  # an ensemble's models (its decode step and its row)
 
 
 @dataclass
@@ -99,7 +102,9 @@ def read_model(d: Path) -> Model:
     return Model(name=cfg.name or d.name, backend=row["backend"], config_backend=cfg.backend or cfg.platform,
                  kind=kind, instances=sum(g.count or 1 for g in cfg.instance_group) or 1,
                  max_batch=cfg.max_batch_size or 1, precision=row.get("precision", "fp32"),
-                 plugin=row.get("layernorm") == "plugin", versions=versions, digest=digest)
+                 plugin=row.get("layernorm") == "plugin", versions=versions, digest=digest,
+                 packed_env="EXECUTION_ENV_PATH" in cfg.parameters,
+                 steps=[s.model_name for s in cfg.ensemble_scheduling.step])
 
 
 def why_not(m: Model) -> str | None:
@@ -109,6 +114,10 @@ def why_not(m: Model) -> str | None:
         return f"backend {m.backend!r} has no backend record (build/backends.py)"
     if record.deployable():
         return record.deployable()
+    if record.pip and not m.packed_env:
+        return (f"its python program imports {', '.join(record.pip)}, which the stock NGC image lacks: deploy the NGC "
+                "repository, whose python rows carry a packed environment (`python -m build.envpack`, then "
+                "--repo model_repository_ngc)")
     if record.rtx_backend and m.config_backend == record.rtx_backend:
         return f"{record.ngc_rtx} (NGC {NGC_RELEASE}; config backend {m.config_backend!r})"
     if not m.versions:
@@ -129,13 +138,21 @@ def plan(repo: Path, only: list[str] | None = None) -> tuple[list[Group], dict[s
         dirs = [d for d in dirs if d.name in only]
     groups: dict[str, Group] = {}
     skipped = {}
-    for d in dirs:
-        m = read_model(d)
+    models = {m.name: m for m in map(read_model, dirs)}
+    for m in models.values():
         reason = why_not(m)
         if reason:
             skipped[m.name] = reason
-            continue
-        groups.setdefault(m.kind, Group(m.kind)).models.append(m)
+    for m in models.values():  # an ensemble runs in its row's pod, and only where each of its steps is served
+        if m.steps and m.name not in skipped:
+            out = [s for s in m.steps if s not in models or s in skipped]
+            if out:
+                skipped[m.name] = f"runs {', '.join(out)}, which a cluster does not serve here"
+            else:
+                m.kind = models[m.steps[-1]].kind
+    for m in models.values():
+        if m.name not in skipped:
+            groups.setdefault(m.kind, Group(m.kind)).models.append(m)
     if not groups:
         raise RepositoryError(f"nothing in {repo} that stock NGC Triton can serve ({', '.join(skipped)} run only "
                               "on pip Triton or need a TensorRT build); build cluster rows, e.g. `make repo "

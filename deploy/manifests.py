@@ -39,6 +39,7 @@ CLAIM = "segformer-model-store"
 
 def repository_gib(repo: Path, names: list[str]) -> int:
     size = sum(f.stat().st_size for n in names for f in (repo / n).rglob("*") if f.is_file())
+    size += sum(f.stat().st_size for f in repo.glob("*.tar.gz"))  # packed environments (build.envpack)
     return max(1, math.ceil(2 * size / 2**30))  # room for the next version beside this one
 
 

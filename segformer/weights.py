@@ -24,6 +24,13 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # imported entries (git-ignored); SEGFORMER_IMPORTED_WEIGHTS moves them (tests use a temporary folder)
 IMPORTED_DIR = Path(os.environ.get("SEGFORMER_IMPORTED_WEIGHTS") or WEIGHTS_DIR / "imported")
 
+# The licence of a weights entry travels with it (metadata -> config parameter `licence` -> clients, `make serve`).
+UNKNOWN_LICENCE = "unknown"
+# what is true of the shipped entries (weights/): trained from scratch by this project on CamVid, a data set
+# distributed for research use
+SHIPPED_LICENCE = ("research use: trained from scratch by this project on CamVid (research-use data set); no "
+                   "third-party weights")
+
 
 class WeightsError(ProjectError, RuntimeError):
     """A weights file that is missing, corrupt or does not fit the model; the message says what to do."""
@@ -93,6 +100,16 @@ class Weights:
         """Classes the training labels contained (None: not recorded, e.g. an imported checkpoint)."""
         t = self.meta.get("trained_classes")
         return list(t) if t else None
+
+    @property
+    def licence(self) -> str:
+        """The weights' licence as recorded at import (`licence` in the metadata); the shipped entries' own; else
+        "unknown"."""
+        if self.meta.get("licence"):
+            return str(self.meta["licence"])
+        if self.tensors.parent.resolve() == WEIGHTS_DIR.resolve():
+            return SHIPPED_LICENCE
+        return UNKNOWN_LICENCE
 
     @property
     def palette(self) -> list[tuple[int, int, int]]:

@@ -93,6 +93,8 @@ class TritonRunner(Runner):
         urls = split_urls(url)
         self.url = urls[0] if urls else default_url(protocol)
         self.info: ModelInfo | None = None
+        self.inputs: set[str] = set()
+        self.outputs: set[str] = set()
         self._local = threading.local()
         self._clients: list = []  # every client made, so deactivate() can close the ones threads left open
         self._lock = threading.Lock()
@@ -175,8 +177,18 @@ class TritonRunner(Runner):
             cfg = _as_dict(client.get_model_config(self.model))
         except Exception as exc:  # noqa: BLE001 - the server answered something that is not a model config
             raise RunnerError(f"{self.url} did not give {self.model!r}'s config ({describe_failure(exc)})") from None
-        self.info = info_from_config(self.model, cfg.get("config", cfg))
+        cfg = cfg.get("config", cfg)
+        self.info = info_from_config(self.model, cfg)
+        self.inputs = {i.get("name") for i in cfg.get("input", [])}
+        self.outputs = {o.get("name") for o in cfg.get("output", [])}
         return self.info
+
+    @property
+    def takes_encoded(self) -> bool:
+        """Whether the model takes one JPEG/PNG file per request (`encoded`: a row's `_jpeg` ensemble, the GPU
+        row)."""
+        self.ensure_active()
+        return "encoded" in self.inputs
 
     def _not_served(self) -> str:
         try:
@@ -243,6 +255,18 @@ class TritonRunner(Runner):
             why = describe_failure(exc)
             raise RunnerError(f"inference on {self.model} failed: {why}", why) from None
 
+    def infer_encoded(self, data: bytes) -> tuple[np.ndarray, list[int] | None]:
+        """Labels for one encoded image file sent as is: (labels [H, W] as the model answers them, placement
+        [content h, content w, image h, image w] where the model says it, else None: labels at the model's size,
+        the image stretched to it)."""
+        self.ensure_active()
+        if not self.takes_encoded:
+            raise RunnerError(f"{self.model} takes no encoded images: send raw frames, or use its `_jpeg` ensemble")
+        names = ("labels", "placement") if "placement" in self.outputs else ("labels",)
+        res = self.send([self.encoded_input([data])], names)
+        placement = res.as_numpy("placement")[0].tolist() if "placement" in names else None
+        return res.as_numpy("labels")[0], placement
+
     def infer(self, images: np.ndarray, logits: bool = False) -> np.ndarray:
         info = self.ensure_active()
         info.check(images)
@@ -279,9 +303,13 @@ def info_from_config(name: str, cfg: dict) -> ModelInfo:
     """ModelInfo from a model config as Triton returns it (JSON form): size (or the dynamic range and its
     optimum), max batch, classes, palette, logits output, trained classes, licence."""
     try:
-        image_input = next(i for i in cfg.get("input", []) if i.get("name") == "images")
-        dims = [int(d) for d in image_input["dims"]]
         outputs = {o["name"] for o in cfg.get("output", [])}
+        inputs = {i.get("name"): i for i in cfg.get("input", [])}
+        if "images" not in inputs and "encoded" in inputs and "placement" in outputs:  # a row's `_jpeg` ensemble
+            labels = next(o for o in cfg["output"] if o["name"] == "labels")
+            return _info(name, [int(d) for d in labels["dims"]] + [3], _params(cfg), cfg, outputs)
+        image_input = inputs["images"]
+        dims = [int(d) for d in image_input["dims"]]
         if "labels" not in outputs or len(dims) != 3:
             raise KeyError("labels")
     except (StopIteration, KeyError, TypeError, ValueError):

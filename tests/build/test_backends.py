@@ -21,9 +21,10 @@ def test_every_kind_in_the_table_has_a_record_with_a_builder_and_its_files():
         assert b.image or b.deployable(), b.kind  # a cluster serves it, or the record says why not
         if b.python:
             assert b.program, b.kind
-    # the python rows running ONNX Runtime / OpenVINO do not load in stock NGC Triton, and the record says so
-    for kind in (backends.PYTHON_ORT, backends.PYTHON_OV):
-        assert "NGC image lacks" in BACKENDS[kind].ngc
+    # the python rows running ONNX Runtime / OpenVINO / the decode steps load in stock NGC Triton with a packed
+    # environment of the packages their records name (build.envpack)
+    for kind in (backends.PYTHON_ORT, backends.PYTHON_OV, backends.PYTHON_DECODE, backends.PYTHON_DECODE_GPU):
+        assert not BACKENDS[kind].ngc and BACKENDS[kind].image == backends.STOCK and "numpy" in BACKENDS[kind].pip
     assert not BACKENDS[backends.ONNXRUNTIME].ngc and not BACKENDS[backends.TENSORRT].ngc
 
 

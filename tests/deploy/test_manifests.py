@@ -74,7 +74,32 @@ def test_groups_follow_the_rows_as_built(repo):
     assert by["gpu"].image.endswith(f":{NGC_RELEASE}-pyt-python-py3")  # the python fast path needs PyTorch
     assert by["cpu"].image.endswith(f":{NGC_RELEASE}-py3")
     assert by["gpu"].concurrency == 8 * 1 + 16 * 2
-    assert set(skipped) == {"tiny_ort"} and "_onnx" in skipped["tiny_ort"]
+    assert set(skipped) == {"tiny_ort"} and "build.envpack" in skipped["tiny_ort"]
+
+
+def test_the_ngc_repository_serves_the_python_rows_and_the_jpeg_ensembles(tiny_weights, tmp_path):
+    """The NGC repository build.envpack writes: the python rows name their packed environment and are deployed;
+    each JPEG ensemble goes to its row's pod (decode step included); an ensemble whose row is not served is left
+    out. (The tarball here is a stand-in: packing is tested in tests/build/test_envpack.py.)"""
+    from build.envpack import write_ngc_repository
+    from build.variants import jpeg_rows
+
+    w, size = str(tiny_weights), (64, 96)
+    rows = [ServingVariant("t_ort", w, PYTHON_ORT, size=size, max_batch=2),
+            ServingVariant("t_onnx", w, ONNXRUNTIME, size=size, max_batch=8)]
+    rows += [j for r in rows for j in jpeg_rows(r)]
+    repo = tmp_path / "model_repository"
+    assert set(write_repository(rows, repo, log=lambda *_: None, cache_dir=tmp_path / "c").values()) == {"built"}
+    groups, skipped = plan(repo)  # the pip-Triton repository: the python rows and what runs them are left out
+    assert set(skipped) == {"t_ort", "t_ort_decode", "t_ort_jpeg", "t_onnx_decode", "t_onnx_jpeg"}
+    pack = tmp_path / "segformer-env-py310-test.tar.gz"
+    pack.write_bytes(b"stand-in")
+    write_ngc_repository(repo, tmp_path / "ngc", pack, log=lambda *_: None)
+    assert "EXECUTION_ENV_PATH" not in (repo / "t_ort" / "config.pbtxt").read_text()  # the original is untouched
+    groups, skipped = plan(tmp_path / "ngc")
+    by = {g.kind: {m.name for m in g.models} for g in groups}
+    assert by == {"cpu": {"t_ort", "t_ort_decode", "t_ort_jpeg"}, "gpu": {"t_onnx", "t_onnx_decode", "t_onnx_jpeg"}}
+    assert not skipped and (tmp_path / "ngc" / pack.name).is_file()
 
 
 def test_every_manifest_validates_and_mounts_the_repository_make_repo_wrote(repo, tmp_path):
