@@ -32,7 +32,9 @@ from server.access import ADMIN_HEADER, DEFAULT_HOST, access_args, check_host, e
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".triton"
-PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "pytorch_libtorch": "pytorch"}
+PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "pytorch_libtorch": "pytorch",
+                     "ensemble": "ensemble"}
+BUILT_IN = {"ensemble"}  # Triton's own scheduler: no backend folder, always there
 
 
 class ServerError(ProjectError, RuntimeError):
@@ -148,11 +150,16 @@ def model_backends(repo: Path) -> dict[str, str]:
 def load_args(repo: Path, have: set[str]) -> tuple[list[str], list[str]]:
     """Explicit model-control arguments that load only what this server's backends can run, and the models
     left out ("name (needs the X backend)"); no arguments when everything loads or the backends are unknown."""
+    from build.ensemble import unloadable_ensembles
+
     models = model_backends(repo)
-    skipped = [f"{m} (needs the {b} backend)" for m, b in models.items() if have and b not in have]
-    if not skipped:
+    have = have | BUILT_IN if have else have
+    left_out = {m: f"needs the {b} backend" for m, b in models.items() if have and b not in have}
+    left_out.update(unloadable_ensembles(repo, set(left_out)))  # an ensemble whose step does not load
+    if not left_out:
         return [], []
-    return ["--model-control-mode=explicit"] + [f"--load-model={m}" for m, b in models.items() if b in have], skipped
+    return (["--model-control-mode=explicit"] + [f"--load-model={m}" for m in models if m not in left_out],
+            [f"{m} ({why})" for m, why in left_out.items()])
 
 
 def server_args(repo: Path, have: set[str], http: int, grpc: int, metrics: int) -> tuple[list[str], list[str]]:
@@ -329,6 +336,10 @@ def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, s
               repo=str(repo.resolve()))
     for s in skipped:
         print(f"not loaded: {s}; this server has backends: {', '.join(sorted(have))}")
+    from build.model_config import licence_lines
+
+    for line in licence_lines(repo):
+        print(line)
     try:
         wait_ready(http, proc, log, timeout, host, key)
     except BaseException:
