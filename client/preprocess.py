@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from client.placement import resize_image, resize_labels, to_rgb  # noqa: F401 - the resampling primitives live there
 from segformer.errors import ProjectError
 
 # load_image checks Pillow's pixel limit itself and says so in one error line; Pillow's own warning (for images
@@ -48,7 +49,7 @@ def load_image(path: str | Path, note=None) -> np.ndarray:
                 im.seek(0)
                 note(f"{path}: {frames} frames (animated {im.format}); segmenting the first")
             im.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(im))
+            rgb = to_rgb(ImageOps.exif_transpose(im))
     except Image.DecompressionBombError as exc:
         size = str(exc).split("(")[1].split(" pixels")[0] if "(" in str(exc) else "?"
         raise ImageError(f"{path}: too many pixels to decode safely ({size} pixels; Pillow's limit is "
@@ -60,38 +61,6 @@ def load_image(path: str | Path, note=None) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: corrupt or truncated image ({exc})") from None
     return rgb
-
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """uint8 RGB of any Pillow mode; 16/32-bit greyscale scaled by its maximum code value (not clipped)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        grey = np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        grey = np.clip(a * 255.0 + 0.5 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")  # Pillow's route for palette transparency; alpha is dropped below
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize uint8 RGB [H, W, 3] to (height, width) with bilinear filtering."""
-    h, w = size
-    if image.shape[:2] == (h, w):
-        return image
-    return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR), dtype=np.uint8)
-
-
-def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a uint8 label map to (height, width) with nearest-neighbour sampling."""
-    h, w = size
-    if labels.shape[:2] == (h, w):
-        return labels
-    return np.array(Image.fromarray(labels).resize((w, h), Image.NEAREST), dtype=np.uint8)
 
 
 def sample_images(size: tuple[int, int], n: int = 2) -> np.ndarray:

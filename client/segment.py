@@ -136,8 +136,9 @@ def main(argv=None) -> int:
 
     folders = [p for p in args.images if p.is_dir()]
     if folders and not args.video:
-        ap.exit(2, f"error: {folders[0]} is a folder: pass --video to segment its frames as one video, or name "
-                   f"the image files (e.g. {folders[0]}/*.jpg)\n")
+        print(f"error: {folders[0]}: not a file but a folder: pass --video to segment its frames as one video, or "
+              f"name its image files (e.g. {folders[0]}/*.jpg)", file=sys.stderr)
+        return 2
     if any(is_video(p) or (args.video and p.is_dir()) for p in args.images):
         return cli.run(lambda: _videos(args))
     return cli.run(lambda: _images(args, stride))
