@@ -63,13 +63,14 @@ def load_image(path: str | Path, note=None) -> np.ndarray:
     return rgb
 
 
-def sample_images(size: tuple[int, int], n: int = 2) -> np.ndarray:
-    """`n` smooth synthetic street-like frames [n, H, W, 3] (real images go through client.policy.InputPolicy)."""
+def sample_images(size: tuple[int, int], n: int = 2, start: int = 0) -> np.ndarray:
+    """`n` smooth synthetic street-like frames [n, H, W, 3], frames start..start+n-1 of one fixed sequence (frame i
+    is the same whichever call makes it); real images go through client.policy.InputPolicy."""
     h, w = size
-    rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     frames = []
-    for i in range(n):
+    for i in range(start, start + n):
+        rng = np.random.default_rng(i)
         base = np.stack([np.sin(3 * xx + i), np.cos(2 * yy - i), np.sin(xx * yy * 5)], -1)
         frames.append(((base * 0.5 + 0.5) * 255 + rng.normal(0, 8, base.shape)).clip(0, 255).astype(np.uint8))
     return np.stack(frames)
