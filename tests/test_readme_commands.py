@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -54,6 +54,7 @@ class Case:
 
     label: str
     xfail: str | None = None  # the reason, naming the issue item
+    strict: bool = True  # False only where the failure depends on timing (then a pass is no news)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,12 @@ class NotHere:
 
 HTTP_GRPC = (Case("http"), Case("grpc"))
 VIDEO_HTTP = ("issue 30 item 1: video over HTTP fails on every frame ('Cannot switch to a different thread') and "
-              "prints 'wrote ..._overlay.mp4' for a file it does not write")
+              "prints 'wrote ..._overlay.mp4' for a file it does not write, or hangs")
+
+LOCUST_BIG_FRAMES = (
+    "issue 30 item 4 (make loadtest / make sweep, locust in several processes): with 1024x1024 frames each worker "
+    "spends seconds building its frames inside gevent, misses locust's heartbeats, and the master stops the run: "
+    "'0 requests, 0 failed' (timing-dependent: seen on 2 busy cores)")
 
 TABLE: dict[str, Run | NotHere] = {
     "make demo": Run("MODEL=segformer_null (README: the fastest CPU row, B1 1024x1024 under OpenVINO, minutes of "
@@ -118,10 +124,11 @@ TABLE: dict[str, Run | NotHere] = {
         Run("needs a cluster and KServe: `kubectl kustomize` instead", "kustomize"),
     "make repo VARIANTS=segformer_null && make stop serve": Run("as written", "restart_with_null"),
     "make loadtest LOAD_MODEL=segformer_b1 LOAD_USERS=4 DURATION=30":
-        Run("LOAD_MODEL=segformer_null LOAD_USERS=2 DURATION=5 (two locust processes, as README's 4 users)",
-            "loadtest"),
+        Run("LOAD_USERS=2 DURATION=5 (two locust processes, as README's 4 users); LOAD_MODEL=segformer_null (1024x1024 "
+            "frames, as README's rows) and LOAD_MODEL=city_b1 (128x160 frames)", "loadtest",
+            (Case("segformer_null", LOCUST_BIG_FRAMES, strict=False), Case("city_b1"))),
     "make sweep LOAD_MODEL=segformer_b1 USERS=1,2,4 SLO_MS=10000":
-        Run("LOAD_MODEL=segformer_null USERS=1,2 DURATION=4", "sweep"),
+        Run("LOAD_MODEL=city_b1 USERS=1,2 DURATION=4 (1024x1024 frames at 2 users: see make loadtest)", "sweep"),
     "locust -f loadtest/locustfile.py --host localhost:8001 --model segformer_b1 TritonGrpcUser":
         Run("--host localhost:PORT --model segformer_null, plus --web-host 127.0.0.1 --web-port PORT; a swarm of one "
             "user started and stopped through the web UI's own endpoints; TritonGrpcUser and TritonHttpUser",
@@ -256,12 +263,15 @@ class Clone:
 
     def sh(self, command: str, timeout: float = 300) -> Result:
         t0 = time.perf_counter()
+        p = subprocess.Popen(["bash", "-c", command], cwd=self.dir, env=self.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            p = subprocess.run(["bash", "-c", command], cwd=self.dir, env=self.env, capture_output=True, text=True,
-                               timeout=timeout, start_new_session=True)
-            rc, out, err = p.returncode, p.stdout, p.stderr
-        except subprocess.TimeoutExpired as exc:
-            rc, out, err = 124, _s(exc.stdout), _s(exc.stderr) + f"\n(killed after {timeout:.0f} s)"
+            out, err = p.communicate(timeout=timeout)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)  # the command and whatever it started
+            out, err = p.communicate()
+            rc, err = 124, err + f"\n(killed after {timeout:.0f} s)"
         res = Result(command, rc, out, err, time.perf_counter() - t0)
         print(f"[{res.seconds:6.1f} s] rc {rc}: {command}")
         return res
@@ -282,10 +292,6 @@ class Clone:
                 except OSError:
                     pass
         return pids
-
-
-def _s(b) -> str:
-    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 
 
 def _http(url: str, data: bytes | None = None, timeout: float = 10) -> tuple[int, str]:
@@ -521,13 +527,16 @@ def _video_frames(path: Path) -> tuple[int, tuple[int, int], float]:
         return n, (stream.width, stream.height), float(stream.average_rate or 0)
 
 
+VIDEO_TIMEOUT = 60  # 6 frames of 160x120 take seconds; over HTTP the client has been seen to hang (issue 30 item 1)
+
+
 def step_video_file(flow: Flow, case: Case):
     flow.need("serve")
     _make_video(flow)
     c = flow.clone
     out = c.dir / f"out-video-{case.label}"
     res = c.sh(f"python -m client.segment drive.mp4 --out {out.name}/ --model city_b1 --in-flight 2 --labels "
-               f"--protocol {case.label} --url {c.url(case.label)}")
+               f"--protocol {case.label} --url {c.url(case.label)}", timeout=VIDEO_TIMEOUT)
     _ok(res, "drive.mp4: 6 frames 160x120", "fps end to end", "p50", "p99", f"wrote {out.name}/drive_overlay.mp4")
     assert _video_frames(out / "drive_overlay.mp4")[:2] == (6, (160, 120))
     from PIL import Image
@@ -543,7 +552,7 @@ def step_video_folder(flow: Flow, case: Case):
     c = flow.clone
     out = c.dir / f"out-frames-{case.label}"
     res = c.sh(f"python -m client.segment frames/ --video --fps 30 --model city_b1 --out {out.name}/ "
-               f"--protocol {case.label} --url {c.url(case.label)}")
+               f"--protocol {case.label} --url {c.url(case.label)}", timeout=VIDEO_TIMEOUT)
     _ok(res, "frames: 6 frames 160x120 at 30.00 fps", "fps end to end", f"wrote {out.name}/frames_overlay.mp4")
     n, size, fps = _video_frames(out / "frames_overlay.mp4")
     assert (n, size) == (6, (160, 120)) and abs(fps - 30) < 0.5, (n, size, fps)
@@ -638,26 +647,27 @@ def step_restart_with_null(flow: Flow, case):
 def step_loadtest(flow: Flow, case):
     flow.need("serve")
     c = flow.clone
-    res = c.sh("make loadtest LOAD_MODEL=segformer_null LOAD_USERS=2 DURATION=5", timeout=180)
-    _ok(res, "segformer_null u=2 (grpc, 2 proc", "img/s", "p50", "p90", "p99", "server:", "queue", "compute")
+    model = case.label
+    res = c.sh(f"make loadtest LOAD_MODEL={model} LOAD_USERS=2 DURATION=5", timeout=180)
+    _ok(res, f"{model} u=2 (grpc, 2 proc", "img/s", "p50", "p90", "p99", "server:", "queue", "compute")
     m = re.search(r"(\d+) requests, (\d+) failed", res.out)
     assert m and int(m[1]) > 0 and int(m[2]) == 0, str(res)
     assert res.seconds < 60, f"a 5 s run took {res.seconds:.0f} s\n{res}"
     folder = c.dir / "out" / "loadtest"
     for suffix in ("_stats.csv", ".html", "_summary.json"):
-        assert (folder / f"segformer_null_u2{suffix}").is_file(), suffix
+        assert (folder / f"{model}_u2{suffix}").is_file(), suffix
 
 
 def step_sweep(flow: Flow, case):
     flow.need("serve")
     c = flow.clone
-    res = c.sh("make sweep LOAD_MODEL=segformer_null USERS=1,2 SLO_MS=10000 DURATION=4", timeout=240)
-    _ok(res, "knee: ", "segformer_null_sweep.png")
+    res = c.sh("make sweep LOAD_MODEL=city_b1 USERS=1,2 SLO_MS=10000 DURATION=4", timeout=240)
+    _ok(res, "knee: ", "city_b1_sweep.png")
     for users in (1, 2):
         m = re.search(rf"u={users} \(grpc.*?(\d+) requests, (\d+) failed", res.out)
         assert m and int(m[1]) > 0 and int(m[2]) == 0, f"u={users}\n{res}"
     folder = c.dir / "out" / "sweep"
-    assert (folder / "segformer_null_sweep.png").is_file() and (folder / "segformer_null_sweep.json").is_file()
+    assert (folder / "city_b1_sweep.png").is_file() and (folder / "city_b1_sweep.json").is_file()
 
 
 def step_locust(flow: Flow, case: Case):
@@ -744,7 +754,7 @@ def _cases():
     for command, entry in TABLE.items():
         if isinstance(entry, Run):
             for case in entry.cases:
-                marks = [pytest.mark.xfail(reason=case.xfail, strict=True)] if case.xfail else []
+                marks = [pytest.mark.xfail(reason=case.xfail, strict=case.strict)] if case.xfail else []
                 yield pytest.param(command, case, id=f"{command[:60]} [{case.label}]", marks=marks)
 
 
