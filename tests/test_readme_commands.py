@@ -171,6 +171,18 @@ def test_every_table_entry_is_still_in_readme():
     assert not stale, "TABLE entries whose command left README (remove or update them):\n" + "\n".join(stale)
 
 
+def test_the_parser_reads_fenced_and_indented_blocks():
+    from tests.readme_commands import commands
+
+    text = "\n".join([
+        "Intro `make inline` is prose.", "", "```bash", "make a X=1   # comment", "python -m m --x 1 \\",
+        "    --y 2", "# a comment line", "```", "", "```python", "print('not shell')", "```", "",
+        "- a list item", "    continued list text, not code", "", "    make b && make c   # indented block",
+        "        # a comment continuing it", "    locust -f f.py   # web UI", "", "```", "$ make d", "```"])
+    assert [c.text for c in commands(text)] == ["make a X=1", "python -m m --x 1 --y 2", "make b && make c",
+                                                 "locust -f f.py", "make d"]
+
+
 def _make_variables() -> tuple[set[str], set[str]]:
     text = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"^([\w.-]+):", text, re.M))
@@ -178,7 +190,8 @@ def _make_variables() -> tuple[set[str], set[str]]:
     return targets, variables
 
 
-@pytest.mark.parametrize("command", [c for c, e in TABLE.items() if isinstance(e, NotHere)])
+@pytest.mark.parametrize("command", [pytest.param(c, id=f"{c[:60]} -- not here: {e.reason}")
+                                     for c, e in TABLE.items() if isinstance(e, NotHere)])
 def test_a_command_not_run_here_still_fits_the_code(command):
     """Not run on this machine (TABLE says why), but its make target and variables, its module's options and
     their values, and the rows it names exist."""
