@@ -403,6 +403,15 @@ def _ok(res: Result, *says: str) -> None:
         assert s in res.text, f"{s!r} not printed\n{res}"
 
 
+def _size(h: int, w: int) -> str:
+    """A size as printed: width x height, or height x width (issue 30 item 9 moves the client to HxW)."""
+    return f"(?:{w}x{h}|{h}x{w})"
+
+
+def _says(res: Result, pattern: str) -> None:
+    assert re.search(pattern, res.out, re.M), f"no line matching {pattern!r}\n{res}"
+
+
 def _served(flow: Flow, model: str, port: int | None = None) -> bool:
     port = port or flow.clone.ports["http"]
     return _http(f"http://127.0.0.1:{port}/v2/models/{model}/ready")[0] == 200
@@ -500,7 +509,8 @@ def step_segment(flow: Flow, case: Case):
         (out / name).unlink(missing_ok=True)
     res = c.sh(f"python -m client.segment frame.png --model city_b1 --protocol {protocol} {' '.join(options)} "
                f"--url {c.url(protocol)}")
-    _ok(res, "frame.png: 480x360 -> city_b1", "wrote out/frame_labels.png", "out/frame_overlay.png")
+    _ok(res, "wrote out/frame_labels.png", "out/frame_overlay.png")
+    _says(res, rf"frame\.png: {_size(360, 480)}\b.* -> city_b1 {_size(*SIZE)}\b")
     assert re.search(r"\bclass\b.*\bpixels\b", res.out) and re.search(r"^\s*\d+\s+\w+", res.out, re.M), str(res)
     if "--slide" in options:
         assert "slide" in res.out, str(res)
@@ -550,7 +560,8 @@ def step_video_file(flow: Flow, case: Case):
     out = c.dir / f"out-video-{case.label}"
     res = c.sh(f"python -m client.segment drive.mp4 --out {out.name}/ --model city_b1 --in-flight 2 --labels "
                f"--protocol {case.label} --url {c.url(case.label)}", timeout=VIDEO_TIMEOUT)
-    _ok(res, "drive.mp4: 6 frames 160x120", "fps end to end", "p50", "p99", f"wrote {out.name}/drive_overlay.mp4")
+    _ok(res, "fps end to end", "p50", "p99", f"wrote {out.name}/drive_overlay.mp4")
+    _says(res, rf"drive\.mp4: 6 frames {_size(120, 160)} ")
     assert _video_frames(out / "drive_overlay.mp4")[:2] == (6, (160, 120))
     from PIL import Image
 
@@ -566,7 +577,8 @@ def step_video_folder(flow: Flow, case: Case):
     out = c.dir / f"out-frames-{case.label}"
     res = c.sh(f"python -m client.segment frames/ --video --fps 30 --model city_b1 --out {out.name}/ "
                f"--protocol {case.label} --url {c.url(case.label)}", timeout=VIDEO_TIMEOUT)
-    _ok(res, "frames: 6 frames 160x120 at 30.00 fps", "fps end to end", f"wrote {out.name}/frames_overlay.mp4")
+    _ok(res, "fps end to end", f"wrote {out.name}/frames_overlay.mp4")
+    _says(res, rf"frames: 6 frames {_size(120, 160)} at 30\.00 fps")
     n, size, fps = _video_frames(out / "frames_overlay.mp4")
     assert (n, size) == (6, (160, 120)) and abs(fps - 30) < 0.5, (n, size, fps)
 
