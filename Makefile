@@ -36,7 +36,7 @@ BENCH_IMAGES ?=
 EVAL_IMAGES ?=
 EVAL_LABELS ?=
 LABEL_FORMAT ?= auto
-EVAL_MODELS ?= segformer_b1_fp16,segformer_b1_int8,segformer_b1_best,segformer_b1_best_cpu
+EVAL_MODELS ?=
 REFERENCE ?= segformer_b1
 THRESHOLD ?=
 CUDA_ARCH ?=
@@ -50,9 +50,10 @@ help:
 	@echo "make repo     write $(REPO)/ (VARIANTS=\"segformer_b1 ...\" PRECISIONS=\"fp32 fp16\", NAME=entry)"
 	@echo "make serve    start Triton on $(REPO)/ in the background (127.0.0.1; HOST=0.0.0.0 opens it); make stop ends it"
 	@echo "make repo CALIB=DIR   also build the int8 / best rows (calibration images)"
-	@echo "make evaluate EVAL_IMAGES=DIR [EVAL_LABELS=DIR LABEL_FORMAT=camvid]  accuracy of the served variants vs $(REFERENCE)"
-	@echo "make loadtest  headless locust run against the served $(LOAD_MODEL) (USERS, DURATION)"
-	@echo "make sweep     concurrency sweep with knee under SLO_MS"
+	@echo "make evaluate EVAL_IMAGES=DIR [EVAL_LABELS=DIR LABEL_FORMAT=camvid EVAL_MODELS=a,b]  accuracy of the served"
+	@echo "              $(REFERENCE)_* rows (or EVAL_MODELS) vs $(REFERENCE)"
+	@echo "make loadtest  headless locust run against the served LOAD_MODEL=$(LOAD_MODEL) (LOAD_USERS=$(LOAD_USERS), DURATION=$(DURATION))"
+	@echo "make sweep     concurrency sweep of LOAD_MODEL (USERS=$(USERS), DURATION=$(DURATION)) with knee under SLO_MS=$(SLO_MS)"
 	@echo "make soak      SOAK_S seconds at SOAK_LOAD x the probed rate: failures, p99 over time, server RSS drift"
 	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
 	@echo "make bench     GPU: fast path vs HF eager/compile/max-autotune (SKIP_MAX_AUTOTUNE=1 skips it), kernel profile,"
@@ -92,7 +93,7 @@ demo: venv
 evaluate: venv
 	@test -n "$(EVAL_IMAGES)" || { echo "error: set EVAL_IMAGES=DIR (a folder of images to evaluate on)"; exit 2; }
 	$(PY) -m client.evaluate --images $(EVAL_IMAGES) $(if $(EVAL_LABELS),--labels $(EVAL_LABELS) --label-format $(LABEL_FORMAT)) \
-	  --models $(EVAL_MODELS) --reference $(REFERENCE) --url localhost:$(HTTP_PORT) --out $(OUT)/evaluate \
+	  $(if $(EVAL_MODELS),--models $(EVAL_MODELS)) --reference $(REFERENCE) --url localhost:$(HTTP_PORT) --out $(OUT)/evaluate \
 	  $(if $(THRESHOLD),--threshold $(THRESHOLD))
 
 loadtest: venv
@@ -145,4 +146,6 @@ test: venv
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 clean:
+	@# a server still running would be orphaned (its pid file and admin key go with .triton): stop it first
+	@if [ -x $(PY) ] && [ -d .triton ]; then $(PY) -m server.serve stop; $(PY) -m server.cluster stop; fi
 	rm -rf $(REPO)/*/ .cache .triton $(OUT)

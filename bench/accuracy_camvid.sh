@@ -3,7 +3,8 @@
 # B1 1024^2 rows built with 4 CamVid train images as calibration and the 3 held-out frames of samples/heldout/
 # (CamVid test, Seq05VD: never trained on, not among the evaluated ones), served by the pip Triton, evaluated
 # on the first 12 CamVid test images (0001TP) against FP32, one image at a time -> docs/results/accuracy_b1_camvid/.
-#   bash bench/accuracy_camvid.sh [CAMVID_DIR]
+# Every row's calibration and guard frames are prepared by the input policy clients send by default (`fit`).
+#   bash bench/accuracy_camvid.sh [CAMVID_DIR]      (HTTP_PORT/GRPC_PORT/METRICS_PORT: other ports, as for make)
 set -euo pipefail
 data=${1:-../shared/datasets/camvid}
 work=out/accuracy_camvid
@@ -15,7 +16,7 @@ make repo VARIANTS=$rows CALIB="$work/calib" HOLDOUT="$work/holdout"
 make serve
 trap 'make stop' EXIT
 .venv/bin/python -m client.evaluate --images "$data/test/images" --labels "$data/test/labels" --label-format camvid \
-  --limit 12 --concurrency 1 --models ${rows#segformer_b1,} --reference segformer_b1 --out "$work/report"
+  --limit 12 --concurrency 1 --url "localhost:${HTTP_PORT:-8000}" --models ${rows#segformer_b1,} --reference segformer_b1 --out "$work/report"
 dest=docs/results/accuracy_b1_camvid
 mkdir -p $dest
 cp "$work/report/report.md" "$work/report/report.json" "$work/report/disagreement.png" "$work/report/iou.png" $dest/

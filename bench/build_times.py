@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from client.cli import run as run_cli
 from build.artefacts import QuantSettings
 from build.repository import write_repository
 from build.variants import TENSORRT, select
@@ -26,9 +27,13 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="*", help="TensorRT rows (default: every TensorRT row)")
     ap.add_argument("--calib", type=Path, help="calibration images for int8 / best")
-    ap.add_argument("--holdout", type=Path)
-    ap.add_argument("--out", type=Path, default=Path("results/build_bench"))
+    ap.add_argument("--holdout", type=Path, help="held-out images for the guards (default: the calibration folder)")
+    ap.add_argument("--out", type=Path, default=Path("results/build_bench"), help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
+    return run_cli(lambda: measure(args))
+
+
+def measure(args) -> int:
     rows = [v for v in select(args.variants) if v.backend == TENSORRT]
     scratch = Path(tempfile.mkdtemp(prefix="bench_build."))
     try:

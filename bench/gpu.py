@@ -7,7 +7,8 @@ HF transformers SegFormer eager FP16, the same under torch.compile (default and 
 reported), and ours (segformer.fast: FP16, folded decoder, fused dwconv+GELU and upsample+argmax kernels,
 torch.compile, CUDA graphs), per batch size; --profile adds ours' GPU time per kernel group. HF models have the same
 architecture (variant, classes) with their own initial weights: only their speed is compared. Agreement: share
-of pixels where our labels equal the FP32 PyTorch reference (TF32 off) on --images, resized as the server does.
+of pixels where our labels equal the FP32 PyTorch reference (TF32 off) on --images, prepared as clients send
+them (client.policy, `fit`: letterboxed).
 --served: builds the segformer_b1_gpu model directory, starts Triton, and loads it with the project's
 multi-process closed-loop generator (loadtest.closed_loop) in the scenarios of bench.gpu_served (JPEG, raw frames
 over system / CUDA shared memory, one GPU vs every GPU vs one server per GPU).
@@ -19,7 +20,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -161,10 +161,9 @@ def model_only(args, log) -> dict:
             torch.cuda.empty_cache()
     images = []
     if args.images:
-        from client.labels import list_images
-        from client.preprocess import load_image, resize_image
+        from client.policy import InputPolicy
 
-        images = [resize_image(load_image(p), size) for p in list_images(Path(args.images))[:args.limit]]
+        images = InputPolicy(tuple(size)).frames(args.images, args.limit)  # as clients send them (fit)
     acc = agreement(runner, w, images, dev) if images else None
     if acc:
         log(f"agreement with FP32 on {acc['images']} images: {100 * acc['agreement']:.3f} %")
@@ -280,11 +279,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("TRITON_CACHE_DIR", str(root / ".cache" / "triton"))
     ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default="segformer-b1-camvid")
-    ap.add_argument("--size", type=int, nargs=2, default=(1024, 1024), metavar=("H", "W"))
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    ap.add_argument("--hf-batches", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--skip-hf-compile", action="store_true")
+    ap.add_argument("--weights", default="segformer-b1-camvid", help="shipped weights name or path to NAME.json")
+    ap.add_argument("--size", type=int, nargs=2, default=(1024, 1024), metavar=("H", "W"), help="input (default 1024 1024)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="batch sizes of ours")
+    ap.add_argument("--hf-batches", type=int, nargs="+", default=[1, 16], help="batch sizes of the HF peer")
+    ap.add_argument("--skip-hf-compile", action="store_true", help="HF eager only (no torch.compile of the peer)")
     ap.add_argument("--compile-modes", nargs="+", default=["default"],
                     help="torch.compile modes for ours ('none' = eager; 'max-autotune-no-cudagraphs': our own CUDA "
                          "graphs capture the result)")
@@ -295,18 +294,26 @@ def main(argv=None) -> int:
                     help="measure ours without (0) and/or with (1) the fused Mix-FFN kernel; the agreement check "
                          "uses the last (the served configuration by default)")
     ap.add_argument("--images", default="", help="real images for the agreement check")
-    ap.add_argument("--limit", type=int, default=16)
+    ap.add_argument("--limit", type=int, default=16, help="at most this many --images (default 16)")
     ap.add_argument("--served", action="store_true", help="also serve through Triton and load it")
-    ap.add_argument("--served-only", action="store_true")
-    ap.add_argument("--served-duration", type=float, default=8.0)
+    ap.add_argument("--served-only", action="store_true", help="only the served run")
+    ap.add_argument("--served-duration", type=float, default=8.0, help="seconds per served scenario (default 8)")
     ap.add_argument("--served-instances", type=int, default=2, help="model instances per GPU")
     ap.add_argument("--served-scenarios", nargs="+",
                     help="see bench.gpu_served (default: shm1mb shm256mb, and gpu0 allgpus twoservers where there "
                          "are two or more GPUs)")
     ap.add_argument("--served-start-timeout", type=float, default=300.0, help="seconds for Triton to load the model")
-    ap.add_argument("--out", type=Path, default=Path("results/bench_gpu"))
+    ap.add_argument("--out", type=Path, default=Path("results/bench_gpu"), help="writes OUT.json, OUT.md and OUT.png")
     ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw <JSON>.png and .md from a results file")
     args = ap.parse_args(argv)
+    from client.cli import run as run_cli
+
+    return run_cli(lambda: measure(args))
+
+
+def measure(args) -> int:
+    from bench import BenchError
+
     if args.replot:
         result = json.loads(args.replot.read_text())
         plot(result, args.replot.with_suffix(".png"))
@@ -316,11 +323,9 @@ def main(argv=None) -> int:
     try:
         import torch
     except ImportError:
-        print("error: the GPU benchmark needs PyTorch with CUDA", file=sys.stderr)
-        return 2
+        raise BenchError("the GPU benchmark needs PyTorch with CUDA") from None
     if not torch.cuda.is_available():
-        print("error: no CUDA GPU here: run `make bench` on a machine with an NVIDIA GPU", file=sys.stderr)
-        return 2
+        raise BenchError("no CUDA GPU here: run `make bench` on a machine with an NVIDIA GPU")
 
     def log(msg):
         print(msg, flush=True)
@@ -346,8 +351,7 @@ def main(argv=None) -> int:
                                                               if torch.cuda.device_count() > 1 else [])
         unknown = [n for n in args.served_scenarios if n not in SCENARIOS]
         if unknown:
-            print(f"error: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
-            return 2
+            raise BenchError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
         result["served"] = served(args, log)
         result["served"]["knee"] = knee([r for r in result["served"]["rows"] if r.get("servers", 1) == 1
                                          and r.get("gpus", "0") == "0"])

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
+
+from bench import BenchError
+from client.cli import run as run_cli
 
 STAGES = ((4, 64), (8, 128), (16, 320), (32, 512))  # (stride, C) of MiT-B1; the Mix-FFN hidden width is 4C
 
@@ -21,16 +23,18 @@ STAGES = ((4, 64), (8, 128), (16, 320), (32, 512))  # (stride, C) of MiT-B1; the
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.kernels_gpu", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--size", type=int, default=1024, help="input height = width")
-    ap.add_argument("--out", type=Path, default=Path("results/kernels_gpu"))
+    ap.add_argument("--batch", type=int, default=16, help="images per timed call (default 16)")
+    ap.add_argument("--size", type=int, default=1024, help="input height = width (default 1024)")
+    ap.add_argument("--out", type=Path, default=Path("results/kernels_gpu"), help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
+    return run_cli(lambda: measure(args))
+
+
+def measure(args) -> int:
     import torch
-    import torch.nn.functional as F
 
     if not torch.cuda.is_available():
-        print("error: no CUDA GPU here: run it on a machine with an NVIDIA GPU", file=sys.stderr)
-        return 2
+        raise BenchError("no CUDA GPU here: run it on a machine with an NVIDIA GPU")
     from bench.gpu import cuda_ms
     from segformer import kernels
 

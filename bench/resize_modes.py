@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from client.cli import progress, run as run_cli
 
 MODES = [  # (label, client mode, dynamic size range or None)
     ("stretch 1024x1024 (squashed)", "stretch", None),
@@ -47,21 +47,27 @@ def cpu_facts() -> dict:
 
 
 def main(argv=None) -> int:
-    from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-    from client.policy import predict
-    from client.runners import OnnxRunner
+    ap = argparse.ArgumentParser(prog="python -m bench.resize_modes", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/datasets/camvid"),
+                    help="CamVid in the train/val/test images+labels layout (default ../shared/datasets/camvid)")
+    ap.add_argument("--weights", default="segformer-b1-camvid", help="shipped weights name or path to NAME.json")
+    ap.add_argument("--every", type=int, default=4, help="use every N-th test image (default 4: 59 of 233)")
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default 0: all cores)")
+    ap.add_argument("--out", type=Path, default=Path("results/resize_modes_b1"), help="writes OUT.json and OUT.md")
+    a = ap.parse_args(argv)
+    return run_cli(lambda: compare(a))
+
+
+def compare(a) -> int:
     from build.export import build_onnx
+    from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+    from client.policy import InputPolicy
+    from client.preprocess import load_image
+    from client.runners import OnnxRunner
     from segformer.weights import atomic_write_bytes
     from training.data import find_samples, load_pair
 
-    ap = argparse.ArgumentParser(prog="python -m bench.resize_modes", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("../shared/datasets/camvid"))
-    ap.add_argument("--weights", default="segformer-b1-camvid")
-    ap.add_argument("--every", type=int, default=4, help="use every N-th test image (default 4: 59 of 233)")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path("results/resize_modes_b1"))
-    a = ap.parse_args(argv)
     samples, lut = find_samples(a.data, "test")
     samples = samples[::a.every]
     onnx_path = Path(".cache") / "bench" / f"{a.weights}-logits.onnx"
@@ -73,20 +79,21 @@ def main(argv=None) -> int:
     n = len(info.classes)
     cms = {label: np.zeros((n, n), np.int64) for label, _, _ in MODES}
     secs = {label: [] for label, _, _ in MODES}
-    for s in tqdm(samples, desc="images", unit="img"):
-        image, label = load_pair(s, lut)
-        image = np.asarray(image) if not isinstance(image, np.ndarray) else image
+    policies = {}
+    for s in progress(samples, desc="images", unit="img"):
+        image, label = load_image(s.image), load_pair(s, lut)[1]  # the image decoded as a client decodes it
         for name, mode, size_range in MODES:  # interleaved: every mode sees the same machine state
-            info.size_range = size_range
+            info.size_range = size_range  # the runner's shape check follows the row being imitated
+            policy = policies.setdefault(name, InputPolicy.for_model(info, mode))
             t0 = time.perf_counter()
-            pred = predict(image, runner, mode)
+            pred = policy.predict(image, runner)
             secs[name].append(time.perf_counter() - t0)
             cms[name] += confusion_matrix(pred, label, n)
     rows = []
     for name, _, _ in MODES:
         cm = cms[name]
         present = np.flatnonzero(cm.sum(1) > 0).tolist()
-        rows.append({"mode": name, "miou": mean_iou(cm, present), "pixel_accuracy": pixel_accuracy(cm),
+        rows.append({"mode": name, "input_policy": policies[name].describe(), "miou": mean_iou(cm, present), "pixel_accuracy": pixel_accuracy(cm),
                      "ms_per_image_median": 1e3 * float(np.median(secs[name])),
                      "iou": {info.classes[c]: float(iou_per_class(cm)[c]) for c in present}})
     result = {"weights": a.weights, "images": len(samples), "split": "test", "every": a.every,

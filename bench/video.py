@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from bench import BenchError
+from client import cli
 
 
 def make_clip(frames_dir: Path, path: Path, seconds: float, fps: float, size: tuple[int, int]) -> Path:
@@ -27,7 +29,7 @@ def make_clip(frames_dir: Path, path: Path, seconds: float, fps: float, size: tu
     files = sorted(frames_dir.glob("0001TP_*.jpg")) or sorted(frames_dir.glob("*.jpg"))
     n = int(round(seconds * fps))
     if not files:
-        raise FileNotFoundError(f"{frames_dir}: no .jpg frames")
+        raise BenchError(f"{frames_dir}: no .jpg frames (--frames: a folder of CamVid test frames)")
     w, h = size
     with av.open(str(path), "w") as box:
         s = box.add_stream("libx264", rate=int(fps))
@@ -61,33 +63,33 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m bench.video", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="segformer_b1_ov")
-    ap.add_argument("--url", default="localhost:8001", help="Triton gRPC address")
-    ap.add_argument("--in-flight", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--fps", type=float, default=10.0)
+    cli.add_model_option(ap, default="segformer_b1_ov")
+    cli.add_server_options(ap, protocols=("grpc",), timeout=300.0, several=False)
+    ap.add_argument("--in-flight", type=int, nargs="+", default=[1, 2, 4], help="frames in flight to try")
+    ap.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
+    ap.add_argument("--fps", type=float, default=10.0, help="clip frame rate (default 10)")
     ap.add_argument("--size", type=parse_size, default=(720, 960), help="HxW of the clip (default 720x960)")
-    ap.add_argument("--frames", type=Path, default=Path("../shared/datasets/camvid/test/images"))
-    ap.add_argument("--out", type=Path, default=Path("results/video"))
+    ap.add_argument("--frames", type=Path, default=Path("../shared/datasets/camvid/test/images"),
+                    help="CamVid test frames the clip is made of")
+    ap.add_argument("--out", type=Path, default=Path("results/video"), help="writes OUT.json and OUT.md")
     a = ap.parse_args(argv)
-    from client.runners import RunnerError, TritonRunner
+    from client.runners import RunnerError
+
+    return cli.run(lambda: measure(a), handled=(RunnerError,))
+
+
+def measure(a) -> int:
+    from client.runners import TritonRunner
     from client.video import open_source, segment_video
     from segformer.weights import atomic_write_bytes
 
+    url = cli.url_of(a, "grpc")
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            clip = make_clip(a.frames, Path(tmp) / "clip.mp4", a.seconds, a.fps, (a.size[1], a.size[0]))
-        except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        clip = make_clip(a.frames, Path(tmp) / "clip.mp4", a.seconds, a.fps, (a.size[1], a.size[0]))
         rows = []
         for n in a.in_flight:
-            try:
-                s = segment_video(open_source(clip), lambda: TritonRunner(a.model, a.url, "grpc", 300.0),
-                                  Path(tmp) / f"out{n}", n)
-            except RunnerError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
+            s = segment_video(open_source(clip), lambda: TritonRunner(a.model, url, "grpc", a.timeout),
+                              Path(tmp) / f"out{n}", n)
             rows.append({k: s[k] for k in ("in_flight", "frames", "wall_s", "fps_end_to_end", "server_compute_fps",
                                            "p50_ms", "p99_ms", "stopped")})
             print(f"in flight {n}: {s['fps_end_to_end']:.2f} fps end to end, p50 {s['p50_ms']:.0f} ms")

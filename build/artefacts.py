@@ -16,17 +16,23 @@ from pathlib import Path
 
 from build.export import build_onnx
 from build.variants import ServingVariant
+from segformer.errors import ProjectError
 from segformer.weights import atomic_write_bytes, get_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_CODE = [ROOT / "build" / "export.py", ROOT / "segformer" / "model.py"]
 PASS_CODE = [ROOT / "build" / f for f in ("passes.py", "quantize.py", "quantize_cpu.py")]
-OPENVINO_CODE = [ROOT / "build" / "openvino_ir.py"]
+# the plan's guard runs the served runtime: a change to either re-measures the plan
+OPENVINO_CODE = [ROOT / "build" / "openvino_ir.py", ROOT / "server" / "models" / "segformer_runtime.py"]
 DEFAULT_HOLDOUT = ROOT / "samples" / "heldout"  # three CamVid test frames (never trained on): the guards without HOLDOUT=
 
 
-class NeedsCalibration(RuntimeError):
+class NeedsCalibration(ProjectError, RuntimeError):
     """An INT8 row without calibration images; the message names the fix."""
+
+
+class MissingCodeFile(ProjectError, FileNotFoundError):
+    """A file a cache key or recipe covers is gone (renamed or deleted): the key would silently stop covering it."""
 
 
 def _sha(data: bytes) -> str:
@@ -34,7 +40,12 @@ def _sha(data: bytes) -> str:
 
 
 def code_hash(files: list[Path]) -> str:
-    return _sha(b"".join(p.read_bytes() for p in files if p.is_file()))[:16]
+    """A short hash over the code files a cached artefact depends on; every file must exist."""
+    missing = [str(p) for p in files if not Path(p).is_file()]
+    if missing:
+        raise MissingCodeFile(f"code file {missing[0]} is missing (a cache key covers it): restore it, or update the "
+                              "list that names it (build/artefacts.py, build/repository.py, build/backends.py)")
+    return _sha(b"".join(Path(p).read_bytes() for p in files))[:16]
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class OnnxCache:
     def openvino(self, v: ServingVariant, log) -> tuple[Path, dict]:
         """The row's OpenVINO plan folder (IR parts + plan.json) and its report, cached by content hash."""
         from build import openvino_ir, quantize
+        from client.policy import InputPolicy
 
         base, report = self.base(v, log)
         precision = v.precision if v.precision in ("bf16", "int8") else "f32"
@@ -110,8 +122,9 @@ class OnnxCache:
                                code_hash(OPENVINO_CODE)]).encode())[:16]
         folder = self.root / f"ov-{key}"
         if not (folder / "report.json").is_file():
-            hold = quantize.load_batch(folder_in, v.size, q.holdout_count, "held-out") if precision != "f32" else None
-            calib = quantize.load_batch(q.calib, v.size, q.calib_count) if precision == "int8" else None
+            hold = quantize.load_batch(folder_in, InputPolicy.for_row(v), q.holdout_count, "held-out") \
+                if precision != "f32" else None
+            calib = quantize.load_batch(q.calib, InputPolicy.for_row(v), q.calib_count) if precision == "int8" else None
             stage = self.root / f".ov-{key}.stage"
             shutil.rmtree(stage, ignore_errors=True)
             try:
@@ -150,6 +163,7 @@ class OnnxCache:
     def _quantized(self, v: ServingVariant, base: Path, log) -> tuple[Path, dict]:
         """Q/DQ int8 + best (build.quantize) or the ONNX Runtime CPU mix (build.quantize_cpu), cached per recipe."""
         from build import quantize, quantize_cpu
+        from client.policy import InputPolicy
 
         q = self.quant
         if q.calib is None:
@@ -161,15 +175,16 @@ class OnnxCache:
         report_name = "quantize_cpu.json" if cpu else "quantize.json"
         if not (folder / report_name).is_file():
             size = v.size
-            hold = quantize.load_batch(q.holdout or q.calib, q.analysis_size or size, q.holdout_count, "held-out")
-            full = quantize.load_batch(q.holdout or q.calib, size, q.holdout_count, "held-out") \
+            hold = quantize.load_batch(q.holdout or q.calib, InputPolicy.for_row(v).at(q.analysis_size or size),
+                                       q.holdout_count, "held-out")
+            full = quantize.load_batch(q.holdout or q.calib, InputPolicy.for_row(v), q.holdout_count, "held-out") \
                 if q.analysis_size and tuple(q.analysis_size) != tuple(size) else None
             stage = Path(tempfile.mkdtemp(prefix=f".quant-{key}.", dir=self.root))
             try:
                 if cpu:
                     quantize_cpu.build_cpu_int8(base, stage, hold, q.budget, log=log, holdout_full=full)
                 else:
-                    calib = quantize.load_batch(q.calib, size, q.calib_count)
+                    calib = quantize.load_batch(q.calib, InputPolicy.for_row(v), q.calib_count)
                     quantize.build_quantized(base, stage, calib, hold, q.method, q.budget, log=log,
                                              holdout_full=full)
                 shutil.rmtree(folder, ignore_errors=True)

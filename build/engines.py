@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from build.variants import ServingVariant
+from segformer.errors import ProjectError
 
 
-class BuilderUnavailable(RuntimeError):
+class BuilderUnavailable(ProjectError, RuntimeError):
     """No usable TensorRT for this build; the message names the fix."""
 
 

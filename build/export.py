@@ -20,11 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from client.cli import run
 from client.preprocess import sample_images
+from segformer.checkpoints import CheckpointError
+from segformer.errors import ProjectError
 from segformer.model import SegmentationPipeline
-from segformer.weights import atomic_write_bytes as atomic_write, get_weights
+from segformer.weights import WeightsError, atomic_write_bytes as atomic_write, get_weights
 
 OPSET = 17
+
+
+class ExportMismatch(ProjectError, RuntimeError):
+    """The exported graph's labels disagree with PyTorch's beyond the bound; nothing was written."""
 
 
 def export_onnx(pipeline: SegmentationPipeline, size: tuple[int, int], with_logits: bool = False) -> bytes:
@@ -106,7 +113,7 @@ def build_onnx(weights: str, size: tuple[int, int], with_logits: bool = False, m
     log(f"ONNX {w.name} {size[0]}x{size[1]}: {how}; ONNX Runtime vs PyTorch label agreement "
         f"{agreement * 100:.4f} % on {len(imgs)} image(s)" + (f" (sizes {', '.join(per_size)})" if also_sizes else ""))
     if agreement < min_agreement:
-        raise RuntimeError(f"ONNX export of {w.name} disagrees with PyTorch: {agreement * 100:.4f} % label "
+        raise ExportMismatch(f"ONNX export of {w.name} disagrees with PyTorch: {agreement * 100:.4f} % label "
                            f"agreement < {min_agreement * 100:.2f} %; nothing was written")
     return data, report
 
@@ -123,15 +130,14 @@ def main(argv=None) -> int:
     ap.add_argument("--min-agreement", type=float, default=0.9999)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    from build.quantize import cli_errors
 
-    def run():
+    def body():
         data, _ = build_onnx(args.weights, args.size, args.logits, args.min_agreement, args.verify_images)
         atomic_write(args.out, data)
         print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB)")
         return 0
 
-    return cli_errors(run)
+    return run(body, handled=(WeightsError, CheckpointError, FileNotFoundError))
 
 
 if __name__ == "__main__":

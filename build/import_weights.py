@@ -20,20 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import torch
 
-from segformer.checkpoints import Checkpoint, CheckpointError, read_checkpoint
+from client import cli
+from segformer.checkpoints import Checkpoint, read_checkpoint
 from segformer.config import PRESETS, check_size, get_preset, parse_size
-from segformer.weights import WEIGHTS_DIR, WeightsError, save_weights
+from segformer.errors import ProjectError
+from segformer.weights import WEIGHTS_DIR, save_weights
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 
 
-class ImportError_(ValueError):
-    """Bad input to the importer; the message names the fix."""
+class ImportError_(ProjectError, ValueError):
+    """Bad input to the importer; the message names the fix (exit 2)."""
 
 
 def check_name(name: str) -> str:
@@ -48,12 +49,24 @@ def default_name(src: Path) -> str:
     return check_name(("m_" + stem if not stem[:1].isalpha() else stem)[:48] or "model")
 
 
+def check_range(lo: tuple[int, int], hi: tuple[int, int], what: str = "--dynamic") -> None:
+    """ImportError_ when a MIN:MAX size range is inverted on either side (min > max)."""
+    bad = [side for side, a, b in (("height", lo[0], hi[0]), ("width", lo[1], hi[1])) if a > b]
+    if bad:
+        raise ImportError_(f"{what} {lo[0]}x{lo[1]}:{hi[0]}x{hi[1]}: min > max ({' and '.join(bad)}); give MIN:MAX "
+                           f"with the smaller size first, e.g. {min(lo[0], hi[0])}x{min(lo[1], hi[1])}:"
+                           f"{max(lo[0], hi[0])}x{max(lo[1], hi[1])} (make repo: DYNAMIC=MIN:MAX)")
+
+
 def parse_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`MIN:MAX` (each HxW) -> ((h, w), (h, w)); ImportError_ for a malformed or inverted range."""
     try:
         lo, hi = text.split(":")
-        return parse_size(lo), parse_size(hi)
+        lo, hi = parse_size(lo), parse_size(hi)
     except ValueError:
         raise ImportError_(f"--dynamic {text!r}: give MIN:MAX sizes, e.g. 512x512:1024x2048") from None
+    check_range(lo, hi)
+    return lo, hi
 
 
 def read_classes(path: Path) -> tuple[list[str], list[list[int]] | None]:
@@ -140,6 +153,7 @@ def import_weights(src: Path, name: str, preset: str | None = None, classes_file
         check_size(size, "size")
     if dynamic is not None:
         lo, hi = (check_size(s, "dynamic bound") for s in dynamic)
+        check_range(lo, hi)
         size = size or hi
         if not (lo[0] <= size[0] <= hi[0] and lo[1] <= size[1] <= hi[1]):
             raise ImportError_(f"size {size[0]}x{size[1]} is outside the dynamic range {lo[0]}x{lo[1]}:{hi[0]}x{hi[1]}")
@@ -195,7 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="replace an existing entry of that name")
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    try:
+
+    def body():
         size = parse_size(a.size) if a.size else None
         dynamic = parse_range(a.dynamic) if a.dynamic else None
         name = a.name or default_name(a.src)
@@ -203,10 +218,8 @@ def main(argv=None) -> int:
                                      logits=a.logits)
         if state == "unchanged":
             print(f"{name}: already imported from this checkpoint ({path})")
-    except (ImportError_, CheckpointError, WeightsError, ValueError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if len(str(exc)) < 400 else str(exc)[:400]}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run(body, handled=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+# The plan runs on the served program's own runtime (copied beside 1/model.py by `make repo`): the guard measures
+# exactly the code that serves the row. PlanRunner stays importable from here (bench.cpu uses it).
+from segformer.errors import OutcomeError
+from server.models.segformer_runtime import PlanRunner  # noqa: F401  (re-exported)
+
 # The held-out measure must stay within MARGIN x budget. Stricter than the INT8 `best` row's 0.6: whole-graph bf16
 # flipped 0.26 % of pixels on the three default val frames but 0.55 % on 4 CamVid test frames (B1 1024²), so a
 # small held-out set can be off by 2x.
@@ -29,7 +34,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
-class CpuPlanError(RuntimeError):
+class CpuPlanError(OutcomeError, RuntimeError):
     """The guarded plan misses its budget on the final check; nothing is shipped."""
 
 
@@ -45,7 +50,6 @@ def cpu_flags() -> list[str]:
 
 def has_bf16(flags: list[str] | None = None) -> bool:
     return any(f in (flags if flags is not None else cpu_flags()) for f in BF16_FLAGS)
-
 
 
 def first_conv_output(model) -> str:
@@ -98,41 +102,6 @@ def write_plan(onnx_path: Path, folder: Path, precisions: list[str], cut: str | 
     plan = {"parts": parts}
     (folder / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
     return plan
-
-
-class PlanRunner:
-    """Runs a plan folder with OpenVINO: one compiled model per part and input shape (static shapes)."""
-
-    def __init__(self, folder: Path, threads: int = 0):
-        import openvino as ov
-
-        self.core, self.folder = ov.Core(), Path(folder)
-        self.plan = json.loads((self.folder / "plan.json").read_text())
-        self.models = [self.core.read_model(str(self.folder / p["file"])) for p in self.plan["parts"]]
-        self.threads, self.compiled = threads, {}
-
-    def _chain(self, shape):
-        if shape not in self.compiled:
-            chain, known = [], {"images": list(shape)}
-            for part, model in zip(self.plan["parts"], self.models):
-                m = model.clone()
-                m.reshape({i.get_any_name(): known[i.get_any_name()] for i in m.inputs})
-                props = {"INFERENCE_PRECISION_HINT": part["precision"], "PERFORMANCE_HINT": "LATENCY"}
-                if self.threads:
-                    props["INFERENCE_NUM_THREADS"] = self.threads
-                chain.append(self.core.compile_model(m, "CPU", props))
-                for o in m.outputs:
-                    known[o.get_any_name()] = list(o.get_shape())
-            self.compiled[shape] = chain
-        return self.compiled[shape]
-
-    def run(self, images: np.ndarray, output: str = "labels") -> np.ndarray:
-        tensors = {"images": np.ascontiguousarray(images)}
-        for part, compiled in zip(self.plan["parts"], self._chain(tuple(images.shape))):
-            res = compiled({name: tensors[name] for name in part["inputs"]})
-            for o in compiled.outputs:
-                tensors[o.get_any_name()] = res[o]
-        return tensors[output]
 
 
 def _disagreement(runner: PlanRunner, images: np.ndarray, ref: np.ndarray) -> float:

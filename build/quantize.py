@@ -4,7 +4,7 @@
 
 ONNX Runtime's static quantizer writes explicit Q/DQ (per-channel symmetric INT8 weights, symmetric INT8
 activations, as TensorRT wants) around MatMul/Conv/Gemm; activation ranges come from --calib images through
-the serving preprocessing (max, percentile or entropy). Sensitivity: every layer group (one attention, one Mix-FFN,
+the input policy clients send with (client.policy; `fit` by default: letterboxed) (max, percentile or entropy). Sensitivity: every layer group (one attention, one Mix-FFN,
 one patch embedding, one decoder projection ...) is quantized alone and its pixel disagreement with FP32 is
 measured on held-out images. "best" adds groups from the least sensitive up, measuring the whole model after each
 addition, and keeps a group only while the disagreement stays within --budget (0.5 % by default).
@@ -22,28 +22,54 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
+from client.cli import progress, run as run_cli
 from client.labels import list_images
-from client.preprocess import load_image, resize_image
+from client.preprocess import load_image
+from client.policy import InputPolicy
+from segformer.errors import OutcomeError, ProjectError
 
 QUANT_OPS = ("MatMul", "Conv", "Gemm")
 METHODS = ("minmax", "percentile", "entropy")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(ProjectError, ValueError):
     """Calibration cannot run (no images, unreadable folder); the message names the fix."""
 
 
-def load_batch(folder: Path, size: tuple[int, int], count: int, what: str = "calibration") -> np.ndarray:
-    """`count` images from `folder` (evenly spread over the sorted list), resized as the server does."""
+class Prepared(np.ndarray):
+    """A uint8 [N, H, W, 3] batch that remembers the InputPolicy that prepared it, so a guard's report can say
+    which inputs it measured (numpy's way of carrying metadata on an array: a subclass with __array_finalize__)."""
+
+    policy: InputPolicy | None = None
+
+    def __array_finalize__(self, obj):
+        self.policy = getattr(obj, "policy", None)
+
+
+def policy_record(*batches, policy: InputPolicy | None = None) -> dict | None:
+    """`policy.describe()` of the given policy, else of the first batch that carries one (None: unknown)."""
+    for p in (policy, *(getattr(b, "policy", None) for b in batches)):
+        if p is not None:
+            return p.describe()
+    return None
+
+
+def load_batch(folder: Path, policy: InputPolicy, count: int, what: str = "calibration") -> Prepared:
+    """`count` images from `folder` (evenly spread over the sorted list), prepared by `policy` exactly as a client
+    sends them (by default `InputPolicy.for_row(row)`: letterboxed into a fixed input, `fit`)."""
+    if not isinstance(policy, InputPolicy):
+        raise TypeError(f"load_batch takes an InputPolicy (InputPolicy.for_row(row)), not {type(policy).__name__}")
     try:
         files = list_images(folder)
     except FileNotFoundError as exc:
         raise CalibrationError(f"{what} images: {exc}") from None
     idx = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
     picked = [files[i] for i in dict.fromkeys(idx.tolist())]
-    return np.stack([resize_image(load_image(p), size) for p in tqdm(picked, desc=f"{what} images", leave=False)])
+    images = [load_image(p) for p in progress(picked, desc=f"{what} images", unit="img")]
+    out = policy.batch(images).view(Prepared)
+    out.policy = policy
+    return out
 
 
 class _Reader:
@@ -51,7 +77,7 @@ class _Reader:
 
     def __init__(self, images: np.ndarray, desc: str):
         self.images, self.i = images, 0
-        self.bar = tqdm(total=len(images), desc=desc, unit="img", leave=False)
+        self.bar = progress(total=len(images), desc=desc, unit="img")
 
     def get_next(self):
         if self.i >= len(self.images):
@@ -72,7 +98,7 @@ def _method(name: str):
         return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                 "entropy": CalibrationMethod.Entropy}[name]
     except KeyError:
-        raise ValueError(f"unknown calibration method {name!r}; choose {', '.join(METHODS)}") from None
+        raise CalibrationError(f"unknown calibration method {name!r}; choose {', '.join(METHODS)}") from None
 
 
 def quantize(fp32: Path, out: Path, cache: Path, images: np.ndarray | None = None, method: str = "percentile",
@@ -152,7 +178,7 @@ def sensitivity(fp32: Path, cache: Path, grouped: dict[str, list[str]], holdout:
                 work: Path, method: str) -> dict[str, float]:
     """Disagreement with FP32 when only one group is quantized, for every group."""
     result = {}
-    for g, nodes in tqdm(grouped.items(), desc="sensitivity", unit="group"):
+    for g, nodes in progress(grouped.items(), desc="sensitivity", unit="group"):
         path = quantize(fp32, work / "one.onnx", cache, method=method, include=nodes)
         result[g] = disagreement(run_labels(path, holdout), ref)
     return result
@@ -188,8 +214,10 @@ def repair_to_budget(kept: list[str], sens: dict[str, float], budget: float, mea
     return kept, measured, steps
 
 
-class BudgetExceeded(RuntimeError):
-    """The accuracy-guarded variant misses its budget on the final check; nothing is shipped."""
+class BudgetExceeded(OutcomeError, RuntimeError):
+    """The accuracy-guarded variant misses its budget on the final check; nothing is shipped (exit 1)."""
+
+    label = "budget missed"
 
 
 def check_budget(measured: float, budget: float, what: str = "best") -> None:
@@ -199,13 +227,14 @@ def check_budget(measured: float, budget: float, what: str = "best") -> None:
 
 
 def build_quantized(fp32: Path, out_dir: Path, calib: np.ndarray, holdout: np.ndarray, method: str = "percentile",
-                    budget: float = 0.005, margin: float = 0.6, log=print, holdout_full: np.ndarray | None = None
-                    ) -> dict:
+                    budget: float = 0.005, margin: float = 0.6, log=print, holdout_full: np.ndarray | None = None,
+                    policy: InputPolicy | None = None) -> dict:
     """int8.onnx (all quantized), best.onnx (greedy within budget) and quantize.json in `out_dir`.
 
     Sensitivity and the greedy search run on `holdout` (may be smaller than serving size, for speed) and aim at
     budget * margin, leaving room for images the search has not seen; the final numbers are measured on
-    `holdout_full` (serving size) when given."""
+    `holdout_full` (serving size) when given. The report records the input policy that prepared the images
+    (`policy`, else the one the batches from load_batch carry)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(fp32))
     grouped = groups(model)
@@ -243,6 +272,7 @@ def build_quantized(fp32: Path, out_dir: Path, calib: np.ndarray, holdout: np.nd
         (out_dir / "ranges.json").write_bytes(cache.read_bytes())
     precision = {g: ("int8" if g in kept else "fp32") for g in grouped}
     report = {"method": method, "budget": budget, "search_target": budget * margin,
+              "input_policy": policy_record(calib, holdout_full, policy=policy),
               "analysis_size": list(holdout.shape[1:3]), "serving_size": list(calib.shape[1:3]), "calibration_images": len(calib), "holdout_images": len(holdout),
               "groups": len(grouped), "layers": sum(map(len, grouped.values())),
               "int8_all": {"disagreement": full_all, "disagreement_analysis_size": full}, "sensitivity": dict(sorted(sens.items(), key=lambda kv: kv[1])),
@@ -256,49 +286,47 @@ def build_quantized(fp32: Path, out_dir: Path, calib: np.ndarray, holdout: np.nd
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
-    """The options build.quantize and build.quantize_cpu share: model, sizes, held-out set, budget, output."""
+    """The options build.quantize and build.quantize_cpu share: model, sizes, input policy, held-out set, budget,
+    output."""
     from segformer.config import parse_size
 
-    ap.add_argument("--weights", default="segformer-b1-camvid")
-    ap.add_argument("--size", type=parse_size, default=(1024, 1024))
+    ap.add_argument("--weights", default="segformer-b1-camvid", help="shipped weights name or path to NAME.json")
+    ap.add_argument("--size", type=parse_size, default=(1024, 1024), help="serving input HxW (default 1024x1024)")
+    ap.add_argument("--resize", choices=("fit", "stretch"), default="fit",
+                    help="how images become the input, as clients send them (client.policy; default fit: "
+                         "letterboxed, what clients send by default)")
     ap.add_argument("--holdout", type=Path, required=True, help="held-out image folder for the accuracy guard")
-    ap.add_argument("--holdout-count", type=int, default=4)
+    ap.add_argument("--holdout-count", type=int, default=4, help="held-out images (default 4)")
     ap.add_argument("--budget", type=float, default=0.005, help="max pixel disagreement of best (0.005 = 0.5 %%)")
     ap.add_argument("--margin", type=float, default=0.6, help="search target = budget x margin (default 0.6)")
     ap.add_argument("--analysis-size", type=parse_size, default=(512, 512),
                     help="HxW for sensitivity and search (the final check runs at --size)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="output folder")
 
 
-def cli_errors(run) -> int:
-    """Run a CLI body: bad input (images, weights, a failed export check) is one `error:` line and exit 2; a
-    variant over its budget, an expected outcome, one line and exit 1. Nothing half-written either way."""
-    import sys
-
-    from client.preprocess import ImageError
-    from segformer.checkpoints import CheckpointError
-    from segformer.weights import WeightsError
-
-    try:
-        return run()
-    except BudgetExceeded as exc:
-        print(f"budget missed: {exc}", file=sys.stderr)
-        return 1
-    except (CalibrationError, ImageError, WeightsError, CheckpointError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
+def policy_of(args) -> InputPolicy:
+    """The input policy the command line asks for: --resize at --size."""
+    return InputPolicy(tuple(args.size), mode=args.resize)
 
 
-def prepare(ap: argparse.ArgumentParser, args) -> tuple[Path, np.ndarray, np.ndarray]:
-    """Held-out images (analysis and serving size) and the verified FP32 export in --out; exits 2 on bad input."""
+# Errors of other packages that are not ProjectErrors yet, reported as one `error:` line (exit 2) by the CLIs
+LEGACY_ERRORS = (FileNotFoundError, RuntimeError)
+
+
+def cli_errors(body) -> int:
+    """Deprecated: client.cli.run with this package's legacy errors (kept for build.export until it moves)."""
+    return run_cli(body, handled=LEGACY_ERRORS)
+
+
+def prepare(args) -> tuple[Path, np.ndarray, np.ndarray]:
+    """Held-out images (analysis and serving size, prepared by the --resize policy) and the verified FP32 export
+    in --out. A missing folder is a CalibrationError before anything is written."""
     from build.export import build_onnx
     from segformer.weights import atomic_write_bytes
 
-    try:
-        holdout = load_batch(args.holdout, args.analysis_size, args.holdout_count, "held-out")
-        full = load_batch(args.holdout, args.size, args.holdout_count, "held-out")
-    except CalibrationError as exc:
-        ap.exit(2, f"error: {exc}\n")
+    policy = policy_of(args)
+    holdout = load_batch(args.holdout, policy.at(args.analysis_size), args.holdout_count, "held-out")
+    full = load_batch(args.holdout, policy, args.holdout_count, "held-out")
     data, _ = build_onnx(args.weights, args.size)
     args.out.mkdir(parents=True, exist_ok=True)
     fp32 = args.out / "fp32.onnx"
@@ -311,17 +339,16 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap)
     ap.add_argument("--calib", type=Path, required=True, help="calibration image folder")
-    ap.add_argument("--calib-count", type=int, default=16)
-    ap.add_argument("--method", choices=METHODS, default="percentile")
+    ap.add_argument("--calib-count", type=int, default=16, help="calibration images (default 16)")
+    ap.add_argument("--method", choices=METHODS, default="percentile", help="calibration method (default percentile)")
     args = ap.parse_args(argv)
 
-    def run():
-        calib = load_batch(args.calib, args.size, args.calib_count)
-        fp32, holdout, full = prepare(ap, args)
+    def body():
+        calib = load_batch(args.calib, policy_of(args), args.calib_count)
+        fp32, holdout, full = prepare(args)
         build_quantized(fp32, args.out, calib, holdout, args.method, args.budget, args.margin, holdout_full=full)
-        return 0
 
-    return cli_errors(run)
+    return run_cli(body, handled=LEGACY_ERRORS)
 
 
 if __name__ == "__main__":

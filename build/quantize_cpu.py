@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from tqdm import tqdm
-
-from build.quantize import (add_common_args, cli_errors, check_budget, disagreement, greedy_best, groups, prepare,
-                            repair_to_budget, run_labels)
+from build.quantize import (LEGACY_ERRORS, add_common_args, check_budget, disagreement, greedy_best, groups,
+                            policy_record, prepare, repair_to_budget, run_labels)
+from client.cli import progress, run as run_cli
+from client.policy import InputPolicy
 
 DYNAMIC_OPS = ("MatMul", "Gemm")
 
@@ -57,9 +57,10 @@ def quantize_dynamic(fp32: Path, out: Path, include: list[str]) -> Path:
 
 
 def build_cpu_int8(fp32: Path, out_dir: Path, holdout: np.ndarray, budget: float = 0.005, margin: float = 0.6,
-                   log=print, holdout_full: np.ndarray | None = None) -> dict:
+                   log=print, holdout_full: np.ndarray | None = None, policy: InputPolicy | None = None) -> dict:
     """best_cpu.onnx and quantize_cpu.json in `out_dir`: every weight group INT8 if that is within budget x margin
-    on `holdout`, else the greedy mix; the final number is measured on `holdout_full` (serving size) if given."""
+    on `holdout`, else the greedy mix; the final number is measured on `holdout_full` (serving size) if given.
+    The report records the input policy that prepared the held-out images (`policy`, else the batch's own)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     grouped = weight_groups(onnx.load(str(fp32), load_external_data=False))
     t0 = time.perf_counter()
@@ -78,7 +79,7 @@ def build_cpu_int8(fp32: Path, out_dir: Path, holdout: np.ndarray, budget: float
         if everything <= budget * margin:
             kept = list(grouped)
         else:
-            sens = {g: measure([g]) for g in tqdm(grouped, desc="sensitivity (cpu int8)", unit="group")}
+            sens = {g: measure([g]) for g in progress(grouped, desc="sensitivity (cpu int8)", unit="group")}
             kept, trace = greedy_best(sorted(sens, key=sens.get), budget * margin, measure)
         final_set = holdout_full if holdout_full is not None else holdout
         final_ref = run_labels(fp32, final_set) if holdout_full is not None else ref
@@ -91,6 +92,7 @@ def build_cpu_int8(fp32: Path, out_dir: Path, holdout: np.ndarray, budget: float
         (work / "best_cpu.onnx").replace(out_dir / "best_cpu.onnx")
     report = {"recipe": "onnxruntime dynamic INT8 (DynamicQuantizeMatMul, per-tensor 7-bit weights)",
               "budget": budget, "search_target": budget * margin, "holdout_images": len(holdout),
+              "input_policy": policy_record(holdout_full, holdout, policy=policy),
               "analysis_size": list(holdout.shape[1:3]), "groups": len(grouped),
               "all_weight_products": {"disagreement_analysis_size": everything}, "sensitivity": sens,
               "greedy": trace, "repair": repair,
@@ -110,12 +112,11 @@ def main(argv=None) -> int:
     add_common_args(ap)
     args = ap.parse_args(argv)
 
-    def run():
-        fp32, holdout, full = prepare(ap, args)
+    def body():
+        fp32, holdout, full = prepare(args)
         build_cpu_int8(fp32, args.out, holdout, args.budget, args.margin, holdout_full=full)
-        return 0
 
-    return cli_errors(run)
+    return run_cli(body, handled=LEGACY_ERRORS)
 
 
 if __name__ == "__main__":

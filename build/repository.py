@@ -25,28 +25,26 @@ import tempfile
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from build.artefacts import EXPORT_CODE, PASS_CODE, NeedsCalibration, OnnxCache, QuantSettings, _sha, code_hash
+from build.backends import SERVER_MODELS, Backend, backend
 from build.model_config import model_config, to_pbtxt
-from build.variants import (OPENVINO, ONNXRUNTIME, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, PYTHON_OV, SHIPPED, TENSORRT,
-                            ServingVariant, select)
+from build.variants import SHIPPED, ServingVariant, rows_for, select
+from client.cli import log as cli_log
+from client.cli import progress, run
 from segformer.checkpoints import CheckpointError
+from segformer.errors import ProjectError
 from segformer.weights import WeightsError, find_entry, get_weights, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER_MODELS = ROOT / "server" / "models"  # the programs that run inside Triton's python backend
+# the build code every row's recipe covers; each row adds the files its backend record copies into its directory
 CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py", "engines.py", "artefacts.py",
-                                                                "openvino_ir.py")] + \
-    [SERVER_MODELS / f for f in ("onnxruntime_model.py", "null_model.py", "gpu_model.py", "openvino_model.py",
-                                 "segformer_batching.py")]
-GPU_CODE = sorted((ROOT / "segformer").glob("*.py"))  # copied into the GPU row's directory
+                                                                "openvino_ir.py", "backends.py")]
 
 
 def recipe(v: ServingVariant, quant: QuantSettings) -> str:
     w = get_weights(v.weights)
     q = quant.key() if v.precision in ("int8", "best") else ""
-    code = code_hash(CODE + (GPU_CODE if v.backend == PYTHON_GPU else []))
+    code = code_hash(CODE + backend(v.backend).code_files())
     return _sha(json.dumps([v.spec(), w.meta["sha256"], q, code], sort_keys=True).encode())[:16]
 
 
@@ -58,17 +56,19 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _python_model(program: Path, version: Path) -> None:
-    """A CPU python-backend program as 1/model.py, with the request handling it imports beside it."""
-    shutil.copy2(program, version / "model.py")
-    shutil.copy2(SERVER_MODELS / "segformer_batching.py", version / "segformer_batching.py")
+def _program(b: Backend, version: Path) -> None:
+    """The record's python-backend program as 1/model.py, with the runtime files it imports beside it."""
+    version.mkdir(parents=True, exist_ok=True)
+    if b.program:
+        shutil.copy2(SERVER_MODELS / b.program, version / "model.py")
+    for f in b.runtime:
+        shutil.copy2(SERVER_MODELS / f, version / f)
 
 
 def build_onnx_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) -> dict:
     onnx_path, report = cache.get(v, log)
     _link_or_copy(onnx_path, stage / "1" / "model.onnx")
-    if v.backend == PYTHON_ORT:
-        _python_model(SERVER_MODELS / "onnxruntime_model.py", stage / "1")
+    _program(backend(v.backend), stage / "1")
     return {"artefact": "1/model.onnx", "onnx_sha256": sha256_file(onnx_path), "export": report,
             **_layer_precision(v, report)}
 
@@ -99,37 +99,33 @@ def build_openvino_dir(v: ServingVariant, stage: Path, cache: OnnxCache, log) ->
     NGC openvino row the single f32 IR as model.xml/model.bin."""
     folder, report = cache.openvino(v, log)
     version = stage / "1"
+    b = backend(v.backend)
     for f in folder.iterdir():
-        if f.suffix in (".xml", ".bin") or (f.name == "plan.json" and v.backend == PYTHON_OV):
+        if f.suffix in (".xml", ".bin") or (f.name == "plan.json" and b.python):
             _link_or_copy(f, version / f.name)
-    if v.backend == PYTHON_OV:
-        _python_model(SERVER_MODELS / "openvino_model.py", version)
-    return {"artefact": "1/plan.json" if v.backend == PYTHON_OV else "1/model.xml", "export": report,
+    _program(b, version)
+    return {"artefact": "1/plan.json" if b.python else "1/model.xml", "export": report,
             "openvino_plan": report["openvino"]}
 
 
 def build_null_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
-    (stage / "1").mkdir(parents=True)
-    shutil.copy2(SERVER_MODELS / "null_model.py", stage / "1" / "model.py")
+    _program(backend(v.backend), stage / "1")
     return {"artefact": "1/model.py"}
 
 
 def build_gpu_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
     """Self-contained: model.py, a copy of the segformer package and the weights (hard-linked where possible)."""
     version = stage / "1"
-    shutil.copytree(ROOT / "segformer", version / "segformer", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(SERVER_MODELS / "gpu_model.py", version / "model.py")
+    b = backend(v.backend)
+    shutil.copytree(ROOT / b.package, version / b.package, ignore=shutil.ignore_patterns("__pycache__"))
+    _program(b, version)
     w = get_weights(v.weights)
     _link_or_copy(w.tensors, version / w.tensors.name)
     shutil.copy2(w.tensors.with_suffix(".json"), version / f"{w.name}.json")
     return {"artefact": "1/model.py", "runs": "segformer.fast on CUDA (FP16, CUDA graphs)"}
 
 
-BUILDERS = {PYTHON_GPU: build_gpu_dir, PYTHON_NULL: build_null_dir, PYTHON_ORT: build_onnx_dir, ONNXRUNTIME: build_onnx_dir,
-            TENSORRT: build_tensorrt_dir, PYTHON_OV: build_openvino_dir, OPENVINO: build_openvino_dir}
-
-
-def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, force: bool = False) -> str:
+def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=cli_log, force: bool = False) -> str:
     """Build one model directory atomically; returns 'built', 'unchanged' or raises."""
     target = repo / v.name
     rec = recipe(v, cache.quant)
@@ -142,10 +138,10 @@ def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, fo
     stage.chmod(0o755)
     try:
         t0 = time.perf_counter()
-        info = BUILDERS[v.backend](v, stage, cache, log)
+        info = backend(v.backend).build()(v, stage, cache, log)
         w = get_weights(v.weights)
         cfg = model_config(v, w.classes, [list(c) for c in w.palette], tensorrt_rtx=info.get("rtx", False),
-                           trained_classes=w.trained_classes)
+                           trained_classes=w.trained_classes, entry=w.name)
         (stage / "config.pbtxt").write_text(to_pbtxt(cfg))
         provenance = {"model": v.name, "recipe": rec, "variant": v.spec(), "weights": w.name,
                       "weights_sha256": w.meta["sha256"], "build_seconds": round(time.perf_counter() - t0, 2),
@@ -164,16 +160,63 @@ def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=print, fo
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def write_repository(variants: list[ServingVariant], repo: Path, force: bool = False, log=tqdm.write,
+def write_repository(variants: list[ServingVariant], repo: Path, force: bool = False, log=cli_log,
                      cache_dir: Path = ROOT / ".cache" / "onnx", quant: QuantSettings | None = None,
-                     timing_dir: Path | None = ROOT / ".cache" / "tensorrt") -> dict:
-    """Build every row; TensorRT rows share a persistent timing cache per builder version in `timing_dir`."""
+                     timing_dir: Path | None = ROOT / ".cache" / "tensorrt", entries: tuple[str, ...] = ()) -> dict:
+    """Build every row; TensorRT rows share a persistent timing cache per builder version in `timing_dir`. Then
+    the directories of the rows' weights entries (and of `entries`, e.g. one just re-imported) that this run did
+    not build and that no longer match their entry are removed (see `retire_stale`)."""
     with repository_lock(repo):
-        _restore_interrupted(repo)
-        return _write_all(variants, repo, force, log, OnnxCache(cache_dir, quant, timing_dir))
+        _restore_interrupted(repo, log)
+        results = _write_all(variants, repo, force, log, OnnxCache(cache_dir, quant, timing_dir))
+        results.update(retire_stale(repo, {v.weights for v in variants} | set(entries), results, log))
+        shutil.rmtree(repo.parent / f".{repo.name}.staging", ignore_errors=True)
+        return results
 
 
-class RepositoryBusy(RuntimeError):
+def _stale_reason(prov: dict, w, table: dict) -> str | None:
+    """Why a directory built from entry `w` (its build.json `prov`) no longer serves that entry, or None."""
+    if prov.get("weights_sha256") != w.meta["sha256"]:
+        return f"built from other weights of {w.name} ({str(prov.get('weights_sha256'))[:12]}, now " \
+               f"{w.meta['sha256'][:12]})"
+    row, built = table.get(prov.get("model")), prov.get("variant", {})
+    if row is None:
+        return None
+    now = row.spec()
+    for key in ("size", "size_range", "with_logits"):  # what the entry, not the template, decides
+        if built.get(key) != now.get(key):
+            return f"built with {key} {built.get(key)}, {w.name} now has {now.get(key)}"
+    return None
+
+
+def retire_stale(repo: Path, entries: set[str], results: dict, log=cli_log) -> dict:
+    """Remove the directories of `entries` this run did not (re)build whose weights or input size are no longer
+    their entry's (a re-import with FORCE=1 changed them): a server would otherwise serve the old import beside
+    the new rows. Returns {name: 'removed: why'}."""
+    current = {}
+    for entry in entries:
+        w = get_weights(entry)
+        current[w.name] = (w, {r.name: r for r in rows_for(entry)})
+    removed = {}
+    for d in sorted(repo.iterdir()) if repo.is_dir() else []:
+        prov_path = d / "build.json"
+        if d.name.startswith(".") or results.get(d.name) in ("built", "unchanged") or not prov_path.is_file():
+            continue
+        prov = json.loads(prov_path.read_text())
+        if prov.get("weights") not in current:
+            continue
+        why = _stale_reason(prov, *current[prov["weights"]])
+        if why:
+            staging = repo.parent / f".{repo.name}.staging"
+            staging.mkdir(parents=True, exist_ok=True)
+            os.replace(d, staging / f"{d.name}.stale.{os.getpid()}")  # gone from the repository in one step
+            shutil.rmtree(staging / f"{d.name}.stale.{os.getpid()}", ignore_errors=True)
+            removed[d.name] = f"removed: {why}; rebuild it with `make repo VARIANTS={d.name}`"
+            log(f"  {d.name:24s} {removed[d.name]}")
+    return removed
+
+
+class RepositoryBusy(ProjectError, RuntimeError):
     """Another process is writing the same model repository."""
 
 
@@ -204,7 +247,7 @@ def repository_lock(repo: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _restore_interrupted(repo: Path) -> None:
+def _restore_interrupted(repo: Path, log=cli_log) -> None:
     """A build killed between moving the old model directory aside and moving the new one in leaves the old one
     in the staging folder: put it back before anything else (it is the one Triton should keep serving)."""
     staging = repo.parent / f".{repo.name}.staging"
@@ -212,12 +255,12 @@ def _restore_interrupted(repo: Path) -> None:
         name = old.name.split(".old.")[0]
         if not (repo / name).exists():
             os.replace(old, repo / name)
-            tqdm.write(f"  {name}: restored the model directory an interrupted build had moved aside")
+            log(f"  {name}: restored the model directory an interrupted build had moved aside")
 
 
 def _write_all(variants, repo, force, log, cache) -> dict:
     results = {}
-    for v in tqdm(variants, desc="model repository", unit="model"):
+    for v in progress(variants, desc="model repository", unit="model"):
         try:
             results[v.name] = write_variant(v, repo, cache, log=log, force=force)
         except Exception as exc:  # noqa: BLE001 - reported per row, the others still build
@@ -226,7 +269,6 @@ def _write_all(variants, repo, force, log, cache) -> dict:
             skip = isinstance(exc, (BuilderUnavailable, NeedsCalibration))
             results[v.name] = f"skipped: {exc}" if skip else f"FAILED: {type(exc).__name__}: {exc}"
         log(f"  {v.name:24s} {results[v.name]}")
-    shutil.rmtree(repo.parent / f".{repo.name}.staging", ignore_errors=True)
     return results
 
 
@@ -258,37 +300,43 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.variants = [n for group in args.variants for n in group] if args.variants else args.variants
     args.precisions = [n for group in args.precisions for n in group] if args.precisions else args.precisions
-    try:
-        weights = None
-        if args.checkpoint is not None:
-            from build.import_weights import ImportError_, default_name, import_weights, parse_range
-            from segformer.config import parse_size
+    return run(lambda: _main(args), handled=(CheckpointError, WeightsError))
 
-            weights = args.name or default_name(args.checkpoint)
-            try:
-                import_weights(args.checkpoint, weights, args.preset, args.classes,
-                               parse_size(args.size) if args.size else None,
-                               parse_range(args.dynamic) if args.dynamic else None, args.force,
-                               logits=args.logits)
-            except ImportError_ as exc:
-                raise ValueError(str(exc)) from None
-        elif args.name:
-            weights = args.name if args.name in SHIPPED or find_entry(args.name) else None
-            if weights is None:
-                raise ValueError(f"no weights entry {args.name!r}: import one with CHECKPOINT=path (make repo) or "
-                                 "python -m build.import_weights")
-        elif args.size or args.dynamic or args.preset or args.classes or args.logits:
-            raise ValueError("SIZE, DYNAMIC, PRESET, CLASSES and LOGITS apply to an import: pass CHECKPOINT=path too")
-        rows = select(args.variants, args.precisions, weights=weights)
-    except (CheckpointError, WeightsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+class RepositoryInput(ProjectError, ValueError):
+    """Options that do not fit together, or an entry that does not exist."""
+
+
+def _weights_entry(args) -> str | None:
+    """The entry every row is built for: imported first with --checkpoint, or named with --name."""
+    if args.checkpoint is not None:
+        from build.import_weights import ImportError_, default_name, import_weights, parse_range
+        from segformer.config import parse_size
+
+        weights = args.name or default_name(args.checkpoint)
+        try:
+            import_weights(args.checkpoint, weights, args.preset, args.classes,
+                           parse_size(args.size) if args.size else None,
+                           parse_range(args.dynamic) if args.dynamic else None, args.force, logits=args.logits)
+        except ImportError_ as exc:
+            raise RepositoryInput(str(exc)) from None
+        return weights
+    if args.name:
+        if args.name in SHIPPED or find_entry(args.name):
+            return args.name
+        raise RepositoryInput(f"no weights entry {args.name!r}: import one with CHECKPOINT=path (make repo) or "
+                              "python -m build.import_weights")
+    if args.size or args.dynamic or args.preset or args.classes or args.logits:
+        raise RepositoryInput("SIZE, DYNAMIC, PRESET, CLASSES and LOGITS apply to an import: pass CHECKPOINT=path too")
+    return None
+
+
+def _main(args) -> int:
+    weights = _weights_entry(args)
+    rows = select(args.variants, args.precisions, weights=weights)
     quant = QuantSettings(args.calib, args.holdout, args.calib_count, budget=args.budget)
     try:
-        results = write_repository(rows, args.out, args.force, quant=quant)
-    except RepositoryBusy as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        results = write_repository(rows, args.out, args.force, quant=quant, entries=(weights,) if weights else ())
     except KeyboardInterrupt:
         print(f"\ninterrupted: the model directories already in {args.out} are intact (the one being built was "
               "discarded); run it again to finish", file=sys.stderr)
@@ -296,9 +344,11 @@ def main(argv=None) -> int:
     failed = [n for n, r in results.items() if r.startswith("FAILED")]
     # rows named with --variants were asked for: not building one here (no TensorRT, no CALIB) is a failure too
     missed = [n for n, r in results.items() if args.variants and r.startswith("skipped")]
+    removed = [n for n, r in results.items() if r.startswith("removed")]
     print(f"{args.out}: {sum(r in ('built', 'unchanged') for r in results.values())} model(s) ready"
           + (f", {len(failed)} failed" if failed else "") + (f", {len(missed)} requested but skipped" if missed
-                                                              else ""))
+                                                              else "")
+          + (f", {len(removed)} stale removed ({', '.join(removed)})" if removed else ""))
     return 1 if failed or missed else 0
 
 

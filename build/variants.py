@@ -3,22 +3,19 @@
 A template names the backend, the precision and the batch profile; applying it to a weights entry (shipped or
 imported with build.import_weights) gives a row with that entry's weights, input size (fixed, or a dynamic range)
 and a model name ``<prefix><suffix>`` (``city_b1`` -> ``city_b1_fp16``, ``city_b1_trt_fp16`` ...). Export, engine
-building and config writing all read the rows; adding a precision or backend is one template here plus one
-builder function in `build.repository.BUILDERS`. The shipped CamVid entries keep their model names
+building and config writing all read the rows. What a backend kind is (Triton backend, instance kind, builder,
+program files, NGC and cluster support) is its record in build.backends: a new precision is one template here,
+a new backend one record there plus the templates that use it. The shipped CamVid entries keep their model names
 (``segformer_b1``, ``segformer_b1_fp16`` ..., ``segformer_b0``).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-# backend kinds
-PYTHON_ORT = "python_onnxruntime"  # python backend running the ONNX with ONNX Runtime (pip Triton, CPU)
-ONNXRUNTIME = "onnxruntime"  # stock NGC Triton's onnxruntime backend
-PYTHON_NULL = "python_null"  # python backend that returns zeros at once: the load generator's ceiling
-TENSORRT = "tensorrt"  # model.plan for the tensorrt backend (NGC), built by TensorRT or TensorRT-RTX
-PYTHON_GPU = "python_gpu"  # python backend running segformer.fast on a CUDA GPU (FP16, CUDA graphs)
-PYTHON_OV = "python_openvino"  # python backend running an OpenVINO precision plan on the CPU (pip Triton)
-OPENVINO = "openvino"  # stock NGC Triton's openvino backend (f32 IR)
+# backend kinds: one record each in build.backends (re-exported here, where the rows name them)
+from build.backends import ONNXRUNTIME, OPENVINO, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, PYTHON_OV, TENSORRT  # noqa: F401
+from build.backends import backend as backend_record
+from segformer.errors import ProjectError
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")  # the ONNX Runtime and TensorRT rows
 ALL_PRECISIONS = PRECISIONS + ("bf16",)  # bf16: OpenVINO on CPUs with AVX512-BF16 / AMX
@@ -180,31 +177,45 @@ def imported_rows() -> dict[str, ServingVariant]:
 
 
 def entry_rows(weights: str, gpu: bool | None = None) -> list[ServingVariant]:
-    """The rows `make repo` builds for one entry: every template, the GPU row only where a CUDA GPU is present."""
+    """The rows `make repo` builds for one entry: every template, the CUDA rows (GPU fast path) only where a CUDA GPU
+    is present."""
     gpu = cuda_available() if gpu is None else gpu
-    return [v for v in rows_for(weights) if v.backend != PYTHON_GPU or gpu]
+    return [v for v in rows_for(weights) if gpu or not backend_record(v.backend).needs_cuda]
+
+
+class SelectionError(ProjectError, ValueError):
+    """VARIANTS / PRECISIONS that name no row; the message names what the table has."""
 
 
 def select(names: list[str] | None = None, precisions: list[str] | None = None, weights: str | None = None
            ) -> list[ServingVariant]:
     """Rows by name (shipped or imported), or every row of one weights entry, or the default set (DEFAULT, every
-    TensorRT row and the GPU rows where a CUDA GPU is present); optionally filtered by precision."""
+    TensorRT row and the GPU rows where a CUDA GPU is present); optionally filtered by precision. A selection that
+    leaves no row is an error naming what exists."""
     if names:
         table = {**VARIANTS, **imported_rows()}
         unknown = [n for n in names if n not in table]
         if unknown:
-            raise ValueError(f"unknown variant(s) {', '.join(unknown)}; the table has: {', '.join(table)}")
+            raise SelectionError(f"unknown variant(s) {', '.join(unknown)}; the table has: {', '.join(table)}")
         rows = [table[n] for n in names]
     elif weights:
         rows = entry_rows(weights)
     else:
         gpu = cuda_available()
         rows = [VARIANTS[n] for n in DEFAULT] + [v for v in VARIANTS.values()
-                                                 if v.name not in DEFAULT and (v.backend != PYTHON_GPU or gpu)
+                                                 if v.name not in DEFAULT
+                                                 and (gpu or not backend_record(v.backend).needs_cuda)
                                                  and (v.backend == TENSORRT or v.name.startswith("segformer_b1_"))]
     if precisions:
         bad = [p for p in precisions if p not in ALL_PRECISIONS]
         if bad:
-            raise ValueError(f"unknown precision(s) {', '.join(bad)}; choose from {', '.join(ALL_PRECISIONS)}")
-        rows = [v for v in rows if v.precision in precisions]
+            raise SelectionError(f"unknown precision(s) {', '.join(bad)}; choose from {', '.join(ALL_PRECISIONS)}")
+        kept = [v for v in rows if v.precision in precisions]
+        if not kept:
+            which = (f"VARIANTS={','.join(names)}" if names else f"the rows of {weights}" if weights
+                     else "the default rows")
+            have = ", ".join(f"{v.name} ({v.precision})" for v in rows)
+            raise SelectionError(f"no row of {which} has precision {', '.join(precisions)}: {have}; drop "
+                                 "PRECISIONS or name rows of that precision")
+        rows = kept
     return rows

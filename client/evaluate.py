@@ -1,6 +1,6 @@
 """Accuracy of served variants: pixel disagreement against a reference, and mIoU where labels exist.
 
-    python -m client.evaluate --images DIR [--labels DIR] --models segformer_b1_fp16,segformer_b1_int8
+    python -m client.evaluate --images DIR [--labels DIR] [--models segformer_b1_fp16,segformer_b1_int8]
                               [--reference segformer_b1 | torch:WEIGHTS | onnx:PATH] [--threshold 0.005]
 
 Every image is decoded, resized to each model's input size, sent to every model (concurrently, HTTP or gRPC) and
@@ -10,27 +10,27 @@ reference (mean, max, per image; verdict per image: good <= 0.5 %, marginal <= 2
 Writes report.json, report.md and pictures (disagreement heatmaps, worst images side by side, per-class IoU)
 into --out; with --threshold / --max-miou-drop the exit code is a pass/fail gate (0 pass, 1 fail, 2 error).
 A model is a served model name (a suffix such as `fp16` picks the one served model ending in `_fp16`),
-`onnx:PATH` (local ONNX Runtime) or `torch:WEIGHTS` (local PyTorch FP32).
+`onnx:PATH` (local ONNX Runtime) or `torch:WEIGHTS` (local PyTorch FP32). Without --models, the served rows of the
+reference's entry are compared (every served model named REFERENCE_*, e.g. segformer_b1_fp16 for segformer_b1).
+Labels are mapped to the reference's classes by class name (see client.labels).
 """
 from __future__ import annotations
 
 import argparse
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from client.labels import FORMATS, LabelError, find_label, list_images, load_label
+from client import cli
+from client.labels import FORMATS, LabelError, LabelMapper, find_label, list_images
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from client.policy import MODES, predict
 from client.preprocess import ImageError, load_image
-from client.endpoints import MultiRunner
-from client.runners import RunnerError, TritonRunner, is_local, make_runner, served_models
+from client.runners import RunnerError, is_local, make_runner, served_models
+from segformer.errors import ProjectError
 
 VERDICTS = ((0.005, "good"), (0.02, "marginal"), (float("inf"), "bad"))
 
@@ -40,42 +40,37 @@ def verdict(share: float) -> str:
 
 
 class RunnerPool:
-    """One runner per (thread, model) for server models (HTTP clients are not thread-safe); local runners are
-    shared. Every runner made is deactivated by close()."""
+    """One runner per model, shared by the worker threads (a Triton runner gives each thread its own connection;
+    local runners are thread-safe). Every runner is activated up front, so errors surface before any work."""
 
     def __init__(self, specs: list[str], url, protocol, timeout, size=None, weights=None):
-        self.specs, self.args = specs, (url, protocol, timeout, size, weights)
-        self.local, self.shared, self.made = threading.local(), {}, []
-        self.lock = threading.Lock()
+        self.runners = {spec: make_runner(spec, url, protocol, timeout, size, weights) for spec in specs}
         self.info = {}
-        for spec in specs:  # activate once up front: errors surface before any work starts
-            r = self._make(spec)
-            self.info[spec] = r.info
-            if not isinstance(r, (TritonRunner, MultiRunner)):  # local runners are shared; clients are per thread
-                self.shared[spec] = r
-
-    def _make(self, spec):
-        url, protocol, timeout, size, weights = self.args
-        r = make_runner(spec, url, protocol, timeout, size, weights)
-        r.activate()
-        with self.lock:
-            self.made.append(r)
-        return r
+        try:
+            for spec, r in self.runners.items():
+                self.info[spec] = r.activate()
+        except Exception:
+            self.close()
+            raise
 
     def get(self, spec):
-        if spec in self.shared:
-            return self.shared[spec]
-        runners = self.local.__dict__.setdefault("runners", {})
-        if spec not in runners:
-            runners[spec] = self._make(spec)
-        return runners[spec]
+        return self.runners[spec]
+
+    def release(self):
+        """The calling (worker) thread is done: its connections close."""
+        for r in self.runners.values():
+            r.release()
 
     def close(self):
-        for r in self.made:
+        for r in self.runners.values():
             r.deactivate()
 
 
-def resolve(names: list[str], served: list[str]) -> list[str]:
+class EvaluateError(ProjectError):
+    """An evaluation that cannot run as asked (exit 2)."""
+
+
+def resolve(names: list[str], served: list[str], option: str = "--models (make evaluate EVAL_MODELS=a,b)") -> list[str]:
     out = []
     for n in names:
         if is_local(n) or n in served:
@@ -84,9 +79,15 @@ def resolve(names: list[str], served: list[str]) -> list[str]:
         hits = [s for s in served if s.endswith(f"_{n}")]
         if len(hits) != 1:
             raise RunnerError(f"model {n!r} is not served" + (f" (ambiguous: {', '.join(hits)})" if hits else "")
-                              + f"; served models: {', '.join(served) or 'none'}")
+                              + f"; served models: {', '.join(served) or 'none'}; name served ones with {option}")
         out.append(hits[0])
     return out
+
+
+def entry_rows(reference: str, served: list[str]) -> list[str]:
+    """The served rows of the reference's entry: every served model named `reference_*` (segformer_b1_fp16,
+    segformer_b1_int8 ... for segformer_b1), sorted."""
+    return sorted(s for s in served if s.startswith(f"{reference}_"))
 
 
 @dataclass
@@ -101,13 +102,13 @@ class ModelStats:
         self.cm = np.zeros((self.num_classes, self.num_classes), np.int64)
 
 
-def _run_one(path: Path, pool: RunnerPool, specs: list[str], labels_dir, label_fmt, mode="fit", stride=None):
+def _run_one(path: Path, pool: RunnerPool, specs: list[str], labels_dir, mapper, mode="fit", stride=None):
     image = load_image(path)
     label, label_path = None, None
     if labels_dir is not None:
         label_path = find_label(path, labels_dir)
         if label_path is not None:
-            label = load_label(label_path, image.shape[:2], label_fmt, path)
+            label = mapper.load(label_path, image.shape[:2], path)
     preds, seconds = {}, {}
     for spec in specs:
         r = pool.get(spec)
@@ -129,16 +130,25 @@ def evaluate(images: list[Path], pool: RunnerPool, reference: str, models: list[
     specs = [reference] + [m for m in models if m != reference]
     info = pool.info[reference]
     n_cls = len(info.classes) or 256
+    # labels and predictions are compared by class id: only models with the reference's classes, in its order
+    for s in specs:
+        other = pool.info[s].classes
+        if info.classes and other and list(other) != list(info.classes):
+            raise EvaluateError(f"{s} has other classes than the reference {reference} ({len(other)}: "
+                                f"{', '.join(other[:8])}{', ...' if len(other) > 8 else ''}): compare models of "
+                                f"one label space")
+    mapper = LabelMapper(label_fmt, list(info.classes), reference, labels_dir) if labels_dir is not None else None
     stats = {s: ModelStats(s, n_cls) for s in specs}
     per_image, skipped, no_label, worst = [], [], [], []
     with ThreadPoolExecutor(max(1, concurrency)) as ex:
-        futures = [(p, ex.submit(_run_one, p, pool, specs, labels_dir, label_fmt, mode, stride)) for p in images]
-        for path, fut in tqdm(futures, desc="evaluate", unit="img", disable=not progress):
+        futures = [(p, ex.submit(_run_one, p, pool, specs, labels_dir, mapper, mode, stride)) for p in images]
+        bar = cli.progress(futures, desc="evaluate", unit="img", disable=not progress)
+        for path, fut in bar:
             try:
                 image, label, label_path, preds, seconds = fut.result()
             except ImageError as exc:
                 skipped.append({"image": str(path), "reason": str(exc)})
-                tqdm.write(f"warning: skipped {exc}")
+                bar.write(f"warning: skipped {exc}")
                 continue
             ref = preds[reference]
             row = {"image": str(path), "size": [image.shape[0], image.shape[1]],
@@ -208,19 +218,17 @@ def gate(report: dict, threshold: float | None, max_miou_drop: float | None) -> 
 
 
 def main(argv=None) -> int:
-    from client.report import format_summary, write_report
-
     ap = argparse.ArgumentParser(prog="python -m client.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
     ap.add_argument("--labels", type=Path, help="folder of label maps (Cityscapes or same-stem names)")
-    ap.add_argument("--label-format", choices=FORMATS, default="auto", help="how label ids map to classes")
-    ap.add_argument("--models", required=True, help="comma-separated models to compare with the reference")
-    ap.add_argument("--reference", help="reference model (default: the first of --models); may be "
-                                        "torch:WEIGHTS or onnx:PATH for a local FP32 reference")
-    ap.add_argument("--url", help="server address (default localhost:8000 http, localhost:8001 grpc); several as "
-                    "a:8001,b:8001 spread the requests and skip one that goes away")
-    ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    ap.add_argument("--label-format", choices=FORMATS, default="auto", help="how label ids map to the model's "
+                    "classes (camvid and cityscapes-ids: by class name)")
+    ap.add_argument("--models", help="comma-separated models to compare with the reference (default: the served "
+                                     "rows of the reference's entry, REFERENCE_*)")
+    ap.add_argument("--reference", help="reference model (default: the first of --models, else "
+                    f"{cli.DEFAULT_MODEL}); may be torch:WEIGHTS or onnx:PATH for a local FP32 reference")
+    cli.add_server_options(ap, timeout=300.0)
     ap.add_argument("--size", help="input HxW for local models whose graph does not fix it")
     ap.add_argument("--limit", type=int, help="use only the first N images")
     ap.add_argument("--concurrency", type=int, default=4, help="images in flight at once (default 4)")
@@ -230,13 +238,12 @@ def main(argv=None) -> int:
                                                         "the reference (needs --labels)")
     ap.add_argument("--worst", type=int, default=4, help="images shown in the pictures (default 4)")
     ap.add_argument("--out", type=Path, default=Path("out/evaluate"), help="report folder (replaced)")
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     ap.add_argument("--resize", choices=MODES, default="fit", help="fit (aspect kept; default), stretch (squash "
                     "to the input size) or slide (sliding window, needs a logits output)")
     ap.add_argument("--stride", help="slide: step HxW (default 3/4 of the model's input)")
     args = ap.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models:
+    models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
+    if args.models is not None and not models:
         ap.error("--models is empty")
     from segformer.config import parse_size
 
@@ -245,16 +252,30 @@ def main(argv=None) -> int:
         stride = parse_size(args.stride) if args.stride else None
     except ValueError as exc:
         ap.error(str(exc))
+    return cli.run(lambda: _main(args, models, size, stride))
+
+
+def _main(args, models: list[str], size, stride) -> int:
+    from client.report import format_summary, write_report
+
     pool = None
     try:
         images = list_images(args.images)[: args.limit]
         if args.labels is not None and not args.labels.is_dir():
-            raise FileNotFoundError(f"{args.labels}: no such labels folder")
-        wanted = models + ([args.reference] if args.reference else [])
+            raise EvaluateError(f"{args.labels}: no such labels folder")
+        reference = args.reference or (models[0] if models else cli.DEFAULT_MODEL)
+        wanted = models + [reference]
         served = served_models(args.url, args.protocol, args.timeout) if any(
             not is_local(m) for m in wanted) else []
+        reference = resolve([reference], served, "--reference (make evaluate REFERENCE=name)")[0]
+        if not models:
+            if is_local(reference):
+                raise EvaluateError(f"--reference {reference} is local: name the served models to compare with "
+                                    f"--models (make evaluate EVAL_MODELS=a,b)")
+            models = entry_rows(reference, served)
+            print(f"models: {', '.join(models) if models else 'none besides the reference'} (the served rows of "
+                  f"{reference}; --models / EVAL_MODELS= picks others)")
         models = resolve(models, served)
-        reference = resolve([args.reference], served)[0] if args.reference else models[0]
         pool = RunnerPool(list(dict.fromkeys([reference, *models])), args.url, args.protocol, args.timeout,
                           size)
         report = evaluate(images, pool, reference, models, args.labels, args.label_format, args.concurrency,
@@ -263,17 +284,12 @@ def main(argv=None) -> int:
         report["gate"] = {"threshold": args.threshold, "max_miou_drop": args.max_miou_drop, "failures": fails,
                           "passed": not fails}
         write_report(report, args.out)
+    except FileNotFoundError as exc:
+        if exc.filename:
+            raise EvaluateError(f"--out {args.out}: cannot write the report ({exc.strerror or exc})") from None
+        raise EvaluateError(str(exc)) from None  # our own "no such folder" messages
     except OSError as exc:
-        if isinstance(exc, FileNotFoundError) and not exc.filename:  # our own "no such folder" messages
-            print(f"error: {exc}", file=sys.stderr)
-        else:
-            print(f"error: --out {args.out}: cannot write the report ({exc.strerror or exc})", file=sys.stderr)
-        return 2
-    except (ImageError, LabelError, RunnerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        raise EvaluateError(f"--out {args.out}: cannot write the report ({exc.strerror or exc})") from None
     finally:
         if pool is not None:
             pool.close()

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from client.policy import place, predict
+from client import cli
+from client.policy import InputPolicy
 from client.preprocess import ImageError, load_image
-from client.endpoints import triton_runner
-from client.runners import RunnerError
+from client.runners import triton_runner
 from client.visualize import class_table, format_table, overlay, palette_png, save_png
 
 
@@ -39,16 +39,17 @@ def segment_files(paths: list[Path], runner, out: Path, quiet: bool = False, mod
         t0 = time.perf_counter()
         image = load_image(path)
         t1 = time.perf_counter()
-        labels = predict(image, runner, mode, stride)
+        policy = InputPolicy.for_model(info, mode, stride)
+        labels = policy.predict(image, runner)
         t2 = time.perf_counter()
-        sent = place(image.shape[:2], info.size, info.size_range, mode).input_size if mode != "slide" else info.size
+        sent = policy.place(image.shape[:2]).input_size
         stem = Path(path).stem
         lab_path, ov_path = out / f"{stem}_labels.png", out / f"{stem}_overlay.png"
         save_png(palette_png(labels, info.palette), lab_path)
         save_png(Image.fromarray(overlay(image, labels, info.palette)), ov_path)
         rows = class_table(labels, info.classes)
         if not quiet:
-            print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {info.name} {sent[1]}x{sent[0]} ({mode}; "
+            print(f"{path}: {image.shape[0]}x{image.shape[1]} (HxW) -> {info.name} {sent[0]}x{sent[1]} ({mode}; "
                   f"decode {1e3 * (t1 - t0):.0f} ms, inference {1e3 * (t2 - t1):.0f} ms)")
             print(format_table(rows, info.palette, info.trained))
             print(f"wrote {lab_path}\n      {ov_path}")
@@ -57,17 +58,14 @@ def segment_files(paths: list[Path], runner, out: Path, quiet: bool = False, mod
     return results
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m client.segment", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...), video files or (with "
-                    "--video) frame folders")
-    ap.add_argument("--url", default=None, help="server address (default localhost:8000 http, :8001 grpc); several "
-                    "as a:8001,b:8001 spread requests over them and skip one that goes away")
-    ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
-    ap.add_argument("--model", default="segformer_b1", help="served model name (default segformer_b1)")
+                    "--video) frame folders; options may come before, between or after them")
+    cli.add_server_options(ap)
+    cli.add_model_option(ap)
     ap.add_argument("--out", type=Path, default=Path("out"), help="folder for the PNGs (default ./out)")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     ap.add_argument("--resize", choices=("fit", "stretch"), default="fit",
                     help="fit: keep the aspect ratio (pad / dynamic size; default); stretch: squash to the input size")
     ap.add_argument("--slide", action="store_true", help="sliding-window inference over model-size crops (needs a "
@@ -79,7 +77,12 @@ def main(argv=None) -> int:
                     "2..16)")
     ap.add_argument("--labels", action="store_true", help="video: also write one indexed label PNG per frame")
     ap.add_argument("--fps", type=float, help="video: frame rate of a frame folder (default 30) or to override")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser()
+    args = ap.parse_intermixed_args(argv)  # `a.jpg --url X b.jpg` as well as files first
     try:
         from segformer.config import parse_size
 
@@ -88,18 +91,21 @@ def main(argv=None) -> int:
         ap.error(str(exc))
     from client.video import is_video
 
+    folders = [p for p in args.images if p.is_dir()]
+    if folders and not args.video:
+        ap.exit(2, f"error: {folders[0]} is a folder: pass --video to segment its frames as one video, or name "
+                   f"the image files (e.g. {folders[0]}/*.jpg)\n")
     if any(is_video(p) or (args.video and p.is_dir()) for p in args.images):
-        return _videos(args)
+        return cli.run(lambda: _videos(args))
+    return cli.run(lambda: _images(args, stride))
+
+
+def _images(args, stride) -> int:
     runner = triton_runner(args.model, args.url, args.protocol, args.timeout)
     try:
         for p in args.images:  # fail before contacting the server when a file is unusable
             load_image(p)
         segment_files(args.images, runner, args.out, mode="slide" if args.slide else args.resize, stride=stride)
-    except (ImageError, RunnerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
     finally:
         runner.deactivate()
     return 0
@@ -109,29 +115,23 @@ def _videos(args) -> int:
     """Video files and frame folders: one overlay video each (see client.video)."""
     from client.video import VideoError, default_in_flight, format_summary, open_source, segment_video
 
-    def make_runner():
-        return triton_runner(args.model, args.url, args.protocol, args.timeout)
-    try:
-        for p in args.images:
-            src = open_source(p, args.fps)
-            probe = make_runner()
-            in_flight = args.in_flight or default_in_flight(probe.activate())
-            probe.deactivate()
-            summary = segment_video(src, make_runner, args.out, in_flight, labels=args.labels,
+    for p in args.images:
+        src = open_source(p, args.fps)
+        runner = triton_runner(args.model, args.url, args.protocol, args.timeout)
+        try:
+            in_flight = args.in_flight or default_in_flight(runner.activate())
+            summary = segment_video(src, runner, args.out, in_flight, labels=args.labels,
                                     mode="slide" if args.slide else args.resize)
-            print(format_summary(summary))
-            if summary["stopped"]:
-                if summary["stopped"].startswith("interrupted"):
-                    print(f"{summary['stopped']}: the {summary['frames']} frames before it are written", file=sys.stderr)
-                    return 130
-                print(f"error: {p}: {summary['stopped']}; the {summary['frames']} frames before it are written to "
-                      f"{summary['video']}", file=sys.stderr)
-                return 2
-    except (VideoError, ImageError, RunnerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        finally:
+            runner.deactivate()
+        print(format_summary(summary))
+        if summary["stopped"]:
+            if summary["stopped"].startswith("interrupted"):
+                print(f"{summary['stopped']}: the {summary['frames']} frames before it are written", file=sys.stderr)
+                return 130
+            where = (f"written to {summary['video']}" if summary["frames"] else
+                     "no frame was written (no output file left)")
+            raise VideoError(f"{p}: {summary['stopped']}; the {summary['frames']} frames before it are {where}")
     return 0
 
 

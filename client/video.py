@@ -3,7 +3,8 @@
     python -m client.segment drive.mp4 [--out out/] [--model segformer_b1] [--in-flight N] [--labels]
     python -m client.segment frames/ --video [--fps 30]
 
-Frames are decoded with PyAV, sent by --in-flight threads (each with its own connection) so that Triton's dynamic
+Frames are decoded with PyAV, sent by --in-flight threads sharing one runner (each thread its own connection,
+client.runners.triton) so that Triton's dynamic
 batcher sees full batches, and written in their order however the answers arrive: ``NAME_overlay.mp4`` (the
 input's size and frame rate; H.264 where the encoder is there, else MPEG-4 Part 2, said once) and with
 ``--labels`` one indexed PNG per frame (pixel = class id) in ``NAME_labels/``. A progress bar shows frames and
@@ -141,6 +142,13 @@ class Writer:
             save_png(palette_png(labels, palette), self.labels_dir / f"{self.written:06d}.png")
         self.written += 1
 
+    def discard(self) -> None:
+        """Close and remove the outputs (a run that wrote no frame leaves no file behind)."""
+        self.close()
+        self.video_path.unlink(missing_ok=True)
+        if self.labels_dir is not None and self.labels_dir.is_dir() and not any(self.labels_dir.iterdir()):
+            self.labels_dir.rmdir()
+
     def close(self) -> None:
         if self.box is None:
             return
@@ -158,50 +166,52 @@ def _fraction(fps: float):
     return Fraction(fps).limit_denominator(1001)
 
 
-def segment_video(source: Source, make_runner, out: Path, in_flight: int, labels: bool = False,
+def segment_video(source: Source, runner, out: Path, in_flight: int, labels: bool = False,
                   mode: str = "fit", progress: bool = True) -> dict:
-    """Segment every frame with `in_flight` worker threads (one runner each, from make_runner()) and write the
-    outputs in frame order. Returns the summary; raises nothing for a partial run (summary['stopped'] says why)."""
-    from tqdm import tqdm
-
-    from client.policy import predict
+    """Segment every frame with `in_flight` worker threads sharing `runner` (a client.runners Runner: each thread
+    gets its own connection) and write the outputs in frame order. Returns the summary; raises nothing for a
+    partial run (summary['stopped'] says why)."""
+    from client.cli import progress as progress_bar
+    from client.policy import InputPolicy
     from client.runners import RunnerError
     from client.visualize import overlay
 
-    runners = [make_runner() for _ in range(max(1, in_flight))]
-    info = runners[0].activate()
-    for r in runners[1:]:
-        r.activate()
-    todo: queue.Queue = queue.Queue(maxsize=2 * len(runners))
+    info = runner.ensure_active()
+    policy = InputPolicy.for_model(info, mode)
+    n_threads = max(1, in_flight)
+    todo: queue.Queue = queue.Queue(maxsize=2 * n_threads)
     done: dict[int, tuple] = {}
     cond = threading.Condition()
     failed: list[str] = []
     latencies: list[float] = []
 
-    def work(runner):
-        while True:
-            item = todo.get()
-            if item is None:
-                return
-            i, image = item
-            t0 = time.perf_counter()
-            try:
-                lab = predict(image, runner, mode)
-                result = (image, lab, None)
-            except (RunnerError, ValueError) as exc:
-                result = (image, None, f"frame {i}: {exc}")
-            with cond:
-                latencies.append(time.perf_counter() - t0)
-                done[i] = result
-                cond.notify_all()
+    def work():
+        try:
+            while True:
+                item = todo.get()
+                if item is None:
+                    return
+                i, image = item
+                t0 = time.perf_counter()
+                try:
+                    lab = policy.predict(image, runner)
+                    result = (image, lab, None)
+                except (RunnerError, ValueError) as exc:
+                    result = (image, None, f"frame {i}: {exc}")
+                with cond:
+                    latencies.append(time.perf_counter() - t0)
+                    done[i] = result
+                    cond.notify_all()
+        finally:
+            runner.release()  # this thread's connection, closed by the thread that made it
 
-    threads = [threading.Thread(target=work, args=(r,), daemon=True) for r in runners]
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(n_threads)]
     for t in threads:
         t.start()
     writer = Writer(out, source.path.stem if source.path.is_file() else source.path.name, source.size, source.fps,
                     labels, note=lambda m: print(m, file=sys.stderr))
-    stats0 = _server_stats(runners[0])
-    bar = tqdm(total=source.count, unit="frame", desc=source.path.name, disable=not progress, dynamic_ncols=True)
+    stats0 = _server_stats(runner)
+    bar = progress_bar(total=source.count, unit="frame", desc=source.path.name, disable=not progress)
     t_start, sent, next_out, stopped = time.perf_counter(), 0, 0, None
 
     def drain(until: int, block: bool):
@@ -245,20 +255,22 @@ def segment_video(source: Source, make_runner, out: Path, in_flight: int, labels
                 pass
         writer.close()
         bar.close()
+    for t in threads:
+        t.join(timeout=1.0)
     wall = time.perf_counter() - t_start
-    stats1 = _server_stats(runners[0])
-    for r in runners:
-        r.deactivate()
+    stats1 = _server_stats(runner)
+    if next_out == 0:  # nothing written: no empty video left behind
+        writer.discard()
     lat = np.array(latencies[: max(1, next_out)]) * 1e3
     served = None
     if stats0 and stats1 and stats1[1] > stats0[1]:  # what the model could do if it never waited for frames
         served = (stats1[0] - stats0[0]) / (stats1[1] - stats0[1])
     return {"source": str(source.path), "frames": next_out, "sent": sent, "fps": source.fps,
-            "size": list(source.size), "in_flight": len(runners), "wall_s": wall,
+            "size": list(source.size), "in_flight": n_threads, "wall_s": wall,
             "fps_end_to_end": next_out / wall if wall > 0 else 0.0, "server_compute_fps": served,
             "p50_ms": float(np.percentile(lat, 50)) if next_out else None,
             "p99_ms": float(np.percentile(lat, 99)) if next_out else None,
-            "video": str(writer.video_path), "codec": writer.codec,
+            "video": str(writer.video_path) if next_out else None, "codec": writer.codec,
             "labels": str(writer.labels_dir) if writer.labels_dir else None, "stopped": stopped}
 
 
@@ -267,11 +279,7 @@ def _server_stats(runner) -> tuple[int, float] | None:
     or None. Triton adds a batch's compute time to each request in it, so the batches' time is the per-request
     average times the number of executions."""
     try:
-        s = runner.client.get_inference_statistics(runner.model)
-        if not isinstance(s, dict):
-            from google.protobuf.json_format import MessageToDict
-
-            s = MessageToDict(s, preserving_proto_field_name=True)
+        s = runner.statistics() if hasattr(runner, "statistics") else {}
         m = s["model_stats"][0]
         compute = m.get("inference_stats", {}).get("compute_infer", {})  # absent until the first request
         requests = int(compute.get("count", 0))
@@ -293,7 +301,8 @@ def format_summary(s: dict) -> str:
         line += f", the model computes {s['server_compute_fps']:.1f} img/s (Triton's statistics)"
     if s["p50_ms"] is not None:
         line += f"; latency per frame p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms"
-    line += f"\nwrote {s['video']} ({s['codec']})" + (f" and {s['labels']}/" if s["labels"] else "")
+    if s["video"]:
+        line += f"\nwrote {s['video']} ({s['codec']})" + (f" and {s['labels']}/" if s["labels"] else "")
     return line
 
 

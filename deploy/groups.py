@@ -2,12 +2,12 @@
 
 A pod group is one Deployment (or one KServe InferenceService): every model of the group is loaded by one
 Triton process. Models are grouped by the instance kind `make repo` wrote into their config.pbtxt (KIND_GPU ->
-a GPU pod with one `nvidia.com/gpu`, KIND_CPU -> a CPU pod); the image follows from the backends (stock NGC
-Triton for onnxruntime / openvino / tensorrt, NGC's PyTorch flavour for the python-backend GPU fast path).
-Rows stock NGC Triton cannot load are left out with the reason: the pip-Triton python-backend rows (ONNX
-Runtime / OpenVINO inside the python backend need packages the NGC image lacks), the load generator's null
-model, and TensorRT-RTX plans (a stock tensorrt backend cannot deserialise them: build the plan with TensorRT
-on the GPU host).
+a GPU pod with one `nvidia.com/gpu`, KIND_CPU -> a CPU pod); the image and whether a cluster serves a row at all
+are its backend record's (build.backends: stock NGC Triton for onnxruntime / openvino / tensorrt, NGC's PyTorch
+flavour for the python-backend GPU fast path). Rows a cluster does not serve are left out with the record's
+reason: the pip-Triton python-backend rows (ONNX Runtime / OpenVINO inside the python backend need packages the
+NGC image lacks), the load generator's null model, and TensorRT-RTX plans (a stock tensorrt backend cannot
+deserialise them: build the plan with TensorRT on the GPU host).
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from build.backends import BACKENDS, PYTORCH
 from build.model_config import parse_pbtxt
-from build.variants import ONNXRUNTIME, OPENVINO, PYTHON_GPU, PYTHON_NULL, PYTHON_ORT, PYTHON_OV, TENSORRT
+from segformer.errors import ProjectError
 
 # The one place the Triton release is pinned: NGC 24.10 is Triton 2.51, the server nvidia-pytriton ships (the one
 # every test here runs against). Both images below and the KServe runtimeVersion derive from it.
@@ -25,22 +26,13 @@ NGC_RELEASE = "24.10"
 IMAGE_REPOSITORY = "nvcr.io/nvidia/tritonserver"
 STOCK_TAG = f"{NGC_RELEASE}-py3"  # onnxruntime, openvino, tensorrt and python backends
 PYTORCH_TAG = f"{NGC_RELEASE}-pyt-python-py3"  # + PyTorch for python-backend models (the GPU fast path)
+TAGS = {PYTORCH: PYTORCH_TAG}  # a backend record's image flavour -> tag (STOCK_TAG otherwise)
 
 # where the pod sees things: the model-store volume holds model_repository/, and the LayerNorm plugin (built
 # against the image's TensorRT) travels in the repository's plugins/ folder (explicit model control ignores it)
 DATA_DIR = "/data"
 REPOSITORY_DIR = f"{DATA_DIR}/model_repository"
 PLUGIN_FILE = "plugins/libsegformer_plugins.so"
-
-SERVABLE = {ONNXRUNTIME, OPENVINO, TENSORRT, PYTHON_GPU}
-NOT_SERVABLE = {
-    PYTHON_ORT: "ONNX Runtime inside the python backend needs pip packages the NGC image lacks: serve the `_onnx` "
-                "row (stock onnxruntime backend) in a cluster",
-    PYTHON_OV: "OpenVINO inside the python backend needs pip packages the NGC image lacks: serve the `_openvino` "
-               "row (stock openvino backend) in a cluster",
-    PYTHON_NULL: "the load generator's null model, not a segmentation model",
-}
-
 
 @dataclass
 class Model:
@@ -67,7 +59,8 @@ class Group:
 
     @property
     def image(self) -> str:
-        tag = PYTORCH_TAG if any(m.backend == PYTHON_GPU for m in self.models) else STOCK_TAG
+        flavours = {BACKENDS[m.backend].image for m in self.models}
+        tag = next((TAGS[f] for f in sorted(flavours) if f in TAGS), STOCK_TAG)
         return f"{IMAGE_REPOSITORY}:{tag}"
 
     @property
@@ -88,7 +81,7 @@ class Group:
         return hashlib.sha256("".join(m.name + m.digest for m in self.models).encode()).hexdigest()
 
 
-class RepositoryError(ValueError):
+class RepositoryError(ProjectError, ValueError):
     """The repository cannot be deployed as it is (the message says what to run)."""
 
 
@@ -111,14 +104,13 @@ def read_model(d: Path) -> Model:
 
 def why_not(m: Model) -> str | None:
     """None when stock NGC Triton can serve the model, else the reason."""
-    if m.backend in NOT_SERVABLE:
-        return NOT_SERVABLE[m.backend]
-    if m.backend not in SERVABLE:
-        return f"backend {m.backend!r} has no cluster recipe"
-    if m.backend == TENSORRT and m.config_backend != "tensorrt" and m.config_backend != "tensorrt_plan":
-        return (f"its plan was built by TensorRT-RTX (config backend {m.config_backend!r}), which stock Triton's "
-                f"tensorrt backend cannot load: run `make repo` on a machine with TensorRT "
-                f"(the version of NGC {NGC_RELEASE}) to build a deployable plan")
+    record = BACKENDS.get(m.backend)
+    if record is None:
+        return f"backend {m.backend!r} has no backend record (build/backends.py)"
+    if record.deployable():
+        return record.deployable()
+    if record.rtx_backend and m.config_backend == record.rtx_backend:
+        return f"{record.ngc_rtx} (NGC {NGC_RELEASE}; config backend {m.config_backend!r})"
     if not m.versions:
         return "no version folder (1/): rebuild it with `make repo`"
     return None

@@ -27,8 +27,11 @@ from pathlib import Path
 
 import yaml
 
+from client.cli import run
+from segformer.errors import ProjectError
+
 from . import objects
-from .groups import NGC_RELEASE, RepositoryError, plan
+from .groups import NGC_RELEASE, plan
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIM = "segformer-model-store"
@@ -105,16 +108,19 @@ def main(argv=None) -> int:
     ap.add_argument("--queue-us", type=int, default=20000,
                     help="HPA target: average microseconds a request waits in Triton's queue (default 20 ms)")
     args = ap.parse_args(argv)
+    return run(lambda: _main(args))
+
+
+class ReplicaRange(ProjectError, ValueError):
+    """--min-replicas / --max-replicas that do not make a range."""
+
+
+def _main(args) -> int:
     if not 1 <= args.min_replicas <= args.max_replicas:
-        print(f"error: need 1 <= --min-replicas ({args.min_replicas}) <= --max-replicas ({args.max_replicas})",
-              file=sys.stderr)
-        return 2
+        raise ReplicaRange(f"need 1 <= --min-replicas ({args.min_replicas}) <= --max-replicas "
+                           f"({args.max_replicas})")
     only = [m for m in args.models.split(",") if m] if args.models else None
-    try:
-        docs = documents(args.repo, only, args.storage_uri, args.min_replicas, args.max_replicas, args.queue_us)
-    except RepositoryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    docs = documents(args.repo, only, args.storage_uri, args.min_replicas, args.max_replicas, args.queue_us)
     write(args.out, docs)
     s = docs["summary"]
     for name, g in s["groups"].items():

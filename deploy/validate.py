@@ -15,12 +15,15 @@ from pathlib import Path
 
 import yaml
 
+from client.cli import run
+from segformer.errors import ProjectError
+
 KUBERNETES_VERSION = "1.32"  # the oldest minor release the manifests promise to load on
 _PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object, "datetime": str,
                "date": str}
 
 
-class ValidatorMissing(RuntimeError):
+class ValidatorMissing(ProjectError, RuntimeError):
     pass
 
 
@@ -172,19 +175,22 @@ def main(argv=None) -> int:
                                              "references between objects.")
     ap.add_argument("paths", nargs="+", type=Path, help="YAML files or folders")
     args = ap.parse_args(argv)
+    return run(lambda: _main(args))
+
+
+class ManifestInput(ProjectError, ValueError):
+    """A path that does not exist, or a file that is not YAML."""
+
+
+def _main(args) -> int:
     missing = [p for p in args.paths if not p.exists()]
     if missing:
-        print(f"error: no such file or folder: {missing[0]}", file=sys.stderr)
-        return 2
+        raise ManifestInput(f"no such file or folder: {missing[0]}")
     try:
         objs = load(args.paths)
-        problems = validate(objs)
-    except ValidatorMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except yaml.YAMLError as exc:
-        print(f"error: not YAML: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+        raise ManifestInput(f"not YAML: {str(exc).splitlines()[0]}") from None
+    problems = validate(objs)
     for p in problems:
         print(p)
     print(f"{len(objs)} objects, {len(problems)} problems")

@@ -25,24 +25,22 @@ import io
 import json
 import multiprocessing as mp
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from client.runners import SERVER_GONE, split_urls
+from client import cli
+from client.cli import split_urls
+from client.runners import Failover, describe_failure
 from loadtest.run import _local
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
 def _first_line(exc: BaseException) -> str:
     """An exception as one line, also when its message is empty (then its type); a server that went away says so."""
-    from client.runners import describe_failure
-
     return describe_failure(exc)[:300]
 
 def _distinct(errors: list[str], n: int = 8) -> list[str]:
@@ -53,15 +51,9 @@ def _distinct(errors: list[str], n: int = 8) -> list[str]:
     return [f"{e} (x{c})" if c > 1 else e for e, c in list(counts.items())[:n]]
 
 
-def _frames(size, folder: str, n: int = 8) -> list[np.ndarray]:
-    if folder:
-        from client.labels import list_images
-        from client.preprocess import load_image, resize_image
-
-        return [resize_image(load_image(p), size) for p in list_images(Path(folder))[:n]]
-    from client.preprocess import sample_images
-
-    return list(sample_images(size, n))
+def _frames(policy, folder: str, n: int = 8) -> list[np.ndarray]:
+    """Request tensors prepared by the model's input policy (what client.segment sends)."""
+    return policy.frames(folder, n)
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -116,13 +108,22 @@ class CudaRegion:
         return self.offset + start
 
 
+def _client_module(protocol: str):
+    if protocol == "http":
+        import tritonclient.http as tc
+    else:
+        import tritonclient.grpc as tc
+    return tc
+
+
 def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, out: list, errors: list,
             first: int = 0, cuda: CudaRegion | None = None, slot: int = 0):
     """One request in flight until stop_at. With several --url servers the thread starts on server `first` and,
-    when its server goes away, moves on to the next (the failed request is counted, never retried silently)."""
-    import tritonclient.grpc as grpcclient
+    when its server goes away, moves on to the next (client.runners.Failover; the failed request is counted,
+    never retried silently)."""
     import tritonclient.utils.shared_memory as shm
 
+    tc = _client_module(args.protocol)
     urls = split_urls(args.url)
     h, w = size
     out_bytes = args.batch * h * w
@@ -134,22 +135,34 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
     if args.payload == "raw-shm":
         regions.append((iname, shm.create_shared_memory_region(iname, f"/{iname}", in_bytes)))
     ihandle = regions[-1][1] if regions else None
-    state = {"client": None, "k": first}
 
-    def connect():
-        if state["client"] is not None:
-            state["client"].close()
-        client = grpcclient.InferenceServerClient(urls[state["k"] % len(urls)])
-        if not wire:
-            client.register_system_shared_memory(oname, f"/{oname}", out_bytes)
-        if args.payload == "raw-shm":
-            client.register_system_shared_memory(iname, f"/{iname}", in_bytes)
-        if cuda is not None:
-            cuda.register(client)
-        state["client"] = client
+    def connect(url):
+        client = tc.InferenceServerClient(url)  # made in this thread, used only by it
+        try:
+            if not wire:
+                client.register_system_shared_memory(oname, f"/{oname}", out_bytes)
+            if args.payload == "raw-shm":
+                client.register_system_shared_memory(iname, f"/{iname}", in_bytes)
+            if cuda is not None:
+                cuda.register(client)
+        except Exception:
+            client.close()
+            raise
+        return client
 
+    def close(client):
+        for name, _ in regions:
+            try:
+                client.unregister_system_shared_memory(name)
+            except Exception:  # noqa: BLE001 - the server may be gone
+                pass
+        client.close()
+
+    servers = Failover(urls, connect, close, first=first)
+
+    timeout = {"client_timeout": args.timeout} if args.protocol == "grpc" else {"timeout": int(args.timeout)}
     try:
-        output = grpcclient.InferRequestedOutput("labels")
+        output = tc.InferRequestedOutput("labels")
         if not wire:
             output.set_shared_memory(oname, out_bytes)
         if args.payload == "jpeg":
@@ -160,16 +173,18 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
             import torch
 
             on_gpu = [torch.from_numpy(b).to(f"cuda:{cuda.device}") for b in batches]
-        connect()
+        problems = servers.start()
+        if servers.current is None:
+            raise RuntimeError("; ".join(problems))
         i = 0
         while time.perf_counter() < stop_at:
             k = i % len(batches)
             i += 1
             if args.payload == "jpeg":
-                inp = grpcclient.InferInput("encoded", list(blobs[k].shape), "UINT8")
+                inp = tc.InferInput("encoded", list(blobs[k].shape), "UINT8")
                 inp.set_data_from_numpy(blobs[k])
             else:
-                inp = grpcclient.InferInput("images", list(batches[k].shape), "UINT8")
+                inp = tc.InferInput("images", list(batches[k].shape), "UINT8")
                 if args.payload == "raw-shm":
                     shm.set_shared_memory_region(ihandle, [batches[k]])
                     inp.set_shared_memory(iname, in_bytes)
@@ -178,49 +193,32 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
                 else:
                     inp.set_data_from_numpy(batches[k])
             t0 = time.perf_counter()
-            gone = False
+            msg = None
             try:
-                state["client"].infer(args.model, [inp], outputs=[output], client_timeout=args.timeout)
-                ok = True
+                if not servers.ensure():
+                    raise ConnectionError(f"no Triton server left of {', '.join(urls)}")
+                servers.current.infer(args.model, [inp], outputs=[output], **timeout)
             except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
-                ok = False
-                msg = _first_line(exc)
-                gone = msg == SERVER_GONE
-                if len(errors) < 3 or (gone and len(urls) > 1):
-                    errors.append(msg if len(urls) == 1 else f"{urls[state['k'] % len(urls)]}: {msg}")
+                msg = servers.label(_first_line(exc))
             t1 = time.perf_counter()
             if t0 >= measure_from:
-                out.append((t0, t1, ok))
-            if gone and len(urls) > 1:  # on to the next server; if none answers, pause briefly and try again
-                for _ in range(len(urls)):
-                    state["k"] += 1
-                    try:
-                        connect()
-                        break
-                    except Exception:  # noqa: BLE001 - that one is gone too
-                        state["client"] = None
-                else:
-                    time.sleep(0.2)
-                if state["client"] is None:
-                    connect()
+                out.append((t0, t1, msg is None))
+            if msg is not None:
+                moved = servers.failed(msg)
+                if len(errors) < 3 or moved:
+                    errors.append(msg)
     except Exception as exc:  # noqa: BLE001 - a thread that cannot start (or reconnect) is a failure of the run
         errors.append(f"setup: {_first_line(exc)}")
         out.append((time.perf_counter(), time.perf_counter(), False))  # a thread that never ran is a failure
     finally:
-        client = state["client"]
-        for name, handle in regions:
-            if client is not None:
-                try:
-                    client.unregister_system_shared_memory(name)
-                except Exception:  # noqa: BLE001 - the server may be gone
-                    pass
+        servers.stop()
+        for _, handle in regions:
             shm.destroy_shared_memory_region(handle)
-        if client is not None:
-            client.close()
 
 
-def _process(args, size, rank: int, t_start: float, queue) -> None:
-    frames = _frames(size, args.images)
+def _process(args, policy, rank: int, t_start: float, queue) -> None:
+    size = policy.size
+    frames = _frames(policy, args.images)
     stop_at = t_start + args.warmup + args.duration
     measure_from = t_start + args.warmup
     results, errors = [], []
@@ -242,11 +240,10 @@ def _process(args, size, rank: int, t_start: float, queue) -> None:
     for t in threads:
         t.join(timeout=max(1.0, stop_at - time.perf_counter() + args.timeout + 5))
     if cuda is not None:  # every thread is done with the region: unregister it from every server
-        import tritonclient.grpc as grpcclient
-
+        tc = _client_module(args.protocol)
         for url in split_urls(args.url):
             try:
-                grpcclient.InferenceServerClient(url).unregister_cuda_shared_memory(cuda.name)
+                tc.InferenceServerClient(url).unregister_cuda_shared_memory(cuda.name)
             except Exception:  # noqa: BLE001 - the server may be gone
                 pass
     queue.put((results, errors))
@@ -261,9 +258,14 @@ def run(args) -> dict:
     urls = split_urls(args.url)
     for u in urls:
         _local(u)
-    meta = grpcclient.InferenceServerClient(urls[0]).get_model_metadata(args.model)
-    dims = next(list(i.shape) for i in meta.inputs if i.name == "images")
-    size = (int(dims[-3]), int(dims[-2]))
+    from client.policy import InputPolicy
+    from client.runners import TritonRunner
+
+    probe = TritonRunner(args.model, urls[0], args.protocol, args.timeout)
+    try:
+        policy = InputPolicy.for_model(probe.activate())
+    finally:
+        probe.deactivate()
     try:
         before = metrics.scrape(args.metrics_url)
     except OSError:
@@ -271,7 +273,7 @@ def run(args) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     t_start = time.perf_counter() + 2.0  # processes start their loops together
-    procs = [ctx.Process(target=_process, args=(args, size, r, t_start, queue)) for r in range(args.processes)]
+    procs = [ctx.Process(target=_process, args=(args, policy, r, t_start, queue)) for r in range(args.processes)]
     for p in procs:
         p.start()
     results, errors = [], []
@@ -297,7 +299,7 @@ def run(args) -> dict:
     ok = np.array([(t1 - t0) * 1e3 for t0, t1, good in results if good])
     failures = sum(not good for _, _, good in results)
     window = args.duration
-    summary = {"model": args.model, "payload": args.payload, "batch": args.batch, "processes": args.processes,
+    summary = {"model": args.model, "protocol": args.protocol, "payload": args.payload, "batch": args.batch, "processes": args.processes,
                "concurrency": args.concurrency, "in_flight": args.processes * args.concurrency,
                "duration_s": window, "requests": int(len(ok)), "failures": int(failures),
                "img_per_s": float(len(ok) * args.batch / window),
@@ -311,10 +313,8 @@ def run(args) -> dict:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m loadtest.closed_loop", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="segformer_b1_gpu")
-    ap.add_argument("--url", default="localhost:8001", help="Triton gRPC address (this machine only); several as "
-                    "a:8001,b:8001: threads spread over them and move on when theirs goes away")
-    ap.add_argument("--metrics-url", default="localhost:8002")
+    cli.add_model_option(ap, "segformer_b1_gpu")
+    cli.add_server_options(ap, default="grpc", timeout=30.0, metrics=True)
     ap.add_argument("--processes", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=1, help="requests in flight per process")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
@@ -324,21 +324,18 @@ def parser() -> argparse.ArgumentParser:
                     help="labels back through system shared memory (default) or in the response (through a proxy)")
     ap.add_argument("--batch", type=int, default=1, help="images per request")
     ap.add_argument("--images", default="", help="folder of images (default: generated frames)")
-    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     ap.add_argument("--out", type=Path, help="write the summary as JSON here")
     return ap
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - e.g. server down or unknown model: one line, exit 2
-        print(f"error: {_first_line(exc)}", file=sys.stderr)
-        return 2
+    args.url = cli.url_of(args)
+    return cli.run(lambda: _main(args), handled=(ValueError, OSError))
+
+
+def _main(args) -> int:
+    summary = run(args)
     if args.out:
         from segformer.weights import atomic_write_bytes
 

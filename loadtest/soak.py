@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client import cli
 from loadtest.closed_loop import _first_line
 from loadtest.run import _local
 
@@ -77,16 +78,19 @@ def server_pids(explicit: str | None, urls: list[str]) -> list[int]:
         raise ValueError("no server pid: start it with `make serve` or pass --server-pid") from None
 
 
-def _send_loop(urls, first, model, frames, schedule, stop_at, timeout, record):
+def _send_loop(urls, first, model, frames, schedule, stop_at, timeout, record, protocol="grpc"):
     """One thread: take the next send time from `schedule`, wait for it, send, record (t, ms, error or None).
     With several servers the thread starts on server `first`; when its server goes away, that failure is
-    recorded (with the server's address) and the thread goes on with the next server."""
-    import tritonclient.grpc as grpcclient
+    recorded (with the server's address) and the thread goes on with the next server (client.runners.Failover)."""
+    from client.runners import Failover, TritonRunner
 
-    from client.runners import SERVER_GONE
+    def connect(url):  # this thread's runner (and connection) on `url`
+        runner = TritonRunner(model, url, protocol, timeout)
+        runner.connect()
+        return runner
 
-    k = first
-    client = grpcclient.InferenceServerClient(urls[k % len(urls)])
+    servers = Failover(urls, connect, lambda r: r.deactivate(), first=first)
+    servers.start()
     i = 0
     while True:
         t_next = schedule()
@@ -97,28 +101,25 @@ def _send_loop(urls, first, model, frames, schedule, stop_at, timeout, record):
             time.sleep(delay)
         batch = frames[i % len(frames)][None]
         i += 1
-        inp = grpcclient.InferInput("images", list(batch.shape), "UINT8")
-        inp.set_data_from_numpy(batch)
         t0 = time.perf_counter()
         err = None
         try:
-            client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput("labels")], client_timeout=timeout)
+            if not servers.ensure():
+                raise ConnectionError(f"no Triton server left of {', '.join(urls)}")
+            servers.current.send([servers.current.images_input(batch)])
         except Exception as exc:  # noqa: BLE001 - every failure is recorded with its message
-            err = _first_line(exc)
-        record((t0, 1e3 * (time.perf_counter() - t0), err if err is None or len(urls) == 1
-                else f"{urls[k % len(urls)]}: {err}"))
-        if err == SERVER_GONE and len(urls) > 1:
-            client.close()
-            k += 1
-            client = grpcclient.InferenceServerClient(urls[k % len(urls)])
-    client.close()
+            err = servers.label(_first_line(exc))
+        record((t0, 1e3 * (time.perf_counter() - t0), err))
+        if err is not None:
+            servers.failed(err)
+    servers.stop()
 
 
 def paced(url, model, frames, rate: float | None, in_flight: int, duration: float, timeout: float,
-          on_sample=None, sample_every: float = 5.0) -> tuple[list, list]:
+          on_sample=None, sample_every: float = 5.0, protocol: str = "grpc") -> tuple[list, list]:
     """Send for `duration` s: at `rate` req/s when given (closed loop otherwise); returns (requests, samples).
     `url` may list several servers (a,b): the threads are spread over them."""
-    from client.runners import split_urls
+    from client.cli import split_urls
 
     urls = split_urls(url)
     t_start = time.perf_counter() + 0.5
@@ -135,7 +136,7 @@ def paced(url, model, frames, rate: float | None, in_flight: int, duration: floa
         with lock:
             records.append(r)
 
-    threads = [threading.Thread(target=_send_loop, args=(urls, j, model, frames, schedule, stop_at, timeout, record),
+    threads = [threading.Thread(target=_send_loop, args=(urls, j, model, frames, schedule, stop_at, timeout, record, protocol),
                                 daemon=True) for j in range(in_flight)]
     for t in threads:
         t.start()
@@ -162,8 +163,11 @@ def summarise(requests: list, samples: list, duration: float, warmup: float, win
     slope = (float(np.polyfit([w["t"] / 60 for w in steady], [w["p99_ms"] for w in steady], 1)[0])
              if len(steady) >= 3 else None)
     rss = [(s["t"], s["rss_mb"]) for s in samples if s.get("rss_mb")]
-    first = [r for t, r in rss if warmup <= t < warmup + 60]
-    last = [r for t, r in rss if t >= max(warmup, duration - 60)]
+    steady_rss = [(t, r) for t, r in rss if t >= warmup] or rss  # a soak shorter than its warm-up: every sample
+    start = steady_rss[0][0] if steady_rss else 0.0
+    span = min(60.0, max(1.0, (steady_rss[-1][0] - start) / 3)) if steady_rss else 60.0
+    first = [r for t, r in steady_rss if t < start + span]
+    last = [r for t, r in steady_rss if t >= steady_rss[-1][0] - span]
     drift = (float(np.mean(last) / np.mean(first) - 1) if first and last else None)
     lat = [ms for _, ms in ok]
     return {"requests": len(requests), "failures": len(errors), "errors": sorted(set(errors))[:5],
@@ -202,9 +206,8 @@ def figure(result: dict, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="segformer_b0")
-    ap.add_argument("--url", default="localhost:8001", help="Triton gRPC address (this machine only); several as "
-                    "a:8001,b:8001 spread the sending threads over them")
+    cli.add_model_option(ap, "segformer_b0")
+    cli.add_server_options(ap, default="grpc", timeout=60.0)
     ap.add_argument("--duration", type=float, default=600.0, help="soak seconds")
     ap.add_argument("--load", type=float, default=0.8, help="share of the probed rate to send (default 0.8)")
     ap.add_argument("--rate", type=float, help="requests/s to send (skips the probe)")
@@ -215,38 +218,36 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu", action="store_true", help="also sample GPU memory (nvidia-smi)")
     ap.add_argument("--server-pid", help="Triton's pid, or pids a,b with several --url (default: the one `make "
                     "serve` recorded); memory is the sum over them")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     ap.add_argument("--out", type=Path, default=Path("out/soak"))
+    ap.add_argument("--images", default="", help="folder of images to send (default: generated frames)")
     args = ap.parse_args(argv)
+    args.url = cli.url_of(args)
+    return cli.run(lambda: _soak(args), handled=(ValueError, OSError))
+
+
+def _soak(args) -> int:
+    from client.cli import split_urls
+    from client.policy import InputPolicy
+    from client.runners import RunnerError, TritonRunner
+
+    urls = split_urls(args.url)
+    for u in urls:
+        _local(u)
+    pids = server_pids(args.server_pid, urls)
+    probe_runner = TritonRunner(args.model, urls[0], args.protocol, args.timeout)
     try:
-        from client.runners import split_urls
-
-        urls = split_urls(args.url)
-        for u in urls:
-            _local(u)
-        pids = server_pids(args.server_pid, urls)
-        import tritonclient.grpc as grpcclient
-
-        from client.preprocess import sample_images
-
-        meta = grpcclient.InferenceServerClient(urls[0]).get_model_metadata(args.model)
-        dims = next(list(i.shape) for i in meta.inputs if i.name == "images")
-        frames = list(sample_images((int(dims[-3]), int(dims[-2])), 4))
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - server down or unknown model: one line
-        print(f"error: {_first_line(exc)}", file=sys.stderr)
-        return 2
+        frames = InputPolicy.for_model(probe_runner.activate()).frames(args.images, 4)
+    finally:
+        probe_runner.deactivate()
     rate = args.rate
     probe = None
     if rate is None:
-        reqs, _ = paced(args.url, args.model, frames, None, args.in_flight, args.probe, args.timeout)
+        reqs, _ = paced(args.url, args.model, frames, None, args.in_flight, args.probe, args.timeout,
+                        protocol=args.protocol)
         good = [r for r in reqs if r[2] is None and r[0] > min(5.0, args.probe / 4)]
         measured = len(good) / (args.probe - min(5.0, args.probe / 4))
         if not measured:
-            print(f"error: the probe completed no request ({reqs[0][2] if reqs else 'none sent'})", file=sys.stderr)
-            return 2
+            raise RunnerError(f"the probe completed no request ({reqs[0][2] if reqs else 'none sent'})")
         rate = args.load * measured
         probe = {"in_flight": args.in_flight, "seconds": args.probe, "img_per_s": measured}
         print(f"probe: {measured:.2f} img/s at {args.in_flight} in flight; soak at {rate:.2f} req/s")
@@ -258,9 +259,9 @@ def main(argv=None) -> int:
         return s
 
     reqs, samples = paced(args.url, args.model, frames, rate, args.in_flight, args.duration, args.timeout,
-                          on_sample=sample, sample_every=args.sample)
+                          on_sample=sample, sample_every=args.sample, protocol=args.protocol)
     summary = summarise(reqs, samples, args.duration, args.warmup)
-    result = {"model": args.model, "endpoints": urls, "duration_s": args.duration, "warmup_s": args.warmup, "rate": rate,
+    result = {"model": args.model, "protocol": args.protocol, "endpoints": urls, "duration_s": args.duration, "warmup_s": args.warmup, "rate": rate,
               "load": args.load if probe else None, "probe": probe, "in_flight": args.in_flight,
               "summary": summary, "samples": samples,
               "failed_requests": [{"t": round(t, 3), "error": e} for t, _, e in reqs if e is not None][:1000]}
@@ -271,11 +272,12 @@ def main(argv=None) -> int:
     figure(result, args.out / "soak.png")
     s = summary
     drift = "n/a" if s["rss_drift"] is None else f"{100 * s['rss_drift']:+.2f} %"
+    rss = (f"RSS {s['rss_first_min_mb']:.0f} -> {s['rss_last_min_mb']:.0f} MB ({drift})"
+           if s["rss_first_min_mb"] is not None else "RSS not sampled")
     slope = "n/a" if s["p99_slope_ms_per_min"] is None else f"{s['p99_slope_ms_per_min']:+.2f} ms/min"
     print(f"{args.model}: {s['requests']} requests in {args.duration:.0f} s ({s['img_per_s']:.2f} img/s), "
           f"{s['failures']} failed; p50 {s['p50_ms'] or float('nan'):.1f} ms, p99 {s['p99_ms'] or float('nan'):.1f} "
-          f"ms, p99 slope {slope}; RSS {s['rss_first_min_mb'] or 0:.0f} -> {s['rss_last_min_mb'] or 0:.0f} MB "
-          f"({drift})" + (f"; errors: {s['errors'][0]}" if s["errors"] else ""))
+          f"ms, p99 slope {slope}; {rss}" + (f"; errors: {s['errors'][0]}" if s["errors"] else ""))
     return 1 if s["failures"] else 0
 
 

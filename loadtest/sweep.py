@@ -15,7 +15,8 @@ import json
 import math
 from pathlib import Path
 
-from loadtest.run import format_run, run
+from client import cli
+from loadtest.run import LoadTestError, add_options, format_run, run
 
 
 def knee(rows: list[dict], slo_ms: float) -> dict | None:
@@ -67,7 +68,7 @@ def apply_knee(repo: Path, model: str, best: dict) -> str:
 
     path = repo / model / "config.pbtxt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model config (is --repo the served repository?)")
+        raise LoadTestError(f"{path}: no such model config (is --repo the served repository?)")
     cfg = parse_pbtxt(path.read_text())
     pref = max(1, min(best["users"] * best["batch"], cfg.max_batch_size or 1))
     del cfg.dynamic_batching.preferred_batch_size[:]
@@ -83,16 +84,10 @@ def apply_knee(repo: Path, model: str, best: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="segformer_b1")
-    ap.add_argument("--users", default="1,2,4", help="comma-separated concurrencies")
-    ap.add_argument("--duration", type=float, default=20, help="seconds per point")
+    add_options(ap)
+    ap.set_defaults(duration=20)
+    ap.add_argument("--users", default="1,2,4", help="comma-separated concurrencies (default 1,2,4)")
     ap.add_argument("--slo-ms", type=float, required=True, help="p99 latency objective in milliseconds")
-    ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    ap.add_argument("--url")
-    ap.add_argument("--metrics-url", default="localhost:8002")
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--images", default="")
     ap.add_argument("--out", type=Path, default=Path("out/sweep"))
     ap.add_argument("--apply", action="store_true", help="write the knee's settings into --repo's config.pbtxt")
     ap.add_argument("--repo", type=Path, default=Path("model_repository"))
@@ -103,14 +98,15 @@ def main(argv=None) -> int:
         ap.error(f"--users must be integers like 1,2,4; got {args.users!r}")
     if not users or min(users) < 1:
         ap.error("--users needs at least one concurrency >= 1")
+    return cli.run(lambda: sweep(args, users))
+
+
+def sweep(args, users: list[int]) -> int:
     rows = []
-    try:
-        for u in users:
-            rows.append(run(args.model, u, args.duration, args.out, args.protocol, args.url, args.metrics_url,
-                            args.processes, args.batch, args.images))
-            print(format_run(rows[-1]), flush=True)
-    except ValueError as exc:
-        ap.error(str(exc))
+    for u in users:
+        rows.append(run(args.model, u, args.duration, args.out, args.protocol, args.url, args.metrics_url,
+                        args.processes, args.batch, args.images, args.payload, timeout=args.timeout))
+        print(format_run(rows[-1]), flush=True)
     best = knee(rows, args.slo_ms)
     print(table(rows))
     plot(rows, args.slo_ms, best, args.out / f"{args.model}_sweep.png",

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .config import VARIANTS, SegFormerConfig, get_config
+from .errors import ProjectError
 from .model import SegFormer
 
 IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
@@ -31,8 +32,33 @@ IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 EPS = {"nvlabs": (1e-6, 1e-5), "mmseg": (1e-6, 1e-6), "hf": (1e-5, 1e-5)}
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(ProjectError, RuntimeError):
+    """A checkpoint that cannot be read or does not fit; one line naming the file and the fix (exit 2)."""
+
+
+ACCEPTED = ("pass a .pth/.pt/.bin saved with torch.save, a .safetensors file or a Hugging Face save_pretrained "
+            "folder")
+
+
+def sniff(path: Path) -> None:
+    """CheckpointError in one line unless the file starts like a PyTorch checkpoint (a zip archive from torch.save,
+    or a legacy pickle, protocol 2+): a text file, an empty file or other data never reaches the unpickler."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    if not head:
+        raise CheckpointError(f"{path} is empty, not a checkpoint: {ACCEPTED}")
+    try:
+        text = head.decode("utf-8")
+        is_text = all(c.isprintable() or c in "\r\n\t" for c in text[:200])
+    except UnicodeDecodeError:
+        is_text = False
+    what = "a text file" if is_text else "neither a zip archive nor a pickle"
+    raise CheckpointError(f"{path} is not a PyTorch checkpoint ({what}): {ACCEPTED}")
 
 
 def _rename(state: dict, rules: list) -> dict:
@@ -264,6 +290,7 @@ def safe_load(path: Path) -> tuple[object, list[str]]:
     import pickle
     import zipfile
 
+    sniff(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True), []
     except pickle.UnpicklingError as first:

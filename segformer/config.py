@@ -160,7 +160,23 @@ CAMVID = DatasetPreset(
 
 PRESETS: dict[str, DatasetPreset] = {p.name: p for p in (CITYSCAPES, ADE20K, CAMVID)}
 
-# CamVid (SegNet 11-class split) -> Cityscapes train ids; 11 (void) -> ignore.
+# Names of one class in different label spaces (CamVid's, Cityscapes', ...), for mapping labels by class name.
+CLASS_SYNONYMS = (("vegetation", "tree"), ("traffic sign", "sign symbol"), ("person", "pedestrian"),
+                  ("rider", "bicyclist"))
+
+
+def class_key(name: str) -> str:
+    """A class name compared without case, underscores or hyphens: `Sign_Symbol` -> `sign symbol`."""
+    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+
+
+def same_class(a: str, b: str) -> bool:
+    """Whether two class names name the same class (equal up to case and separators, or listed synonyms)."""
+    ka, kb = class_key(a), class_key(b)
+    return ka == kb or any(ka in group and kb in group for group in CLASS_SYNONYMS)
+
+
+# CamVid (SegNet 11-class split) -> Cityscapes train ids; 11 (void) -> ignore (the same as mapping by name).
 CAMVID_TO_CITYSCAPES = {0: 10, 1: 2, 2: 5, 3: 0, 4: 1, 5: 8, 6: 7, 7: 4, 8: 13, 9: 11, 10: 12, 11: 255}
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .config import SegFormerConfig, get_config
+from .errors import ProjectError
 from .model import SegFormer
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -24,7 +25,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 IMPORTED_DIR = Path(os.environ.get("SEGFORMER_IMPORTED_WEIGHTS") or WEIGHTS_DIR / "imported")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(ProjectError, RuntimeError):
     """A weights file that is missing, corrupt or does not fit the model; the message says what to do."""
 
 

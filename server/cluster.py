@@ -19,12 +19,12 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from server.serve import ROOT, STATE, ServerError, recorded_server, start, stop_pid, write_pid
+from client import cli
+from server.serve import ROOT, STATE, ServerError, check_ports, recorded_server, start, stop_pid, write_pid
 
 CLUSTER = STATE / "cluster"
 INSTALL = "install HAProxy 2.6 (Debian: apt-get install haproxy) or put haproxy on PATH"
@@ -76,6 +76,8 @@ def start_cluster(repo: Path, replicas: int, http: int, grpc: int, state: Path =
         raise ServerError(f"no haproxy found: {INSTALL}")
     if (state / "cluster.json").exists() and any(recorded_server(state / f"{n}.pid")[0] for n in _names(state)):
         raise ServerError(f"a cluster is already running (state in {state}): `make cluster-stop` first")
+    # the proxy's ports: a server already there would answer the readiness checks in its place
+    check_ports("127.0.0.1", {"http": http, "grpc": grpc})
     state.mkdir(parents=True, exist_ok=True)
     info = {"repo": str(repo), "http": http, "grpc": grpc,
             "replicas": [{"name": f"r{i}", "http": free_port(), "grpc": free_port(), "metrics": free_port()}
@@ -156,13 +158,14 @@ def main(argv=None) -> int:
     st = sub.add_parser("start", help="start N replicas and the proxy, wait until all are ready")
     st.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     st.add_argument("--replicas", type=int, default=3)
-    st.add_argument("--http-port", type=int, default=8000)
-    st.add_argument("--grpc-port", type=int, default=8001)
+    st.add_argument("--http-port", type=int, default=cli.PORTS["http"])
+    st.add_argument("--grpc-port", type=int, default=cli.PORTS["grpc"])
     st.add_argument("--timeout", type=float, default=300, help="seconds each replica may take to get ready")
     sub.add_parser("status", help="each replica as the proxy's health checks see it")
     sub.add_parser("stop", help="stop the proxy and the replicas")
     a = ap.parse_args(argv)
-    try:
+
+    def body():
         if a.cmd == "start":
             if a.replicas < 1:
                 raise ServerError(f"--replicas must be at least 1, got {a.replicas}")
@@ -183,10 +186,9 @@ def main(argv=None) -> int:
         else:
             stopped = stop_cluster()
             print(f"stopped {', '.join(stopped)}" if stopped else "no cluster running")
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

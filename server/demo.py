@@ -9,16 +9,16 @@ OpenVINO f32 (exact).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from build.repository import write_repository
-from server.serve import ServerError, start, stop_pid
 from build.variants import select
+from client import cli
 from client.preprocess import ImageError
 from client.runners import RunnerError, TritonRunner
 from client.segment import segment_files
+from server.serve import STATE, ServerError, preflight, start, stop_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,11 +31,15 @@ def main(argv=None) -> int:
                                                     "fastest CPU row within budget)")
     ap.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--out", type=Path, default=ROOT / "out")
-    ap.add_argument("--http-port", type=int, default=8000)
-    ap.add_argument("--grpc-port", type=int, default=8001)
-    ap.add_argument("--metrics-port", type=int, default=8002)
+    cli.add_listen_options(ap)
     a = ap.parse_args(argv)
+    return cli.run(lambda: demo(a), handled=(RunnerError, ImageError, ValueError))
+
+
+def demo(a) -> int:
     times, proc = {}, None
+    state = STATE / "demo"  # its own: a `make serve` server keeps its pid file and admin key
+    preflight(state, a.host, a.http_port, a.grpc_port, a.metrics_port)  # before building: a held port is named
     t0 = time.perf_counter()
     try:
         if a.model == "auto":
@@ -49,22 +53,20 @@ def main(argv=None) -> int:
             raise ServerError(f"{a.model}: {results[a.model]}")
         times["model repository"] = time.perf_counter() - t0
         t = time.perf_counter()
-        proc = start(a.repo, a.http_port, a.grpc_port, a.metrics_port)
+        proc = start(a.repo, a.http_port, a.grpc_port, a.metrics_port, state=state, host=a.host)
         times["Triton start (to ready)"] = time.perf_counter() - t
         t = time.perf_counter()
-        with TritonRunner(a.model, f"localhost:{a.http_port}") as runner:
+        with TritonRunner(a.model, f"{cli.LOCAL}:{a.http_port}") as runner:
             res = segment_files([a.image], runner, a.out)
             times["segment (client, incl. first inference)"] = time.perf_counter() - t
             times["  of which inference"] = res[0]["infer_s"]
             again = segment_files([a.image], runner, a.out, quiet=True)  # the first request compiled its shape
             times["inference, second request"] = again[0]["infer_s"]
-    except (ServerError, RunnerError, ImageError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         if proc is not None:
             t = time.perf_counter()
             stop_pid(proc.pid)
+            (state / "server.pid").unlink(missing_ok=True)
             times["Triton stop"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     print("\nstage timings:")

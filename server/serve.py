@@ -12,26 +12,31 @@ A plugin built in plugins/build/ is preloaded with LD_PRELOAD.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
 import site
+import socket
 import subprocess
 import sys
 import sysconfig
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
-from server.access import DEFAULT_HOST, access_args, check_host, exposure_warning, write_admin_key
+from client import cli
+from segformer.errors import ProjectError
+from server.access import ADMIN_HEADER, DEFAULT_HOST, access_args, check_host, exposure_warning, write_admin_key
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".triton"
 PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "pytorch_libtorch": "pytorch"}
 
 
-class ServerError(RuntimeError):
-    pass
+class ServerError(ProjectError, RuntimeError):
+    """The server cannot be started or stopped as asked; one line naming the fix (exit 2)."""
 
 
 def find_tritonserver() -> Path:
@@ -160,23 +165,139 @@ def server_args(repo: Path, have: set[str], http: int, grpc: int, metrics: int) 
     return args + control, skipped
 
 
-def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 180, host: str = "127.0.0.1") -> None:
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', 'localhost') else host}:{http}/v2/health/ready"
+def _probe_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
+
+
+def _answers(url: str, headers: dict | None = None, data: bytes | None = None) -> bool:
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return r.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 180, host: str = "127.0.0.1",
+               key: str | None = None) -> None:
+    """Wait until the server `proc` itself is ready: its HTTP port answers /v2/health/ready while `proc` is alive,
+    and, given the admin `key` this start generated, a restricted request with that key is answered too (another
+    server on the port has another key, so its answers never count as this one's)."""
+    base = f"http://{_probe_host(host)}:{http}"
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
             lines = log.read_text(errors="replace").splitlines() if log.exists() else []
             errors = [ln for ln in lines if re.match(r"^E\d{4} ", ln) or "Traceback" in ln or "Error:" in ln]
+            in_use = next((ln for ln in lines if "already in use" in ln), None)
+            if in_use:
+                raise ServerError(f"tritonserver exited at start: a port it needs is already in use "
+                                  f"({in_use.strip()[-160:]}); pick free ports (log: {log})")
             shown = (errors[-12:] + ["..."] if errors else []) + lines[-6:]
             raise ServerError(f"tritonserver exited during start-up (log: {log}):\n  " + "\n  ".join(shown))
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
+        if _answers(f"{base}/v2/health/ready") and proc.poll() is None and (
+                key is None or _answers(f"{base}/v2/repository/index", {ADMIN_HEADER: key}, b"{}")):
+            return
         time.sleep(0.5)
     raise ServerError(f"tritonserver not ready after {timeout:.0f} s; see {log}")
+
+
+PORT_NAMES = {"http": "HTTP_PORT", "grpc": "GRPC_PORT", "metrics": "METRICS_PORT"}
+PORT_LABELS = {"http": "HTTP", "grpc": "gRPC", "metrics": "metrics"}
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding `host:port` for listening would fail (something listens there, or on every interface)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_owner(port: int) -> int | None:
+    """The pid of a process of this user listening on TCP `port` (Linux /proc), else None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for ln in lines:
+            f = ln.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def describe_pid(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        name = Path(argv[0].decode(errors="replace")).name
+    except (OSError, IndexError):
+        name = ""
+    return f"pid {pid}{' ' + name if name else ''}"
+
+
+def free_ports(n: int = 3, start: int = 18000) -> list[int]:
+    """`n` consecutive free ports from `start` on (for the hint in a message), or any free ones."""
+    for base in range(start, start + 2000, 10):
+        if not any(port_in_use("127.0.0.1", base + i) for i in range(n)):
+            return [base + i for i in range(n)]
+    out = []
+    for _ in range(n):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            out.append(s.getsockname()[1])
+    return out
+
+
+def ports_hint(kinds=("http", "grpc", "metrics")) -> str:
+    return " ".join(f"{PORT_NAMES[k]}={p}" for k, p in zip(kinds, free_ports(len(kinds))))
+
+
+def check_ports(host: str, ports: dict[str, int], state: Path = None) -> None:
+    """ServerError (one line: what holds the port, how to stop it, which ports to pick) unless every port is free."""
+    if len(set(ports.values())) < len(ports):
+        raise ServerError(f"{', '.join(f'{PORT_NAMES[k]}={p}' for k, p in ports.items())}: the ports must differ")
+    for kind, port in ports.items():
+        if not port_in_use(host, port):
+            continue
+        owner = port_owner(port)
+        rec = running(STATE / "server.pid")
+        if owner is not None and rec and rec["pid"] == owner:
+            by = f" by the Triton `make serve` started ({describe_pid(owner)}; `make stop` ends it)"
+        elif owner is not None:
+            by = f" by {describe_pid(owner)}"
+        else:
+            by = " by another program"
+        raise ServerError(f"{PORT_LABELS[kind]} port {port} is already in use{by}: stop it, or pick free ports, e.g. "
+                          f"{ports_hint(tuple(ports))}")
+
+
+def preflight(state: Path, host: str, http: int, grpc: int, metrics: int) -> None:
+    """ServerError unless a server can start here: none recorded in `state` still runs (one server per state
+    folder: a live one keeps its pid file, admin key and log) and nothing holds the ports."""
+    rec = running(state / "server.pid")
+    if rec is not None:
+        raise ServerError(f"Triton is already running ({describe(rec)}): "
+                          + ("`make stop` ends it" if state in (STATE, STATE / "demo")
+                             else f"stop it first (its state is in {state})"))
+    check_ports(host, {"http": http, "grpc": grpc, "metrics": metrics})
 
 
 def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, state: Path = STATE,
@@ -188,13 +309,15 @@ def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, s
         host = check_host(host)
     except ValueError as exc:
         raise ServerError(str(exc)) from None
+    preflight(state, host, http, grpc, metrics)
     binary = find_tritonserver()
     env, have, extra = prepare(binary, plugins)
     env.update(env_extra or {})
     if env.get("LD_PRELOAD"):
         print(f"LD_PRELOAD={env['LD_PRELOAD']}")
     args, skipped = server_args(repo.resolve(), have, http, grpc, metrics)
-    args += extra + access_args(host, write_admin_key(state)) + list(extra_args)
+    key = write_admin_key(state)
+    args += extra + access_args(host, key) + list(extra_args)
     if exposure_warning(host):
         print(exposure_warning(host), file=sys.stderr)
     state.mkdir(parents=True, exist_ok=True)
@@ -202,13 +325,15 @@ def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, s
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(binary), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    write_pid(state / "server.pid", proc.pid)
+    write_pid(state / "server.pid", proc.pid, host=host, http=http, grpc=grpc, metrics=metrics,
+              repo=str(repo.resolve()))
     for s in skipped:
         print(f"not loaded: {s}; this server has backends: {', '.join(sorted(have))}")
     try:
-        wait_ready(http, proc, log, timeout, host)
+        wait_ready(http, proc, log, timeout, host, key)
     except BaseException:
         stop_pid(proc.pid)
+        (state / "server.pid").unlink(missing_ok=True)
         raise
     return proc
 
@@ -222,19 +347,36 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
-def write_pid(path: Path, pid: int) -> None:
-    """Record the server as pid + start time, so `stop` never signals a process that merely reused the pid."""
-    import json
-
+def write_pid(path: Path, pid: int, **info) -> None:
+    """Record the server as pid + start time, so `stop` never signals a process that merely reused the pid;
+    `info` (ports, host, repository) is kept beside them for the messages that name a running server."""
     from segformer.weights import atomic_write_bytes
 
-    atomic_write_bytes(path, json.dumps({"pid": pid, "start": _start_ticks(pid)}).encode())
+    atomic_write_bytes(path, json.dumps({"pid": pid, "start": _start_ticks(pid), **info}).encode())
+
+
+def running(path: Path) -> dict | None:
+    """The record in `path` (pid, start, ports ...) if the very process it names still runs, else None."""
+    pid, _ = recorded_server(path)
+    if pid is None:
+        return None
+    try:
+        return {**json.loads(path.read_text()), "pid": pid}
+    except (OSError, ValueError):
+        return {"pid": pid}
+
+
+def describe(rec: dict) -> str:
+    """`pid 123, HTTP 127.0.0.1:8000, gRPC :8001, metrics :8002` from a pid record."""
+    out = f"pid {rec['pid']}"
+    if rec.get("http"):
+        host = rec.get("host", DEFAULT_HOST)
+        out += f", HTTP {host}:{rec['http']}, gRPC {host}:{rec['grpc']}, metrics {host}:{rec['metrics']}"
+    return out
 
 
 def recorded_server(path: Path) -> tuple[int | None, str]:
     """(pid, '') of the server recorded in `path` if that very process still runs, else (None, why not)."""
-    import json
-
     try:
         rec = json.loads(path.read_text())
         pid, start = int(rec["pid"]), rec.get("start")
@@ -270,24 +412,63 @@ def stop_pid(pid: int, timeout: float = 30) -> bool:
     return True
 
 
+def stop(state: Path = STATE) -> str:
+    """Stop the server recorded in `state` (only that very process), and one a `make demo` that was killed left
+    behind in state/demo; the line to print."""
+    pid_file = state / "server.pid"
+    pid, why = recorded_server(pid_file)
+    line = f"Triton stopped (pid {pid})" if pid is not None and stop_pid(pid) else why or "no server running"
+    pid_file.unlink(missing_ok=True)
+    demo_pid, _ = recorded_server(state / "demo" / "server.pid")
+    if demo_pid is not None and stop_pid(demo_pid):
+        line += f"; stopped the Triton a `make demo` left running (pid {demo_pid})"
+    (state / "demo" / "server.pid").unlink(missing_ok=True)
+    return line
+
+
+def exec_server(args: list[str], state: Path = STATE) -> None:
+    """Run tritonserver in this process (the `tritonserver` shim) with the prepared environment: loopback and
+    the admin key unless the command line says otherwise. A live `make serve` server keeps its admin key: this
+    one's goes to state/exec/admin-key then."""
+    binary = find_tritonserver()
+    env, have, extra = prepare(binary)
+    args = [x for x in args if x != "--"]
+    given = {y.split("=")[0] for y in args}
+    key_dir = state / "exec" if running(state / "server.pid") else state
+    access = access_args(DEFAULT_HOST, write_admin_key(key_dir))
+    if key_dir != state:
+        print(f"note: the admin key of this server is in {key_dir / 'admin-key'} (`make serve`'s server is "
+              f"running and keeps {state / 'admin-key'})", file=sys.stderr)
+    if not given & {"--http-address", "--grpc-address", "--metrics-address"}:
+        extra += access[:3]  # loopback unless the command line says otherwise
+    if not given & {"--http-restricted-api", "--grpc-restricted-protocol"}:
+        extra += access[3:]
+    args += [x for x in extra if x.split("=")[0] not in given]
+    repo = next((x.split("=", 1)[1] for x in args if x.startswith("--model-repository=")), None)
+    if repo is None and "--model-repository" in args:
+        repo = args[args.index("--model-repository") + 1]
+    if repo and not any(x.startswith("--model-control-mode") for x in args):
+        control, skipped = load_args(Path(repo), have)
+        for s in skipped:
+            print(f"not loaded: {s}; this server has backends: {', '.join(sorted(have))}", file=sys.stderr)
+        args += control
+    os.execve(str(binary), [str(binary), *args], env)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m server.serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("start", help="start in the background and wait until ready")
     st.add_argument("--repo", type=Path, default=ROOT / "model_repository")
-    st.add_argument("--http-port", type=int, default=8000)
-    st.add_argument("--grpc-port", type=int, default=8001)
-    st.add_argument("--metrics-port", type=int, default=8002)
-    st.add_argument("--timeout", type=float, default=180)
-    st.add_argument("--host", default=os.environ.get("HOST", DEFAULT_HOST),
-                    help="address to bind HTTP, gRPC and metrics to (default 127.0.0.1; 0.0.0.0 opens the server "
-                    "to the network)")
+    cli.add_listen_options(st, host=os.environ.get("HOST", DEFAULT_HOST))
+    st.add_argument("--timeout", type=float, default=180, help="seconds to wait for ready (default 180)")
     sub.add_parser("stop", help="stop the server started with `start`")
     ex = sub.add_parser("exec", help="run tritonserver in the foreground with the prepared environment")
     ex.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
-    try:
+
+    def body():
         if a.cmd == "start":
             proc = start(a.repo, a.http_port, a.grpc_port, a.metrics_port, timeout=a.timeout, host=a.host)
             print(f"Triton ready (pid {proc.pid}, log {STATE / 'server.log'})\n"
@@ -296,34 +477,11 @@ def main(argv=None) -> int:
                   f"  model control (load/unload, repository index), logging, trace: header "
                   f"'triton-admin-key: $(cat {STATE / 'admin-key'})'")
         elif a.cmd == "stop":
-            pid_file = STATE / "server.pid"
-            pid, why = recorded_server(pid_file)
-            print("Triton stopped" if pid is not None and stop_pid(pid) else why or "no server running")
-            pid_file.unlink(missing_ok=True)
+            print(stop())
         else:
-            binary = find_tritonserver()
-            env, have, extra = prepare(binary)
-            args = [x for x in a.args if x != "--"]
-            given = {y.split("=")[0] for y in args}
-            access = access_args(DEFAULT_HOST, write_admin_key(STATE))
-            if not given & {"--http-address", "--grpc-address", "--metrics-address"}:
-                extra += access[:3]  # loopback unless the command line says otherwise
-            if not given & {"--http-restricted-api", "--grpc-restricted-protocol"}:
-                extra += access[3:]
-            args += [x for x in extra if x.split("=")[0] not in given]
-            repo = next((x.split("=", 1)[1] for x in args if x.startswith("--model-repository=")), None)
-            if repo is None and "--model-repository" in args:
-                repo = args[args.index("--model-repository") + 1]
-            if repo and not any(x.startswith("--model-control-mode") for x in args):
-                control, skipped = load_args(Path(repo), have)
-                for s in skipped:
-                    print(f"not loaded: {s}; this server has backends: {', '.join(sorted(have))}", file=sys.stderr)
-                args += control
-            os.execve(str(binary), [str(binary), *args], env)
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+            exec_server(a.args)
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from training.data import find_samples, load_pair
-from client.preprocess import resize_image, resize_labels
+from client.policy import InputPolicy
 from client.runners import TorchRunner
 from client.visualize import colourise
 from segformer.weights import get_weights
+
+
+def prediction(image: np.ndarray, run) -> np.ndarray:
+    """A runner's labels for `image` at the image's size, the image sent as clients send it (the input policy of the
+    runner's model, `fit`: letterboxed)."""
+    return InputPolicy.for_model(run.info or run.activate()).predict(image, run)
 
 
 def main(argv=None) -> int:
@@ -45,8 +51,7 @@ def main(argv=None) -> int:
         gt[label == 255] = 0
         panels = [(image, samples[idx].image.name), (gt, "ground truth (black: void)")]
         for w, run in zip(entries, runners):
-            pred = run.infer(resize_image(image, run.size)[None])[0]
-            pred = resize_labels(pred, image.shape[:2])
+            pred = prediction(image, run)
             valid = label != 255
             acc = (pred[valid] == label[valid]).mean()
             panels.append((colourise(pred, palette), f"{w.variant.upper()} {run.size[0]}x{run.size[1]} "

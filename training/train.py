@@ -22,7 +22,7 @@ from tqdm import tqdm
 from training.data import Augment, TrainSet, find_samples, load_pair
 from training.gpu_data import GpuBatches
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from client.preprocess import resize_image, resize_labels
+from client.policy import InputPolicy
 from segformer.config import CITYSCAPES, CAMVID_TO_CITYSCAPES, parse_size
 from segformer.model import SegmentationPipeline, create_model
 from segformer.weights import save_weights
@@ -37,17 +37,20 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 @torch.no_grad()
 def evaluate(model, root: Path, split: str, size: tuple[int, int], device: str, limit: int | None = None,
              num_classes: int = 19, progress: bool = True, amp: bool = True) -> dict:
-    """mIoU on a split through the serving policy: resize to `size`, labels back to the image size (nearest)."""
+    """mIoU on a split through the input policy clients send with (client.policy, `fit` into `size`: letterboxed),
+    labels back to the image size."""
     samples, lut = find_samples(root, split)
     samples = samples[:limit] if limit else samples
     pipe = SegmentationPipeline(model, CITYSCAPES.mean, CITYSCAPES.std).to(device).eval()
     cm = np.zeros((num_classes, num_classes), np.int64)
+    policy = InputPolicy(tuple(size))
     for s in tqdm(samples, desc=f"eval {split} {size[0]}x{size[1]}", disable=not progress, leave=False):
         image, label = load_pair(s, lut)
-        x = torch.from_numpy(resize_image(np.array(image), size)).unsqueeze(0).to(device)
+        x, place = policy.prepare(np.array(image))
+        x = torch.from_numpy(x).unsqueeze(0).to(device)
         with torch.autocast("cuda", torch.bfloat16, enabled=amp and device.startswith("cuda")):
             pred = pipe(x)[0].cpu().numpy()
-        cm += confusion_matrix(resize_labels(pred, label.shape), label, num_classes)
+        cm += confusion_matrix(policy.restore(pred, place, label.shape), label, num_classes)
     present = np.flatnonzero(cm.sum(1) > 0).tolist()
     iou = iou_per_class(cm)
     return {"split": split, "size": list(size), "images": len(samples), "miou": mean_iou(cm, present),

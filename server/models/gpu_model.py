@@ -1,8 +1,9 @@
 """Triton python-backend model of the GPU fast path (segformer.fast): FP16, folded decoder, fused
 upsample+argmax, torch.compile and CUDA graphs per batch bucket.
 
-Copied by `make repo` into the model directory as ``1/model.py`` next to a copy of the `segformer` package and
-the weights, so the directory is self-contained. Inputs (one of the two per request, both optional):
+Copied by `make repo` into the model directory as ``1/model.py`` next to a copy of the `segformer` package,
+segformer_runtime.py (the file checks every python-backend row shares) and the weights, so the directory is
+self-contained. Inputs (one of the two per request, both optional):
 - ``images``  uint8 [n, H, W, 3] raw RGB at the model's size;
 - ``encoded`` uint8 [n, L] one JPEG/PNG file's bytes per request (n = 1); JPEG is decoded on the GPU (nvJPEG via
   torchvision), other formats on the CPU; any size is resized (bilinear) to the model's size on the GPU.
@@ -19,7 +20,8 @@ import time
 
 import triton_python_backend_utils as pb_utils
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the segformer package copied beside us
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segformer package + runtime copied beside us
+from segformer_runtime import existing, parameters  # noqa: E402
 
 
 class TritonPythonModel:
@@ -32,7 +34,7 @@ class TritonPythonModel:
         from segformer.fast import GraphedSegmenter, build_fast
 
         config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        params = parameters(config)
         here = os.path.dirname(os.path.abspath(__file__))
         self.torch = torch
         self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
@@ -41,10 +43,7 @@ class TritonPythonModel:
         self.size = (int(dims[0]), int(dims[1]))
         buckets = tuple(int(b) for b in params.get("buckets", "1,2,4,8,16").split(","))
         mode = params.get("compile_mode", "default") or None
-        weights = os.path.realpath(os.path.join(here, params["weights_file"]))
-        if os.path.commonpath([os.path.realpath(here), weights]) != os.path.realpath(here):
-            raise pb_utils.TritonModelException(f"weights_file {params['weights_file']!r} is outside the model "
-                                                "directory: a model reads only files inside its own directory")
+        weights = existing(here, params["weights_file"])  # refused unless inside this model directory
         seg = build_fast(weights, str(self.device),
                          compile_mode=None if mode == "none" else mode,
                          fused_mixffn=params.get("fused_mixffn", "0") == "1")

@@ -1,35 +1,14 @@
 """Request handling shared by the python-backend CPU models (ONNX Runtime, OpenVINO): copied beside their
-`model.py` by `make repo` and imported from there; it imports nothing of the project.
+`model.py` by `make repo` and imported from there, with segformer_runtime.py (size checks) beside it too; it
+imports nothing else of the project.
 
 Requests queued together by Triton's dynamic batcher are run as one batch per input shape (a dynamic-size row can
 get several shapes); a size outside a dynamic row's range is refused for that request alone; a failing batch
 answers each of its requests with the error. The server stays up.
 """
-import os
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
-
-def inside(folder: str, name: str) -> str:
-    """`folder/name`, refused unless it stays inside `folder` (config parameters name files; they may not point
-    elsewhere on the server)."""
-    root = os.path.realpath(folder)
-    path = os.path.realpath(os.path.join(root, name))
-    if os.path.commonpath([root, path]) != root:
-        raise pb_utils.TritonModelException(f"{name!r} is outside the model directory {root}: a model reads only "
-                                            "files inside its own directory; rebuild it with `make repo`")
-    return path
-
-
-def size_error(shape, size_range):
-    """The refusal for images of `shape` [N, H, W, 3] outside `size_range` [[min_h, min_w], [max_h, max_w]]."""
-    (lo_h, lo_w), (hi_h, hi_w) = size_range
-    h, w = shape[1], shape[2]
-    if not (lo_h <= h <= hi_h and lo_w <= w <= hi_w) or h % 32 or w % 32:
-        return (f"images of {h}x{w}: this model takes multiples of 32 from {lo_h}x{lo_w} to {hi_h}x{hi_w}; "
-                "resize on the client (python -m client.segment does)")
-    return None
+from segformer_runtime import size_error
 
 
 def execute(requests, outputs, size_range, run):

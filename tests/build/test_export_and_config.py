@@ -87,3 +87,29 @@ def test_gpu_rows_are_default_only_where_cuda_is(monkeypatch):
     monkeypatch.setattr(variants, "cuda_available", lambda: True)
     assert "segformer_b1_gpu" in {v.name for v in select()}
     assert select(["segformer_b1_gpu"])[0].backend == variants.PYTHON_GPU  # explicit selection always works
+
+
+def test_the_build_errors_are_project_errors_keeping_their_old_bases():
+    from build.artefacts import MissingCodeFile, NeedsCalibration
+    from build.engines import BuilderUnavailable
+    from build.export import ExportMismatch
+    from build.openvino_ir import CpuPlanError
+    from build.repository import RepositoryBusy, RepositoryInput
+    from build.variants import SelectionError
+    from segformer.errors import OutcomeError, ProjectError
+
+    for cls, old in ((RepositoryBusy, RuntimeError), (BuilderUnavailable, RuntimeError),
+                     (NeedsCalibration, RuntimeError), (CpuPlanError, RuntimeError), (ExportMismatch, RuntimeError),
+                     (SelectionError, ValueError), (RepositoryInput, ValueError),
+                     (MissingCodeFile, FileNotFoundError)):
+        assert issubclass(cls, ProjectError) and issubclass(cls, old), cls
+    assert issubclass(CpuPlanError, OutcomeError)  # a missed budget: exit 1
+
+
+def test_the_export_cli_prints_one_error_line(tmp_path, capsys):
+    from build.export import main
+
+    assert main(["--weights", "no-such-weights", "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no weights named 'no-such-weights'")
+    assert not (tmp_path / "x.onnx").exists()

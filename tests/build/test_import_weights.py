@@ -63,6 +63,10 @@ def test_import_writes_an_entry_with_its_provenance(imported_dir, mmseg_ckpt, ca
     (["--size", "banana"], "is not HxW"),
     (["--dynamic", "512x512"], "MIN:MAX"),
     (["--dynamic", "512x512:1024x1024", "--size", "256x256"], "outside the dynamic range"),
+    # issue 30, item 9: an inverted range says so (it said "outside the range")
+    (["--dynamic", "512x512:256x256"], "--dynamic 512x512:256x256: min > max (height and width); give MIN:MAX with "
+                                       "the smaller size first, e.g. 256x256:512x512"),
+    (["--dynamic", "256x512:512x256", "--size", "256x256"], "min > max (width)"),
     (["--preset", "ade20k"], "names 150 classes but the checkpoint's classifier has 19"),
     (["--name", "9lives"], "use letters, digits and _"),
     (["--name", "segformer-b1-camvid"], "use letters"),
@@ -92,6 +96,18 @@ def test_unreadable_sources(imported_dir, tmp_path, capsys):
     for src, message in ((junk, "not a readable PyTorch checkpoint"), (tmp_path / "nope.pth", "no such file")):
         rc, _, err = _run([src, "--name", "x"], capsys)
         assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_a_text_file_as_checkpoint_is_one_line(imported_dir, tmp_path, capsys):
+    text = tmp_path / "model.pth"
+    text.write_text("hello, I am a text file\n")
+    rc, _, err = _run([text, "--name", "x"], capsys)
+    assert rc == 2 and err == (f"error: {text} is not a PyTorch checkpoint (a text file): pass a .pth/.pt/.bin saved "
+                               "with torch.save, a .safetensors file or a Hugging Face save_pretrained folder\n")
+    # the same through `make repo CHECKPOINT=... DYNAMIC=<inverted>`: the range is refused first, in one line
+    assert repo_main(["--checkpoint", str(text), "--name", "x", "--dynamic", "512x512:256x256",
+                      "--out", str(tmp_path / "repo")]) == 2
+    assert "min > max" in capsys.readouterr().err
 
 
 def test_make_repo_checkpoint_builds_the_rows_of_the_new_name(imported_dir, mmseg_ckpt, tmp_path, capsys):

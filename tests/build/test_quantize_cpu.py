@@ -67,7 +67,16 @@ def test_cpu_best_meets_its_budget_or_refuses(tiny_onnx, make_images, tmp_path):
 def test_cli_names_a_missing_holdout_folder(tmp_path, capsys):
     from build.quantize_cpu import main
 
-    with pytest.raises(SystemExit) as exc:
-        main(["--holdout", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
-    assert exc.value.code == 2
-    assert "held-out images" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["--holdout", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: held-out images") and not (tmp_path / "out").exists()
+
+
+def test_cpu_report_records_the_input_policy(tiny_onnx, make_images, tmp_path):
+    from build.quantize import Prepared
+    from client.policy import InputPolicy
+
+    hold = make_images(2, seed=1).view(Prepared)
+    hold.policy = InputPolicy((64, 64))
+    rep = build_cpu_int8(tiny_onnx, tmp_path, hold, budget=0.05, log=lambda *_: None)
+    assert rep["input_policy"] == InputPolicy((64, 64)).describe()

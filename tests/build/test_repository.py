@@ -17,7 +17,8 @@ def test_writes_a_model_directory_and_reuses_it(tiny_weights, tmp_path, monkeypa
     assert res == {"tiny_ort": "built"}
     d = repo / "tiny_ort"
     assert {p.name for p in d.iterdir()} == {"config.pbtxt", "build.json", "1"}
-    assert {p.name for p in (d / "1").iterdir()} == {"model.onnx", "model.py", "segformer_batching.py"}
+    assert {p.name for p in (d / "1").iterdir()} == {"model.onnx", "model.py", "segformer_batching.py",
+                                                     "segformer_runtime.py"}
     cfg = parse_pbtxt((d / "config.pbtxt").read_text())
     assert cfg.backend == "python" and cfg.parameters["onnx_file"].string_value == "model.onnx"
     prov = json.loads((d / "build.json").read_text())
@@ -34,7 +35,7 @@ def test_a_failed_build_leaves_the_previous_directory_intact(tiny_weights, tmp_p
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setitem(repository.BUILDERS, PYTHON_ORT, boom)
+    monkeypatch.setattr(repository, "build_onnx_dir", boom)  # the python_onnxruntime record's builder
     res = repository.write_repository([_row(tiny_weights)], repo, force=True, log=lambda *_: None, cache_dir=tmp_path / 'cache')
     assert res["tiny_ort"] == "FAILED: RuntimeError: disk on fire"
     assert (repo / "tiny_ort" / "build.json").read_text() == before

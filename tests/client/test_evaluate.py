@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.evaluate import gate, main as evaluate_main, resolve, verdict
-from client.labels import LabelError, find_label, list_images, load_label
+from client.evaluate import entry_rows, evaluate, gate, main as evaluate_main, resolve, verdict
+from client.labels import LabelError, LabelMapper, find_label, list_images, load_label
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from client.runners import RunnerError
 from tests.conftest import ROOT
@@ -69,6 +69,71 @@ def test_resolve_suffix_and_unknown():
                                                                          "onnx:x.onnx"]
     with pytest.raises(RunnerError, match="not served"):
         resolve(["int8"], served)
+
+
+def test_a_model_not_served_names_eval_models():
+    """Issue 30, item 6: the error names the make variable that picks the models."""
+    with pytest.raises(RunnerError) as e:
+        resolve(["segformer_b1_fp16"], ["segformer_b1", "segformer_b1_ov"])
+    assert str(e.value) == ("model 'segformer_b1_fp16' is not served; served models: segformer_b1, segformer_b1_ov; "
+                            "name served ones with --models (make evaluate EVAL_MODELS=a,b)")
+
+
+def test_default_models_are_the_served_rows_of_the_reference_entry():
+    served = ["segformer_b1", "segformer_b1_ov", "segformer_b10_fp16", "segformer_b0_fp16", "segformer_b1_best_cpu"]
+    assert entry_rows("segformer_b1", served) == ["segformer_b1_best_cpu", "segformer_b1_ov"]
+    assert entry_rows("my_b0", served) == []
+
+
+CAMVID_NAMES = ["sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car", "pedestrian",
+                "bicyclist"]
+
+
+def test_camvid_labels_map_by_class_name(tmp_path):
+    """Issue 30, item 8: CamVid ids are mapped to the model's classes by name (synonyms included), whatever the
+    model's class order; the dataset's classes.json names them."""
+    from segformer.config import CITYSCAPES
+
+    ids = np.array([[0, 3, 5, 9, 10, 11]], np.uint8)  # sky road tree pedestrian bicyclist void
+    (tmp_path / "labels").mkdir()
+    lab = tmp_path / "labels" / "a.png"
+    Image.fromarray(ids).save(lab)
+    city = LabelMapper("camvid", list(CITYSCAPES.classes), "city", tmp_path / "labels")
+    assert city.load(lab, (1, 6)).tolist() == [[10, 0, 8, 11, 12, 255]]
+    own = LabelMapper("camvid", list(reversed(CAMVID_NAMES)), "camvid_model", tmp_path / "labels")
+    assert own.load(lab, (1, 6)).tolist() == [[10, 7, 5, 1, 0, 255]]  # by name, not by index
+    # the labels' own class list (the dataset's classes.json above the labels) decides what an id means
+    (tmp_path / "classes.json").write_text('{"classes": ["road", "sky", "car", "tree"], "ignore_index": 9}')
+    Image.fromarray(np.array([[0, 1, 3, 9]], np.uint8)).save(lab)
+    assert LabelMapper("camvid", list(CITYSCAPES.classes), "city", tmp_path / "labels").load(
+        lab, (1, 4)).tolist() == [[0, 10, 8, 255]]
+
+
+def test_camvid_labels_for_a_model_with_other_classes_are_refused_in_one_line():
+    five = ["background", "road", "car", "person", "sky"]
+    with pytest.raises(LabelError) as e:
+        LabelMapper("camvid", five, "my_5class")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("--label-format camvid: the labels' classes building, pole, sidewalk, "
+                                              "tree, sign_symbol, fence, bicyclist have no class in my_5class")
+    assert "--label-format trainids" in msg
+    with pytest.raises(LabelError, match="declares no class names"):
+        LabelMapper("camvid", [], "bare")
+    assert LabelMapper("trainids", five, "my_5class").lut("trainids") is None  # the model's own ids: as they are
+
+
+def test_evaluate_refuses_before_any_work(tmp_path):
+    from types import SimpleNamespace
+
+    class Pool:
+        info = {"m5": SimpleNamespace(classes=["background", "road", "car", "person", "sky"], trained=None)}
+
+        def get(self, spec):
+            raise AssertionError("no image may be sent")
+
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(LabelError, match="have no class in m5"):
+        evaluate([SAMPLE], Pool(), "m5", ["m5"], tmp_path / "labels", "camvid", progress=False)
 
 
 def _images(tmp_path, n=3):

@@ -7,25 +7,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.runners import ModelInfo, RunnerError
+from client.runners import ModelInfo, Runner, RunnerError
 from client.segment import main as segment_main
 from client.video import VideoError, open_source, save_frames, segment_video
 
 SIZE = (64, 96)  # the stand-in model's input, H x W
 
 
-class FakeRunner:
-    """Labels every pixel with the frame's mean red // 32; answers out of order (random delays)."""
+class FakeRunner(Runner):
+    """Labels every pixel with the frame's mean red // 32; answers out of order (random delays). Shared by the
+    worker threads like a real runner; records which threads released their connection."""
 
     def __init__(self, fail_at_value=None):
-        self.info, self.model, self.client, self.fail_at_value = None, "fake", None, fail_at_value
+        self.info, self.model, self.fail_at_value = None, "fake", fail_at_value
         self.rng = np.random.default_rng(threading.get_ident() % 1000)
+        self.released = set()
+
+    def release(self):
+        self.released.add(threading.get_ident())
 
     def activate(self):
         self.info = ModelInfo("fake", SIZE, 4, [f"c{i}" for i in range(8)], [(i * 30, 0, 0) for i in range(8)])
         return self.info
 
-    def infer(self, x):
+    def infer(self, x, logits=False):
         time.sleep(float(self.rng.uniform(0, 0.02)))
         value = int(x[0, :, :, 0].mean()) // 32
         if self.fail_at_value is not None and value == self.fail_at_value:
@@ -60,7 +65,7 @@ def _read(path):
 
 def test_frames_come_out_in_order_with_the_inputs_size_and_rate(tmp_path):
     video = make_video(tmp_path / "drive.mp4")
-    s = segment_video(open_source(video), FakeRunner, tmp_path / "out", in_flight=4, labels=True, progress=False)
+    s = segment_video(open_source(video), FakeRunner(), tmp_path / "out", in_flight=4, labels=True, progress=False)
     assert s["stopped"] is None and s["frames"] == 12 and s["in_flight"] == 4
     frames, fps, size, codec = _read(tmp_path / "out" / "drive_overlay.mp4")
     assert len(frames) == 12 and fps == 10 and size == (96, 64) and codec == "h264"
@@ -76,16 +81,16 @@ def test_a_folder_of_frames_is_a_video_with_video(tmp_path, capsys):
     assert len(frames) == 5
     src = open_source(tmp_path / "frames", fps=12)
     assert src.count == 5 and src.fps == 12 and src.size == (96, 64)
-    s = segment_video(src, FakeRunner, tmp_path / "out", in_flight=2, progress=False)
+    s = segment_video(src, FakeRunner(), tmp_path / "out", in_flight=2, progress=False)
     assert s["frames"] == 5 and _read(tmp_path / "out" / "frames_overlay.mp4")[1] == 12
     Image.new("RGB", (10, 10)).save(tmp_path / "frames" / "999999.png")  # a frame of another size stops it
-    s = segment_video(open_source(tmp_path / "frames"), FakeRunner, tmp_path / "out2", 2, progress=False)
+    s = segment_video(open_source(tmp_path / "frames"), FakeRunner(), tmp_path / "out2", 2, progress=False)
     assert s["frames"] == 5 and "999999.png is 10x10" in s["stopped"]
 
 
 def test_server_gone_mid_video_leaves_a_playable_file_and_names_the_frame(tmp_path):
     video = make_video(tmp_path / "drive.mp4", n=12)
-    s = segment_video(open_source(video), lambda: FakeRunner(fail_at_value=3), tmp_path / "out", 3, progress=False)
+    s = segment_video(open_source(video), FakeRunner(fail_at_value=3), tmp_path / "out", 3, progress=False)
     # frames 5 and 6 (red 100, 120) give label 3: the run stops there with frames 0-4 written, in order
     assert s["frames"] == 5 and s["stopped"].startswith("frame 5: ") and "server is gone" in s["stopped"]
     assert len(_read(tmp_path / "out" / "drive_overlay.mp4")[0]) == 5
@@ -96,7 +101,7 @@ def test_truncated_video_segments_what_it_can_read(tmp_path, capsys):
     data = video.read_bytes()
     cut = tmp_path / "cut.ts"
     cut.write_bytes(data[: len(data) // 2])
-    s = segment_video(open_source(cut), FakeRunner, tmp_path / "out", 2, progress=False)
+    s = segment_video(open_source(cut), FakeRunner(), tmp_path / "out", 2, progress=False)
     assert 0 < s["frames"] < 30
     assert len(_read(tmp_path / "out" / "cut_overlay.mp4")[0]) == s["frames"]  # what was read is written, playable
     mp4 = make_video(tmp_path / "drive.mp4", n=30, size=(320, 240))  # MP4 keeps its index at the end: cut, unreadable

@@ -181,3 +181,16 @@ def test_the_clis_have_help():
     for mod in ("deploy.manifests", "deploy.validate"):
         out = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True, cwd=ROOT)
         assert out.returncode == 0 and "usage" in out.stdout
+
+
+def test_validate_bad_input_is_one_error_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [unclosed\n")
+    assert validate.main([str(tmp_path / "nope")]) == 2
+    assert validate.main([str(bad)]) == 2
+    errs = capsys.readouterr().err.splitlines()
+    assert errs[0] == f"error: no such file or folder: {tmp_path / 'nope'}" and errs[1].startswith("error: not YAML")
+    assert len(errs) == 2
+    from segformer.errors import ProjectError
+
+    assert issubclass(validate.ValidatorMissing, ProjectError) and issubclass(validate.ValidatorMissing, RuntimeError)

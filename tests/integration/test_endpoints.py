@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-from client.endpoints import MultiRunner, triton_runner
+from client.runners import MultiRunner, triton_runner
 from client.runners import RunnerError, TritonRunner, served_models
 from client.segment import main as segment_main
 from server.serve import start, stop_pid

@@ -31,9 +31,12 @@ def clip(tmp_path_factory):
     return path
 
 
-def test_video_through_triton_matches_the_image_client(server, clip, tmp_path, capsys):
-    url = f"localhost:{server['ports']['grpc']}"
-    common = ["--url", url, "--protocol", "grpc", "--model", server["model"]]
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_video_through_triton_matches_the_image_client(server, clip, tmp_path, capsys, protocol):
+    """Over both protocols: HTTP clients belong to the thread that made them, so the in-flight threads each need
+    their own (before, every frame over HTTP failed with "Cannot switch to a different thread")."""
+    url = f"localhost:{server['ports'][protocol]}"
+    common = ["--url", url, "--protocol", protocol, "--model", server["model"]]
     assert segment_main([str(clip), *common, "--out", str(tmp_path / "v"), "--labels", "--in-flight", "3"]) == 0
     summary = capsys.readouterr().out
     assert "6 frames 480x360 at 15.00 fps" in summary and "end to end (3 in flight)" in summary

@@ -119,10 +119,27 @@ def test_a_backbone_only_checkpoint_is_refused_with_the_reason(tmp_path):
 
 def test_files_that_are_not_checkpoints(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         read_checkpoint(tmp_path / "junk.pth")
     with pytest.raises(CheckpointError, match="no such file"):
         read_checkpoint(tmp_path / "missing.pth")
     (tmp_path / "d").mkdir()
     with pytest.raises(CheckpointError, match="config.json"):
         read_checkpoint(tmp_path / "d")
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"epoch 12, mIoU 0.71\nsee model.pth\n", "is not a PyTorch checkpoint (a text file)"),  # was (KeyError: 101)
+    (b"e", "is not a PyTorch checkpoint (a text file)"),
+    (b"", "is empty, not a checkpoint"),
+    (bytes(range(256)) * 4, "is not a PyTorch checkpoint (neither a zip archive nor a pickle)"),
+])
+def test_a_file_that_is_no_checkpoint_is_named_in_one_line(tmp_path, content, what):
+    """Issue 30, item 9: a text file is refused by what it is, never with the unpickler's `(KeyError: 101)`."""
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path} {what}") and "\n" not in msg and "Error" not in msg
+    assert "torch.save" in msg and ".safetensors" in msg

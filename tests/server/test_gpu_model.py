@@ -147,3 +147,29 @@ def test_the_bad_input_corpus_as_encoded_bytes_each_gets_its_own_answer(model, t
         else:
             assert r.error is None and r.output_tensors[0].t.shape == (1, *SIZE), name
     assert out[-1].error is None and (out[-1].output_tensors[0].t == 4).all()  # the good raw request is served
+
+
+def test_the_built_gpu_directory_checks_its_weights_file_with_the_shared_runtime(tiny_weights, tmp_path, monkeypatch):
+    """The GPU row's directory holds segformer_runtime.py beside model.py; a weights_file outside the directory or
+    missing is refused by it before anything reaches the GPU."""
+    from build.repository import write_repository
+    from build.variants import PYTHON_GPU, ServingVariant
+    from server.models import segformer_runtime
+    from tests.server.programs import load_program
+
+    row = ServingVariant("tiny_gpu", str(tiny_weights), PYTHON_GPU, precision="fp16", size=(64, 64), max_batch=2)
+    repo = tmp_path / "repo"
+    assert write_repository([row], repo, log=lambda *_: None, cache_dir=tmp_path / "c") == {"tiny_gpu": "built"}
+    version = repo / "tiny_gpu" / "1"
+    assert (version / "segformer_runtime.py").read_bytes() == open(segformer_runtime.__file__, "rb").read()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # reach the file check on a CPU machine
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *_: None)
+    cfg = repo / "tiny_gpu" / "config.pbtxt"
+    text = cfg.read_text()
+    assert '"tiny-test.json"' in text  # the entry's file, written beside model.py (not the row's weights path)
+    cfg.write_text(text.replace('"tiny-test.json"', '"../../../etc/passwd"'))
+    with pytest.raises(ValueError, match="outside the model directory"):
+        load_program(repo / "tiny_gpu", monkeypatch)
+    cfg.write_text(text.replace('"tiny-test.json"', '"gone.json"'))
+    with pytest.raises(ValueError, match="gone.json is missing"):
+        load_program(repo / "tiny_gpu", monkeypatch)

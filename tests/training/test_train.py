@@ -101,3 +101,26 @@ def test_curves_table_and_plot_from_run_folders(tmp_path, capsys):
     assert Image.open(tmp_path / "out" / "curves.png").size[0] > 500
     assert curves_main([str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
     assert "no history.json" in capsys.readouterr().err
+
+
+def test_evaluation_sends_frames_as_clients_do_letterboxed(tmp_path, monkeypatch):
+    import torch
+
+    import training.train as train
+
+    _toy_dataset(tmp_path, n=1, size=(32, 64))  # 1:2 frames into a square eval size
+    sent = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, *_):
+            super().__init__()
+
+        def forward(self, x):
+            sent.append(x.numpy().copy())
+            return torch.zeros(x.shape[:3], dtype=torch.uint8)  # Cityscapes road (CamVid 3) everywhere
+
+    monkeypatch.setattr(train, "SegmentationPipeline", Recorder)
+    res = train.evaluate(torch.nn.Identity(), tmp_path, "test", (64, 64), "cpu", progress=False, amp=False)
+    x = sent[0][0]
+    assert x.shape == (64, 64, 3) and x[:32].any() and not x[32:].any()  # image on top, zero padding below
+    assert res["images"] == 1 and 0.4 < res["pixel_accuracy"] < 0.6  # labels back at 32x64: the road half
