@@ -70,8 +70,6 @@ class NotHere:
 
 
 HTTP_GRPC = (Case("http"), Case("grpc"))
-VIDEO_HTTP = ("issue 30 item 1: video over HTTP fails on every frame ('Cannot switch to a different thread') and "
-              "prints 'wrote ..._overlay.mp4' for a file it does not write, or hangs")
 
 LOCUST_BIG_FRAMES = (
     "issue 30 item 4 (make loadtest / make sweep, locust in several processes): with 1024x1024 frames each worker "
@@ -96,20 +94,19 @@ TABLE: dict[str, Run | NotHere] = {
             (Case("http"), Case("grpc --out out/"), Case("http --slide --out out/"))),
     "python -m client.segment drive.mp4 [--out out/] [--model segformer_b1] [--in-flight N] [--labels]":
         Run("drive.mp4 = 6 frames of 160x120; --model city_b1 --in-flight 2 --labels --out out/, --url, both "
-            "protocols", "video_file", (Case("http", VIDEO_HTTP), Case("grpc"))),
+            "protocols", "video_file", HTTP_GRPC),
     "python -m client.segment frames/ --video [--fps 30]":
         Run("frames/ = 6 PNGs of 160x120; --fps 30 --model city_b1, --url, both protocols", "video_folder",
-            (Case("http", VIDEO_HTTP), Case("grpc"))),
+            HTTP_GRPC),
     "python -m client.evaluate --images DIR [--labels DIR --label-format camvid] --models segformer_b1_fp16,"
     "segformer_b1_int8,segformer_b1_best --reference segformer_b1 --threshold 0.005":
         Run("3 CamVid test images with labels; --models city_b1_fp16,city_b1_ov --reference city_b1 (no INT8 rows "
             "without CALIB); --url, both protocols", "evaluate", HTTP_GRPC),
     "make evaluate EVAL_IMAGES=DIR":
-        Run("EVAL_IMAGES=3 CamVid test images, REFERENCE=city_b1 (the shipped B1 is not served here); and with "
+        Run("EVAL_IMAGES=3 CamVid test images, REFERENCE=city_b1 (the shipped B1 is not served here: the served "
+            "city_b1_* rows are evaluated); and with "
             "EVAL_MODELS=city_b1_fp16", "make_evaluate",
-            (Case("as written", "issue 30 item 6: without EVAL_MODELS= it asks for segformer_b1_fp16, "
-                                "segformer_b1_int8, ... instead of the served rows of the reference's entry"),
-             Case("EVAL_MODELS=city_b1_fp16"))),
+            (Case("as written"), Case("EVAL_MODELS=city_b1_fp16"))),
     "make repo VARIANTS=segformer_b1_onnx,segformer_b1_openvino,segformer_b1_gpu":
         Run("VARIANTS=city_b1_onnx,city_b1_openvino (the imported model's rows; the GPU row needs a CUDA GPU)",
             "deploy_rows"),
@@ -550,7 +547,7 @@ def _video_frames(path: Path) -> tuple[int, tuple[int, int], float]:
         return n, (stream.width, stream.height), float(stream.average_rate or 0)
 
 
-VIDEO_TIMEOUT = 60  # 6 frames of 160x120 take seconds; over HTTP the client has been seen to hang (issue 30 item 1)
+VIDEO_TIMEOUT = 60  # 6 frames of 160x120 take seconds (before issue 30 item 1 was fixed, HTTP could hang)
 
 
 def step_video_file(flow: Flow, case: Case):
