@@ -2,6 +2,7 @@
 
     python -m server.serve start [--repo model_repository] [--http-port 8000 ...]   # background, waits for ready
     python -m server.serve stop
+    python -m server.serve reload [--model M ...]   # swap in the versions `make repo` wrote (server.reload)
     python -m server.serve exec -- --model-repository model_repository            # what `tritonserver` runs
 
 For the pip-shipped server it puts the python-backend stub for this interpreter in place, adds libpython to
@@ -146,13 +147,12 @@ def model_backends(repo: Path) -> dict[str, str]:
 
 
 def load_args(repo: Path, have: set[str]) -> tuple[list[str], list[str]]:
-    """Explicit model-control arguments that load only what this server's backends can run, and the models
-    left out ("name (needs the X backend)"); no arguments when everything loads or the backends are unknown."""
+    """Explicit model-control arguments (so `reload` can load new versions through the model-control API) that
+    load only what this server's backends can run, and the models left out ("name (needs the X backend)")."""
     models = model_backends(repo)
     skipped = [f"{m} (needs the {b} backend)" for m, b in models.items() if have and b not in have]
-    if not skipped:
-        return [], []
-    return ["--model-control-mode=explicit"] + [f"--load-model={m}" for m, b in models.items() if b in have], skipped
+    loaded = [m for m, b in models.items() if not have or b in have]
+    return ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in loaded], skipped
 
 
 def server_args(repo: Path, have: set[str], http: int, grpc: int, metrics: int) -> tuple[list[str], list[str]]:
@@ -464,6 +464,10 @@ def main(argv=None) -> int:
     cli.add_listen_options(st, host=os.environ.get("HOST", DEFAULT_HOST))
     st.add_argument("--timeout", type=float, default=180, help="seconds to wait for ready (default 180)")
     sub.add_parser("stop", help="stop the server started with `start`")
+    rl = sub.add_parser("reload", help="load the new versions `make repo` wrote, the old ones serving meanwhile")
+    rl.add_argument("--model", action="append", help="model to reload (repeatable; default: every loaded model)")
+    rl.add_argument("--state", type=Path, default=STATE, help=argparse.SUPPRESS)
+    rl.add_argument("--timeout", type=float, default=600, help="seconds a model may take to load (default 600)")
     ex = sub.add_parser("exec", help="run tritonserver in the foreground with the prepared environment")
     ex.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
@@ -478,6 +482,10 @@ def main(argv=None) -> int:
                   f"'triton-admin-key: $(cat {STATE / 'admin-key'})'")
         elif a.cmd == "stop":
             print(stop())
+        elif a.cmd == "reload":
+            from server.reload import reload_server
+
+            reload_server(a.state, a.model, a.timeout)
         else:
             exec_server(a.args)
 
