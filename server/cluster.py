@@ -8,9 +8,11 @@
 Each replica is the pip-shipped Triton (server.serve) on its own free ports and state folder. HAProxy 2.6 (the
 Debian package) listens on the usual ports: HTTP/1.1 on --http-port, gRPC (HTTP/2 cleartext, every request
 balanced on its own) on --grpc-port, both round robin. It checks each replica's `/v2/health/ready` every 500 ms
-and takes a replica out after 2 failed checks (back after 2 good ones); a request whose connection to a replica
-fails is sent to another one (`retries 2` + `option redispatch`); a request in flight on a replica that dies is
-answered 502 / UNAVAILABLE and the client reports it. Metrics stay per replica (as a PodMonitor scrapes pods).
+and takes a replica out after 2 failed checks (back after 2 good ones; readiness is the server's, not strict: a
+replica whose new version failed to load keeps serving the old one and stays in); a request whose connection to
+a replica fails is sent to another one (`retries 2` + `option redispatch`); a request in flight on a replica that
+dies is answered 502 / UNAVAILABLE and the client reports it. `reload` updates the replicas one at a time: each is
+drained through the proxy's admin socket (no new requests; those in progress finish), reloaded, put back. Metrics stay per replica (as a PodMonitor scrapes pods).
 State (config, pids, ports, logs, stats socket) lives in .triton/cluster/.
 """
 from __future__ import annotations
@@ -188,7 +190,7 @@ def reload_cluster(state: Path = CLUSTER, models: list[str] | None = None, timeo
     for name in names:
         stats = replica_stats(state)
         drain = len(names) > 1
-        if drain and not all(any(o != name and row["status"] == "UP" for o, row in rows.items())
+        if drain and not all(any(o != name and _up(row) for o, row in rows.items())
                              for rows in stats.values()):
             raise ReloadError(f"no replica but {name} is UP ({_states(stats)}): draining it would leave the proxy "
                               "none; bring the others back first (`make cluster-status`)")
@@ -206,10 +208,15 @@ def reload_cluster(state: Path = CLUSTER, models: list[str] | None = None, timeo
             if drain:
                 for backend in stats:
                     admin(state, f"set server {backend}/{name} state ready")
-                _wait(state, lambda st: all(rows[name]["status"] == "UP" for rows in st.values()), 30.0,
+                _wait(state, lambda st: all(_up(rows[name]) for rows in st.values()), 30.0,
                       f"{name} was not UP again")
         out += [{"replica": name, **r} for r in done]
     return out
+
+
+def _up(row: dict) -> bool:
+    """Whether the proxy sends requests to the replica: UP, also while a check is in transition ('UP 1/2')."""
+    return row["status"].startswith("UP")
 
 
 def _states(stats: dict) -> str:

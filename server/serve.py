@@ -152,7 +152,11 @@ def load_args(repo: Path, have: set[str]) -> tuple[list[str], list[str]]:
     models = model_backends(repo)
     skipped = [f"{m} (needs the {b} backend)" for m, b in models.items() if have and b not in have]
     loaded = [m for m, b in models.items() if not have or b in have]
-    return ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in loaded], skipped
+    # Not strict: in Triton 2.51 a version that fails to load (a broken one `reload` refused, while the previous
+    # version keeps serving) turns strict readiness off until the server restarts, which would take a serving
+    # replica out of its proxy for good. Readiness then says the server answers; /v2/models/M/ready, the model.
+    return (["--model-control-mode=explicit", "--strict-readiness=false"] + [f"--load-model={m}" for m in loaded],
+            skipped)
 
 
 def server_args(repo: Path, have: set[str], http: int, grpc: int, metrics: int) -> tuple[list[str], list[str]]:

@@ -2,6 +2,7 @@
 under paced HTTP + gRPC load fails no request and answers every request sent after the switch from the new
 version; a broken new version fails to load, fails no request and leaves the old version serving."""
 import re
+import urllib.request
 
 import pytest
 
@@ -81,6 +82,9 @@ def test_a_broken_new_version_fails_to_load_and_the_old_one_keeps_serving(served
     with TritonRunner("null", served["targets"]["grpc"], "grpc") as r:
         r.infer(served["frames"][0][None])
         assert r.last_version == "1"
+    # the server stays ready (Triton's strict readiness would say no until a restart: servers start without it)
+    with urllib.request.urlopen(f"http://127.0.0.1:{served['http']}/v2/health/ready", timeout=10) as resp:
+        assert resp.status == 200
 
 
 def test_segment_prints_the_answering_version_and_the_cli_reloads_every_loaded_model(served, tmp_path, capsys):
