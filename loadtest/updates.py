@@ -76,8 +76,11 @@ def summarise(runs: dict, actions: list[dict], t0: float) -> dict:
                                "took_s": round(a["end"] - a["start"], 2), "result": a["result"], "error": a["error"]})
     for protocol, r in runs.items():
         failed = [e for _, _, e in r["requests"] if e is not None]
+        lat = sorted(ms for _, ms, e in r["requests"] if e is None)
         p = {"requests": len(r["requests"]), "failures": len(failed), "errors": sorted(set(failed))[:5],
-             "answers_by_version": dict(Counter(v or "?" for _, v in r["answers"])), "windows": []}
+             "answers_by_version": dict(Counter(v or "?" for _, v in r["answers"])),
+             "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "max_ms": round(lat[-1], 1) if lat else None,
+             "windows": []}
         bounds = [a["end"] for a in actions] + [float("inf")]
         begin = float("-inf")
         for a, end in zip([None] + actions, bounds):
@@ -90,6 +93,10 @@ def summarise(runs: dict, actions: list[dict], t0: float) -> dict:
     out["requests"] = sum(p["requests"] for p in out["protocols"].values())
     out["failures"] = sum(p["failures"] for p in out["protocols"].values())
     return out
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(values[min(len(values) - 1, int(len(values) * q / 100))], 1) if values else None
 
 
 def stale_answers(summary: dict, protocol: str, after: str, serving: str) -> int:
@@ -122,16 +129,18 @@ def _markdown(res: dict) -> str:
     s = res["summary"]
     lines = [f"# Model updates under load ({res['row']}, {res['where']})", "",
              f"{res['rate']:g} requests/s per protocol for {res['duration']:g} s, {res['in_flight']} in flight each; "
-             f"{res['when']}.", "", "| action | at (s) | took (s) | outcome |", "|---|---|---|---|"]
+             f"{res['when']}. Host: {res['host']}.", "", "| action | at (s) | took (s) | outcome |", "|---|---|---|---|"]
     for a in s["actions"]:
         lines.append(f"| {a['action']} | {a['at_s']} | {a['took_s']} | "
                      f"{a['error'] or json.dumps(a['result'])} |")
-    lines += ["", "| protocol | requests | failed | answers by version | after each action (version: answers) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Requests are counted by the version that answered, in windows from the end of one action to the end "
+                  "of the next (by the time each request was sent).", "",
+              "| protocol | requests | failed | p50 / p99 / max ms | answers by version | after each action |",
+              "|---|---|---|---|---|---|"]
     for p, c in s["protocols"].items():
         wins = "; ".join(f"{w['after']}: " + ", ".join(f"v{v} {n}" for v, n in sorted(w["answers_by_version"].items()))
                          for w in c["windows"])
-        lines.append(f"| {p} | {c['requests']} | {c['failures']} | "
+        lines.append(f"| {p} | {c['requests']} | {c['failures']} | {c['p50_ms']} / {c['p99_ms']} / {c['max_ms']} | "
                      + ", ".join(f"v{v} {n}" for v, n in sorted(c["answers_by_version"].items())) + f" | {wins} |")
     lines += ["", f"Stale answers (sent after a switch, answered by another version than the one serving): "
                   f"{res['stale']}. Failed requests: {s['failures']} of {s['requests']}.", ""]
@@ -213,7 +222,10 @@ def _main(args) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     stale = sum(stale_answers(summary, p, a, "2") for p in targets for a in
                 ("new version + reload", "broken version + reload"))
-    res = {"row": row.name, "where": where, "rate": args.rate, "duration": args.duration,
+    import os
+
+    host = f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end (other work included)"
+    res = {"row": row.name, "where": where, "host": host, "rate": args.rate, "duration": args.duration,
            "in_flight": args.in_flight, "when": f"new version at {args.reload_at:g} s, broken version at "
                                                f"{args.broken_at:g} s", "stale": stale, "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)

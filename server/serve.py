@@ -483,7 +483,8 @@ def main(argv=None) -> int:
                   f"  HTTP    http://{a.host}:{a.http_port}\n  gRPC    {a.host}:{a.grpc_port}\n"
                   f"  metrics http://{a.host}:{a.metrics_port}/metrics\n"
                   f"  model control (load/unload, repository index), logging, trace: header "
-                  f"'triton-admin-key: $(cat {STATE / 'admin-key'})'")
+                  f"'triton-admin-key: $(cat {STATE / 'admin-key'})'\n"
+                  f"  new versions from `make repo`: `make reload` swaps them in")
         elif a.cmd == "stop":
             print(stop())
         elif a.cmd == "reload":

@@ -108,3 +108,19 @@ def test_reload_without_a_server_or_a_known_model_says_why(served, tmp_path, cap
     with pytest.raises(ReloadError, match=r"^nope is not in the server's model repository \(.*/repo\): build it "
                                           r"with `make repo VARIANTS=nope`"):
         reload_server(served["state"], ["nope"], log=lambda *_: None)
+
+
+def test_the_results_run_counts_what_clients_saw(tmp_path, capsys):
+    import json
+
+    from loadtest.updates import main as updates_main
+
+    out = tmp_path / "updates_cpu"
+    assert updates_main(["--row", "null", "--duration", "8", "--rate", "15", "--reload-at", "2", "--broken-at", "5",
+                         "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    s = res["summary"]
+    assert s["failures"] == 0 and s["requests"] >= 200 and res["stale"] == 0, s
+    assert s["actions"][0]["result"] == {"serving": 2} and "version 3 did not load" in s["actions"][1]["error"]
+    assert set(s["protocols"]) == {"http", "grpc"}
+    assert "| grpc | " in out.with_suffix(".md").read_text()
