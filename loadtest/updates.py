@@ -74,7 +74,7 @@ def summarise(runs: dict, actions: list[dict], t0: float) -> dict:
     for a in actions:
         out["actions"].append({"action": a["action"], "at_s": round(a["start"] - t0, 2),
                                "took_s": round(a["end"] - a["start"], 2), "result": a["result"], "error": a["error"]})
-    for protocol, r in runs.items():
+    for protocol, r in sorted(runs.items()):
         failed = [e for _, _, e in r["requests"] if e is not None]
         lat = sorted(ms for _, ms, e in r["requests"] if e is None)
         p = {"requests": len(r["requests"]), "failures": len(failed), "errors": sorted(set(failed))[:5],
@@ -129,9 +129,10 @@ def _markdown(res: dict) -> str:
     s = res["summary"]
     lines = [f"# Model updates under load ({res['row']}, {res['where']})", "",
              f"{res['rate']:g} requests/s per protocol for {res['duration']:g} s, {res['in_flight']} in flight each; "
-             f"{res['when']}. Host: {res['host']}.", "", "| action | at (s) | took (s) | outcome |", "|---|---|---|---|"]
+             f"{res['when']}. Host: {res['host']}.", "",
+             "| action | at (s) | `make repo` (s) | reload (s) | outcome |", "|---|---|---|---|---|"]
     for a in s["actions"]:
-        lines.append(f"| {a['action']} | {a['at_s']} | {a['took_s']} | "
+        lines.append(f"| {a['action']} | {a['at_s']} | {a.get('build_s')} | {a.get('reload_s')} | "
                      f"{a['error'] or json.dumps(a['result'])} |")
     lines += ["", "Requests are counted by the version that answered, in windows from the end of one action to the end "
                   "of the next (by the time each request was sent).", "",
@@ -158,12 +159,27 @@ def main(argv=None) -> int:
     ap.add_argument("--broken-at", type=float, default=20.0)
     ap.add_argument("--cluster", type=int, default=0, help="N replicas behind HAProxy (rolling update) instead of one")
     ap.add_argument("--out", type=Path, default=Path("out/updates"))
+    ap.add_argument("--build", type=Path, help=argparse.SUPPRESS)  # (re)build the row into this repository, exit
+    ap.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.build:
+        return build_row(_row(args.row), args.build, args.force)
     return cli.run(lambda: _main(args))
 
 
-def _main(args) -> int:
+def build_row(row, repo: Path, force: bool = False) -> int:
     from build.repository import write_repository
+
+    res = write_repository([row], repo, force=force, log=lambda *_: None, cache_dir=repo.parent / "cache")
+    if res[row.name] != "built":
+        raise SystemExit(f"{row.name}: {res[row.name]}")
+    return 0
+
+
+def _main(args) -> int:
+    import subprocess
+    import sys
+
     from client.policy import InputPolicy
     from client.runners import TritonRunner
     from server.reload import reload_server
@@ -174,10 +190,9 @@ def _main(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="updates."))
     repo = tmp / "repo"
 
-    def build(force=False):
-        res = write_repository([row], repo, force=force, log=lambda *_: None, cache_dir=tmp / "cache")
-        if res[row.name] != "built":
-            raise RuntimeError(f"{row.name}: {res[row.name]}")
+    def build(force=False):  # in its own process, as `make repo` runs beside a server (not in the clients' one)
+        subprocess.run([sys.executable, "-m", "loadtest.updates", "--row", args.row, "--build", str(repo)]
+                       + (["--force"] if force else []), check=True, capture_output=True)
 
     build()
     stop, where = None, "one pip Triton"
@@ -204,18 +219,27 @@ def _main(args) -> int:
         with TritonRunner(row.name, targets["http"]) as r:
             frames = InputPolicy.for_model(r.info).frames(None, 4)
 
-        def new_version():
-            build(force=True)
-            return reload()
+        timing: dict[str, dict] = {}
 
-        def broken_version():
-            build(force=True)
-            corrupt_newest(repo / row.name)
-            return reload()
+        def update(name, broken=False):
+            def action():
+                t0 = time.perf_counter()
+                build(force=True)
+                if broken:
+                    corrupt_newest(repo / row.name)
+                t1 = time.perf_counter()
+                timing[name] = {"build_s": round(t1 - t0, 2)}
+                try:
+                    return reload()
+                finally:
+                    timing[name]["reload_s"] = round(time.perf_counter() - t1, 2)
+            return action
 
-        actions = [(args.reload_at, "new version + reload", new_version),
-                   (args.broken_at, "broken version + reload", broken_version)]
+        actions = [(args.reload_at, "new version + reload", update("new version + reload")),
+                   (args.broken_at, "broken version + reload", update("broken version + reload", broken=True))]
         summary = under_load(targets, row.name, frames, args.rate, args.duration, actions, args.in_flight)
+        for a in summary["actions"]:
+            a.update(timing.get(a["action"], {}))
     finally:
         if stop:
             stop()

@@ -2,20 +2,21 @@
 
     python -m server.serve reload [--model M ...]     # make reload [MODEL=M]
 
-For each model (default: every model the server has loaded) it asks Triton to load it again with the admin key
-(`triton-admin-key` header, from the server's state folder). Triton reads the model directory again and loads the
+For each model (default: every model the server has loaded) it asks Triton, over gRPC, to load it again with the
+admin key (from the server's state folder; see server.access). Triton reads the model directory again and loads the
 versions its `version_policy` names (the latest N) while the ones already loaded keep serving; a request names no
 version, so Triton answers it with the highest version that is ready: requests in flight finish on the old
 version, new ones go to the new version as soon as it is ready. A new version that fails to load leaves the old
 ones loaded and serving (Triton 2.51 keeps the previous version set when a load fails; tests/integration/
 test_updates.py checks it): the command then names the version, Triton's reason and the version still serving,
-in one line, and exits 2.
+in one line, and exits 2. Servers start without strict readiness (server.serve): in Triton 2.51 such a failed
+load would otherwise turn the server's readiness off until a restart, though the old version serves on.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from server.access import ADMIN_HEADER
+from server.access import GRPC_ADMIN_HEADER
 from server.serve import STATE, ServerError, describe, running
 
 
@@ -23,16 +24,31 @@ class ReloadError(ServerError):
     """A model did not take its new version (the old one keeps serving), or no server to reload: one line, exit 2."""
 
 
-def _client(url: str, timeout: float):
-    import tritonclient.http as th
+class _Admin:
+    """Triton's model-control API over gRPC. (Not HTTP: Triton's HTTP server answers a load in the thread that
+    owns the connection, and the inference requests of the clients on that thread's other connections wait
+    for the whole load, seconds; the gRPC server does not hold up inference while it loads.)"""
 
-    return th.InferenceServerClient(url, network_timeout=timeout, connection_timeout=10.0)
+    def __init__(self, url: str, key: str, timeout: float):
+        import tritonclient.grpc as tg
+
+        self.client, self.headers, self.timeout = tg.InferenceServerClient(url), {GRPC_ADMIN_HEADER: key}, timeout
+
+    def index(self) -> list[dict]:
+        return self.client.get_model_repository_index(headers=self.headers, as_json=True,
+                                                      client_timeout=60).get("models", [])
+
+    def load(self, model: str) -> None:
+        self.client.load_model(model, headers=self.headers, client_timeout=self.timeout)
+
+    def close(self) -> None:
+        self.client.close()
 
 
-def versions(client, key: str) -> dict[str, dict[str, tuple[str, str]]]:
+def versions(admin: _Admin) -> dict[str, dict[str, tuple[str, str]]]:
     """{model: {version: (state, reason)}} from Triton's repository index (a restricted API: needs the key)."""
     out: dict[str, dict[str, tuple[str, str]]] = {}
-    for m in client.get_model_repository_index(headers={ADMIN_HEADER: key}):
+    for m in admin.index():
         if m.get("version"):
             out.setdefault(m["name"], {})[m["version"]] = (m.get("state", ""), m.get("reason", ""))
         else:
@@ -52,17 +68,18 @@ def on_disk(repo: Path | None, model: str) -> list[int]:
 
 
 def reload_model(url: str, key: str, model: str, repo: Path | None = None, timeout: float = 600.0) -> dict:
-    """Load `model` again on the server at `url` (HTTP); returns {model, before, after, serving}. ReloadError when the
-    newest version on disk is not ready afterwards, naming Triton's reason and what keeps serving."""
-    client = _client(url, timeout)
+    """Load `model` again on the server whose gRPC endpoint is `url`; returns {model, before, after, serving}.
+    ReloadError when the newest version on disk is not ready afterwards, naming Triton's reason and what keeps
+    serving."""
+    client = _Admin(url, key, timeout)
     try:
-        before = ready(versions(client, key).get(model, {}))
+        before = ready(versions(client).get(model, {}))
         failure = None
         try:
-            client.load_model(model, headers={ADMIN_HEADER: key})
+            client.load(model)
         except Exception as exc:  # noqa: BLE001 - tritonclient's InferenceServerException and transport errors
             failure = str(exc).strip()
-        index = versions(client, key)
+        index = versions(client)
     except Exception as exc:  # noqa: BLE001 - the server went away, or the key is not this server's
         raise ReloadError(f"{model}: the server at {url} did not answer the model-control API ({_line(exc)})") \
             from None
@@ -99,7 +116,7 @@ def _reason(failure: str | None) -> str:
 
 
 def server_of(state: Path = STATE) -> tuple[str, str, Path | None]:
-    """(HTTP address, admin key, model repository) of the server recorded in `state`; ReloadError when none runs."""
+    """(gRPC address, admin key, model repository) of the server recorded in `state`; ReloadError when none runs."""
     rec = running(state / "server.pid")
     if rec is None:
         raise ReloadError(f"no Triton running (state {state}): start it with `make serve`")
@@ -110,9 +127,9 @@ def server_of(state: Path = STATE) -> tuple[str, str, Path | None]:
                           "without its admin key; restart it (`make stop serve`)") from None
     host = rec.get("host", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
-    if "http" not in rec:
-        raise ReloadError(f"the server's record {state / 'server.pid'} names no HTTP port: restart it")
-    return f"{host}:{rec['http']}", key, Path(rec["repo"]) if rec.get("repo") else None
+    if "grpc" not in rec:
+        raise ReloadError(f"the server's record {state / 'server.pid'} names no gRPC port: restart it")
+    return f"{host}:{rec['grpc']}", key, Path(rec["repo"]) if rec.get("repo") else None
 
 
 def reload_server(state: Path = STATE, models: list[str] | None = None, timeout: float = 600.0,
@@ -123,9 +140,9 @@ def reload_server(state: Path = STATE, models: list[str] | None = None, timeout:
     models = [x for m in models or () for x in m.split(",") if x]
     if not models:
         try:
-            c = _client(url, timeout)
+            c = _Admin(url, key, timeout)
             try:
-                models = sorted(m for m, s in versions(c, key).items() if ready(s))
+                models = sorted(m for m, s in versions(c).items() if ready(s))
             finally:
                 c.close()
         except Exception as exc:  # noqa: BLE001

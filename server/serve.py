@@ -29,7 +29,8 @@ from pathlib import Path
 
 from client import cli
 from segformer.errors import ProjectError
-from server.access import ADMIN_HEADER, DEFAULT_HOST, access_args, check_host, exposure_warning, write_admin_key
+from server.access import (ADMIN_HEADER, DEFAULT_HOST, GRPC_ADMIN_HEADER, access_args, check_host, exposure_warning,
+                           write_admin_key)
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".triton"
@@ -483,7 +484,7 @@ def main(argv=None) -> int:
                   f"  HTTP    http://{a.host}:{a.http_port}\n  gRPC    {a.host}:{a.grpc_port}\n"
                   f"  metrics http://{a.host}:{a.metrics_port}/metrics\n"
                   f"  model control (load/unload, repository index), logging, trace: header "
-                  f"'triton-admin-key: $(cat {STATE / 'admin-key'})'\n"
+                  f"'triton-admin-key: $(cat {STATE / 'admin-key'})' (gRPC: '{GRPC_ADMIN_HEADER}: ...')\n"
                   f"  new versions from `make repo`: `make reload` swaps them in")
         elif a.cmd == "stop":
             print(stop())
