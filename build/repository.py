@@ -149,6 +149,7 @@ def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=cli_log, 
     try:
         t0 = time.perf_counter()
         info = backend(v.backend).build()(v, stage, cache, log)
+        (stage / "1").mkdir(exist_ok=True)  # every model has a version folder (an ensemble's is empty)
         w = get_weights(v.weights)
         cfg = model_config(v, w.classes, [list(c) for c in w.palette], tensorrt_rtx=info.get("rtx", False),
                            trained_classes=w.trained_classes, entry=w.name)

@@ -12,8 +12,9 @@ and takes a replica out after 2 failed checks (back after 2 good ones; readiness
 replica whose new version failed to load keeps serving the old one and stays in); a request whose connection to
 a replica fails is sent to another one (`retries 2` + `option redispatch`); a request in flight on a replica that
 dies is answered 502 / UNAVAILABLE and the client reports it. `reload` updates the replicas one at a time: each is
-drained through the proxy's admin socket (no new requests; those in progress finish), reloaded, put back. Metrics stay per replica (as a PodMonitor scrapes pods).
-State (config, pids, ports, logs, stats socket) lives in .triton/cluster/.
+drained through the proxy's admin socket (no new requests; those in progress finish), reloaded, put back.
+Metrics stay per replica (as a PodMonitor scrapes pods). State (config, pids, ports, logs, stats socket) lives in
+.triton/cluster/.
 """
 from __future__ import annotations
 
