@@ -23,6 +23,7 @@ CLASSES ?=
 SIZE ?=
 DYNAMIC ?=
 FORCE ?=
+KEEP_VERSIONS ?=
 LOGITS ?=
 HOLDOUT ?=
 USERS ?= 1,2,4
@@ -41,7 +42,7 @@ REFERENCE ?= segformer_b1
 THRESHOLD ?=
 CUDA_ARCH ?=
 
-.PHONY: help venv repo serve stop demo test evaluate loadtest sweep soak bench-build bench bench-cpu plugins clean deploy-manifests cluster cluster-status cluster-stop
+.PHONY: help venv repo serve stop reload demo test evaluate loadtest sweep soak bench-build bench bench-cpu plugins clean deploy-manifests cluster cluster-status cluster-stop cluster-reload
 help:
 	@echo "make demo     build the default model, start Triton, segment $(IMAGE), stop"
 	@echo "make test     run the test suite"
@@ -50,6 +51,8 @@ help:
 	@echo "make repo     write $(REPO)/ (VARIANTS=\"segformer_b1 ...\" PRECISIONS=\"fp32 fp16\", NAME=entry)"
 	@echo "make serve    start Triton on $(REPO)/ in the background (127.0.0.1; HOST=0.0.0.0 opens it); make stop ends it"
 	@echo "make repo CALIB=DIR   also build the int8 / best rows (calibration images)"
+	@echo "              a rebuilt row is a new version folder (2/, 3/ ...); the latest KEEP_VERSIONS (default 2) are kept"
+	@echo "make reload [MODEL=name]  swap the new versions into the running server (old ones serve meanwhile)"
 	@echo "make evaluate EVAL_IMAGES=DIR [EVAL_LABELS=DIR LABEL_FORMAT=camvid EVAL_MODELS=a,b]  accuracy of the served"
 	@echo "              $(REFERENCE)_* rows (or EVAL_MODELS) vs $(REFERENCE)"
 	@echo "make loadtest  headless locust run against the served LOAD_MODEL=$(LOAD_MODEL) (LOAD_USERS=$(LOAD_USERS), DURATION=$(DURATION))"
@@ -60,6 +63,7 @@ help:
 	@echo "               served JPEG / raw over system and CUDA shared memory, one vs all GPUs vs two servers (BENCH_IMAGES=DIR) -> results/"
 	@echo "make bench-cpu  CPU: ONNX Runtime FP32 / best_cpu vs OpenVINO f32 / bf16, speed + accuracy (BENCH_DATA=camvid) -> results/"
 	@echo "make cluster [REPLICAS=3]  N Triton replicas behind HAProxy on $(HTTP_PORT)/$(GRPC_PORT) (a cluster Service on one host); cluster-status, cluster-stop"
+	@echo "make cluster-reload [MODEL=name]  rolling update: one replica at a time drained, reloaded, back in"
 	@echo "make deploy-manifests  Kubernetes (kustomize) + KServe manifests for the built $(REPO)/ -> deploy/k8s/, validated"
 	@echo "make plugins   build the LayerNorm kernels and TensorRT plugin (plugins/build/), run the CPU field test"
 
@@ -77,7 +81,7 @@ repo: venv
 	  $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT)) \
 	  $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(NAME),--name $(NAME)) $(if $(PRESET),--preset $(PRESET)) \
 	  $(if $(CLASSES),--classes "$(CLASSES)") $(if $(SIZE),--size $(SIZE)) $(if $(DYNAMIC),--dynamic $(DYNAMIC)) \
-	  $(if $(LOGITS),--logits) $(if $(FORCE),--force)
+	  $(if $(LOGITS),--logits) $(if $(FORCE),--force) $(if $(KEEP_VERSIONS),--keep-versions $(KEEP_VERSIONS))
 
 serve: venv
 	@test -n "$$(ls $(REPO)/*/config.pbtxt 2>/dev/null)" || $(MAKE) repo
@@ -85,6 +89,11 @@ serve: venv
 
 stop: venv
 	$(PY) -m server.serve stop
+
+# MODEL=auto (the demo's default) means every loaded model
+RELOAD_MODELS = $(filter-out auto,$(MODEL))
+reload: venv
+	$(PY) -m server.serve reload $(if $(RELOAD_MODELS),--model $(RELOAD_MODELS))
 
 demo: venv
 	$(PY) -m server.demo --image $(IMAGE) --model $(MODEL) --repo $(REPO) --out $(OUT) \
@@ -130,6 +139,9 @@ cluster-status: venv
 
 cluster-stop: venv
 	$(PY) -m server.cluster stop
+
+cluster-reload: venv
+	$(PY) -m server.cluster reload $(if $(RELOAD_MODELS),--model $(RELOAD_MODELS))
 
 DEPLOY_MODELS ?=
 STORAGE_URI ?= s3://your-bucket/segformer/model_repository

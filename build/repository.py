@@ -7,10 +7,12 @@ With --checkpoint, your trained SegFormer is imported (build.import_weights) and
 built for it: city_b1 (ONNX Runtime, pip Triton), city_b1_onnx (NGC onnxruntime), city_b1_{fp16,int8,best,best_cpu},
 city_b1_trt_{fp32,fp16,int8,best,plugin}, and city_b1_gpu where a CUDA GPU is present.
 
-Each row becomes one model directory (config.pbtxt, 1/<artefact>, build.json provenance). Every directory is
-built in a staging folder beside the repository and renamed into place, so a failed build leaves the previous
-one intact. A directory whose recipe (row, weights hash, build code) is unchanged is kept as it is; exported
-ONNX files are cached by content hash in .cache/onnx and shared by the rows that need the same graph.
+Each row becomes one model directory (config.pbtxt, 1/<artefact>, build.json provenance). Every build is made
+in a staging folder beside the repository and renamed into place, so a failed build leaves the served versions
+intact. A row rebuilt because its inputs changed becomes a new version folder (2/, 3/ ...) beside the previous
+one; the latest --keep-versions (default 2) are kept and served (build.versions); `make reload` swaps it in.
+A directory whose recipe (row, weights hash, build code) is unchanged is kept as it is; exported ONNX files
+are cached by content hash in .cache/onnx and shared by the rows that need the same graph.
 """
 from __future__ import annotations
 
@@ -26,9 +28,11 @@ import time
 from pathlib import Path
 
 from build.artefacts import EXPORT_CODE, PASS_CODE, NeedsCalibration, OnnxCache, QuantSettings, _sha, code_hash
+from build import versions
 from build.backends import SERVER_MODELS, Backend, backend
 from build.model_config import model_config, to_pbtxt
 from build.variants import SHIPPED, ServingVariant, rows_for, select
+from build.versions import KEEP_VERSIONS
 from client.cli import log as cli_log
 from client.cli import progress, run
 from segformer.checkpoints import CheckpointError
@@ -43,7 +47,7 @@ CODE = EXPORT_CODE + PASS_CODE + [ROOT / "build" / f for f in ("model_config.py"
 
 def recipe(v: ServingVariant, quant: QuantSettings) -> str:
     w = get_weights(v.weights)
-    q = quant.key() if v.precision in ("int8", "best") else ""
+    q = _calibration(v, quant)
     code = code_hash(CODE + backend(v.backend).code_files())
     parts = [v.spec(), w.meta["sha256"], q, code] + ([w.licence] if w.meta.get("licence") else [])
     return _sha(json.dumps(parts, sort_keys=True).encode())[:16]
@@ -126,29 +130,57 @@ def build_gpu_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
     return {"artefact": "1/model.py", "runs": "segformer.fast on CUDA (FP16, CUDA graphs)"}
 
 
-def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=cli_log, force: bool = False) -> str:
-    """Build one model directory atomically; returns 'built', 'unchanged' or raises."""
+def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=cli_log, force: bool = False,
+                  keep: int = KEEP_VERSIONS) -> str:
+    """Build one row atomically; returns 'built', 'unchanged' or raises. The new build is a new version folder
+    beside the served ones when its config.pbtxt matches theirs (build.versions), else the directory is replaced;
+    either way a failed build changes nothing in the repository."""
     target = repo / v.name
     rec = recipe(v, cache.quant)
-    old = target / "build.json"
-    if not force and old.is_file() and json.loads(old.read_text()).get("recipe") == rec:
-        return "unchanged"
+    old = versions.read_provenance(target)
     staging = repo.parent / f".{repo.name}.staging"
+    if not force and old.get("recipe") == rec and (target / "config.pbtxt").is_file():
+        dropped = versions.apply_policy(target, keep, staging)
+        if dropped:
+            log(f"  {v.name}: keeps the latest {keep} version(s); deleted version(s) {', '.join(map(str, dropped))}")
+        return "unchanged"
     staging.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f"{v.name}.", dir=staging))
     stage.chmod(0o755)
     try:
         t0 = time.perf_counter()
         info = backend(v.backend).build()(v, stage, cache, log)
+        (stage / "1").mkdir(exist_ok=True)  # every model has a version folder (an ensemble's is empty)
         w = get_weights(v.weights)
         cfg = model_config(v, w.classes, [list(c) for c in w.palette], tensorrt_rtx=info.get("rtx", False),
                            trained_classes=w.trained_classes, entry=w.name, licence=w.licence)
-        (stage / "config.pbtxt").write_text(to_pbtxt(cfg))
-        provenance = {"model": v.name, "recipe": rec, "variant": v.spec(), "weights": w.name,
-                      "weights_sha256": w.meta["sha256"], "build_seconds": round(time.perf_counter() - t0, 2),
-                      "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), **info}
-        (stage / "build.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        text = to_pbtxt(versions.set_policy(cfg, keep))
+        present = versions.numbers(target)
+        number = (present[-1] + 1) if present else 1
+        provenance = {"model": v.name, "version": number, "recipe": rec, "variant": v.spec(), "weights": w.name,
+                      "weights_sha256": w.meta["sha256"], "calibration": _calibration(v, cache.quant),
+                      "code": code_hash(CODE + backend(v.backend).code_files()),
+                      "build_seconds": round(time.perf_counter() - t0, 2),
+                      "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+                      **versions.renumber(info, number)}
+        provenance["reason"] = versions.reason(old, provenance, force)
         repo.mkdir(parents=True, exist_ok=True)
+        config_path = target / "config.pbtxt"
+        change = versions.interface_change(config_path.read_text() if config_path.is_file() else None, text)
+        if present and change is None:
+            dropped = versions.add_version(target, stage, number, text, provenance, keep, staging)
+            log(f"  {v.name}: version {number} ({provenance['reason']}) beside "
+                f"{', '.join(map(str, [n for n in present if n not in dropped])) or 'none'}"
+                + (f"; deleted version(s) {', '.join(map(str, dropped))}" if dropped else ""))
+            return "built"
+        if present:
+            log(f"  {v.name}: {change} changed: the old versions cannot share its config.pbtxt; the directory is "
+                f"replaced by version {number} alone (`make reload` swaps it in)")
+        if number != 1:
+            os.replace(stage / "1", stage / str(number))
+        (stage / "config.pbtxt").write_text(text)
+        provenance["versions"] = {str(number): versions.version_entry(provenance)}
+        (stage / "build.json").write_text(json.dumps(provenance, indent=1) + "\n")
         retired = None
         if target.exists():
             retired = staging / f"{v.name}.old.{os.getpid()}"
@@ -161,15 +193,21 @@ def write_variant(v: ServingVariant, repo: Path, cache: OnnxCache, log=cli_log, 
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _calibration(v: ServingVariant, quant: QuantSettings) -> str:
+    return quant.key() if v.precision in ("int8", "best") else ""
+
+
 def write_repository(variants: list[ServingVariant], repo: Path, force: bool = False, log=cli_log,
                      cache_dir: Path = ROOT / ".cache" / "onnx", quant: QuantSettings | None = None,
-                     timing_dir: Path | None = ROOT / ".cache" / "tensorrt", entries: tuple[str, ...] = ()) -> dict:
+                     timing_dir: Path | None = ROOT / ".cache" / "tensorrt", entries: tuple[str, ...] = (),
+                     keep: int = KEEP_VERSIONS) -> dict:
     """Build every row; TensorRT rows share a persistent timing cache per builder version in `timing_dir`. Then
     the directories of the rows' weights entries (and of `entries`, e.g. one just re-imported) that this run did
-    not build and that no longer match their entry are removed (see `retire_stale`)."""
+    not build and that no longer match their entry are removed (see `retire_stale`). A rebuilt row becomes a new
+    version folder; each model keeps its latest `keep` versions (build.versions)."""
     with repository_lock(repo):
         _restore_interrupted(repo, log)
-        results = _write_all(variants, repo, force, log, OnnxCache(cache_dir, quant, timing_dir))
+        results = _write_all(variants, repo, force, log, OnnxCache(cache_dir, quant, timing_dir), keep)
         results.update(retire_stale(repo, {v.weights for v in variants} | set(entries), results, log))
         shutil.rmtree(repo.parent / f".{repo.name}.staging", ignore_errors=True)
         return results
@@ -259,11 +297,11 @@ def _restore_interrupted(repo: Path, log=cli_log) -> None:
             log(f"  {name}: restored the model directory an interrupted build had moved aside")
 
 
-def _write_all(variants, repo, force, log, cache) -> dict:
+def _write_all(variants, repo, force, log, cache, keep=KEEP_VERSIONS) -> dict:
     results = {}
     for v in progress(variants, desc="model repository", unit="model"):
         try:
-            results[v.name] = write_variant(v, repo, cache, log=log, force=force)
+            results[v.name] = write_variant(v, repo, cache, log=log, force=force, keep=keep)
         except Exception as exc:  # noqa: BLE001 - reported per row, the others still build
             from build.engines import BuilderUnavailable
 
@@ -296,6 +334,8 @@ def main(argv=None) -> int:
                     "int8 best), space- or comma-separated")
     ap.add_argument("--out", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--force", action="store_true", help="rebuild even when the recipe is unchanged (and re-import)")
+    ap.add_argument("--keep-versions", type=int, default=KEEP_VERSIONS, help="versions of each model kept and "
+                    f"served (config version_policy latest N; default {KEEP_VERSIONS}): a rebuilt row is a new version")
     ap.add_argument("--calib", type=Path, help="calibration images for the int8 / best rows")
     ap.add_argument("--holdout", type=Path, help="held-out images for the INT8 sensitivity (default: --calib)")
     ap.add_argument("--calib-count", type=int, default=4)
@@ -303,6 +343,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.variants = [n for group in args.variants for n in group] if args.variants else args.variants
     args.precisions = [n for group in args.precisions for n in group] if args.precisions else args.precisions
+    if args.keep_versions < 1:
+        ap.error(f"--keep-versions must be at least 1, got {args.keep_versions}")
     return run(lambda: _main(args), handled=(CheckpointError, WeightsError))
 
 
@@ -341,7 +383,8 @@ def _main(args) -> int:
     rows = select(args.variants, args.precisions, weights=weights)
     quant = QuantSettings(args.calib, args.holdout, args.calib_count, budget=args.budget)
     try:
-        results = write_repository(rows, args.out, args.force, quant=quant, entries=(weights,) if weights else ())
+        results = write_repository(rows, args.out, args.force, quant=quant, entries=(weights,) if weights else (),
+                                   keep=args.keep_versions)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the model directories already in {args.out} are intact (the one being built was "
               "discarded); run it again to finish", file=sys.stderr)

@@ -8,8 +8,9 @@ For each image: decode (any Pillow mode -> RGB), bring it to the model keeping i
 the default: scaled into a fixed-size model's input and padded, or sent at its own size, within bounds, to a
 dynamic-size model; `--resize stretch` squashes it to the input size instead; `--slide` runs sliding-window
 inference over model-size crops, averaging the logits), infer, bring the labels back to the image size
-(nearest), write NAME_labels.png (indexed PNG: pixel = class id) and NAME_overlay.png, and print the pixel share
-of every class found. Video files (and, with --video, folders of frames) are segmented with several requests in
+(nearest), write NAME_labels.png (indexed PNG: pixel = class id) and NAME_overlay.png, and print the model version
+that answered (Triton's response; it changes when `make reload` swaps in a new one) and the pixel share of every
+class found. Video files (and, with --video, folders of frames) are segmented with several requests in
 flight into NAME_overlay.mp4 (and with --labels one label PNG per frame): see client.video.
 With --payload jpeg each file is sent as it is (100-300 KB instead of a 3 MB frame) to the model's `_jpeg`
 ensemble, which decodes and places it on the server with the same placement code; the labels come back with the
@@ -77,13 +78,15 @@ def segment_files(paths: list[Path], runner, out: Path, quiet: bool = False, mod
         save_png(palette_png(labels, info.palette), lab_path)
         save_png(Image.fromarray(overlay(image, labels, info.palette)), ov_path)
         rows = class_table(labels, info.classes)
+        version = getattr(runner, "last_version", None) or info.version  # the model version that answered
         if not quiet:
-            print(f"{path}: {image.shape[0]}x{image.shape[1]} (HxW) -> {info.name} {sent} ({mode}; "
+            print(f"{path}: {image.shape[0]}x{image.shape[1]} (HxW) -> {info.name}"
+                  + (f" version {version}" if version else "") + f" {sent} ({mode}; "
                   f"decode {1e3 * (t1 - t0):.0f} ms, inference {1e3 * (t2 - t1):.0f} ms)")
             print(format_table(rows, info.palette, info.trained))
             print(f"wrote {lab_path}\n      {ov_path}")
         results.append({"image": str(path), "labels": lab_path, "overlay": ov_path, "classes": rows,
-                        "infer_s": t2 - t1})
+                        "infer_s": t2 - t1, "version": version})
     return results
 
 

@@ -79,10 +79,12 @@ def server_pids(explicit: str | None, urls: list[str]) -> list[int]:
 
 
 def _send_loop(urls, first, model, frames, schedule, stop_at, timeout, record, protocol="grpc"):
-    """One thread: take the next send time from `schedule`, wait for it, send, record (t, ms, error or None).
+    """One thread: take the next send time from `schedule`, wait for it, send, record (t, ms, error or None, the
+    model version that answered or None).
     With several servers the thread starts on server `first`; when its server goes away, that failure is
     recorded (with the server's address) and the thread goes on with the next server (client.runners.Failover)."""
     from client.runners import Failover, TritonRunner
+    from client.runners.triton import model_version
 
     def connect(url):  # this thread's runner (and connection) on `url`
         runner = TritonRunner(model, url, protocol, timeout)
@@ -102,23 +104,25 @@ def _send_loop(urls, first, model, frames, schedule, stop_at, timeout, record, p
         batch = frames[i % len(frames)][None]
         i += 1
         t0 = time.perf_counter()
-        err = None
+        err = version = None
         try:
             if not servers.ensure():
                 raise ConnectionError(f"no Triton server left of {', '.join(urls)}")
-            servers.current.send([servers.current.images_input(batch)])
+            version = model_version(servers.current.send([servers.current.images_input(batch)]))
         except Exception as exc:  # noqa: BLE001 - every failure is recorded with its message
             err = servers.label(_first_line(exc))
-        record((t0, 1e3 * (time.perf_counter() - t0), err))
+        record((t0, 1e3 * (time.perf_counter() - t0), err, version))
         if err is not None:
             servers.failed(err)
     servers.stop()
 
 
 def paced(url, model, frames, rate: float | None, in_flight: int, duration: float, timeout: float,
-          on_sample=None, sample_every: float = 5.0, protocol: str = "grpc") -> tuple[list, list]:
+          on_sample=None, sample_every: float = 5.0, protocol: str = "grpc", answers: list | None = None
+          ) -> tuple[list, list]:
     """Send for `duration` s: at `rate` req/s when given (closed loop otherwise); returns (requests, samples).
-    `url` may list several servers (a,b): the threads are spread over them."""
+    `url` may list several servers (a,b): the threads are spread over them. `answers`, when given, receives
+    (t, model version) of every answered request (t on the requests' clock: seconds from the run's start)."""
     from client.cli import split_urls
 
     urls = split_urls(url)
@@ -146,7 +150,10 @@ def paced(url, model, frames, rate: float | None, in_flight: int, duration: floa
         deadline = time.perf_counter() + sample_every
         while time.perf_counter() < deadline and any(t.is_alive() for t in threads):
             time.sleep(0.2)
-    return [(t - t_start, ms, err) for t, ms, err in sorted(records)], samples
+    records.sort(key=lambda r: r[0])
+    if answers is not None:
+        answers.extend((t - t_start, v) for t, _, err, v in records if err is None)
+    return [(t - t_start, ms, err) for t, ms, err, _ in records], samples
 
 
 def summarise(requests: list, samples: list, duration: float, warmup: float, window: float | None = None) -> dict:

@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 
 ADMIN_HEADER = "triton-admin-key"
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # over gRPC Triton expects the key under this name
 RESTRICTED = ("model-repository", "logging", "trace")
 DEFAULT_HOST = "127.0.0.1"
 

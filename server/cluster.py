@@ -2,15 +2,19 @@
 
     python -m server.cluster start [--replicas 3] [--repo model_repository] [--http-port 8000] [--grpc-port 8001]
     python -m server.cluster status        # each replica UP/DOWN as the proxy's health checks see it
+    python -m server.cluster reload [--model M]  # rolling update: drain, reload, back in, one replica at a time
     python -m server.cluster stop
 
 Each replica is the pip-shipped Triton (server.serve) on its own free ports and state folder. HAProxy 2.6 (the
 Debian package) listens on the usual ports: HTTP/1.1 on --http-port, gRPC (HTTP/2 cleartext, every request
 balanced on its own) on --grpc-port, both round robin. It checks each replica's `/v2/health/ready` every 500 ms
-and takes a replica out after 2 failed checks (back after 2 good ones); a request whose connection to a replica
-fails is sent to another one (`retries 2` + `option redispatch`); a request in flight on a replica that dies is
-answered 502 / UNAVAILABLE and the client reports it. Metrics stay per replica (as a PodMonitor scrapes pods).
-State (config, pids, ports, logs, stats socket) lives in .triton/cluster/.
+and takes a replica out after 2 failed checks (back after 2 good ones; readiness is the server's, not strict: a
+replica whose new version failed to load keeps serving the old one and stays in); a request whose connection to
+a replica fails is sent to another one (`retries 2` + `option redispatch`); a request in flight on a replica that
+dies is answered 502 / UNAVAILABLE and the client reports it. `reload` updates the replicas one at a time: each is
+drained through the proxy's admin socket (no new requests; those in progress finish), reloaded, put back.
+Metrics stay per replica (as a PodMonitor scrapes pods). State (config, pids, ports, logs, stats socket) lives in
+.triton/cluster/.
 """
 from __future__ import annotations
 
@@ -132,23 +136,93 @@ def stop_cluster(state: Path = CLUSTER) -> list[str]:
     return stopped
 
 
-def replica_states(state: Path = CLUSTER) -> dict[str, dict[str, str]]:
-    """{backend: {replica: 'UP'|'DOWN'|...}} as HAProxy's health checks see them (its stats socket)."""
+def admin(state: Path, command: str) -> str:
+    """One command on HAProxy's stats socket (level admin); its answer."""
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(5)
         s.connect(str(state / "haproxy.sock"))
-        s.sendall(b"show stat\n")
+        s.sendall(command.encode() + b"\n")
         data = b""
         while chunk := s.recv(65536):
             data += chunk
-    lines = data.decode().splitlines()
+    return data.decode()
+
+
+def replica_stats(state: Path = CLUSTER) -> dict[str, dict[str, dict[str, str]]]:
+    """{backend: {replica: HAProxy's `show stat` row (status, scur = requests in progress, ...)}}."""
+    lines = admin(state, "show stat").splitlines()
     head = lines[0].lstrip("# ").split(",")
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict[str, dict[str, str]]] = {}
     for line in lines[1:]:
         row = dict(zip(head, line.split(",")))
         if row.get("svname") and row["svname"] not in ("FRONTEND", "BACKEND"):
-            out.setdefault(row["pxname"], {})[row["svname"]] = row["status"]
+            out.setdefault(row["pxname"], {})[row["svname"]] = row
     return out
+
+
+def replica_states(state: Path = CLUSTER) -> dict[str, dict[str, str]]:
+    """{backend: {replica: 'UP'|'DOWN'|'DRAIN'|...}} as HAProxy's health checks see them (its stats socket)."""
+    return {b: {r: row["status"] for r, row in rows.items()} for b, rows in replica_stats(state).items()}
+
+
+def _wait(state: Path, done, timeout: float, what: str) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if done(replica_stats(state)):
+            return
+        time.sleep(0.1)
+    raise ServerError(f"{what} within {timeout:.0f} s; see `make cluster-status`")
+
+
+def reload_cluster(state: Path = CLUSTER, models: list[str] | None = None, timeout: float = 600.0, log=print,
+                   drain_timeout: float = 60.0) -> list[dict]:
+    """Rolling update: one replica at a time is drained in HAProxy (no new requests; those in progress finish),
+    reloaded (server.reload: the new versions load while the old ones serve), put back and seen UP by the health
+    checks before the next one. A replica is drained only while another one is UP, so the proxy always has one.
+    A replica whose new version fails to load goes back in on its old version and the update stops there
+    (ReloadError, exit 2): the replicas after it keep the old version too."""
+    from server.reload import ReloadError, reload_server
+
+    try:
+        info = json.loads((state / "cluster.json").read_text())
+    except (OSError, ValueError):
+        raise ReloadError(f"no cluster running (state {state}): start it with `make cluster`") from None
+    names, out = [r["name"] for r in info["replicas"]], []
+    for name in names:
+        stats = replica_stats(state)
+        drain = len(names) > 1
+        if drain and not all(any(o != name and _up(row) for o, row in rows.items())
+                             for rows in stats.values()):
+            raise ReloadError(f"no replica but {name} is UP ({_states(stats)}): draining it would leave the proxy "
+                              "none; bring the others back first (`make cluster-status`)")
+        if drain:
+            for backend in stats:
+                admin(state, f"set server {backend}/{name} state drain")
+            _wait(state, lambda st: all(int(rows[name].get("scur") or 0) == 0 for rows in st.values()),
+                  drain_timeout, f"{name} still had requests in progress")
+        try:
+            done = reload_server(state / name, models, timeout, log=lambda line, n=name: log(f"{n}: {line}"))
+        except ReloadError as exc:
+            raise ReloadError(f"{name}: {exc}; {name} is back on its old version and the replicas after it were not "
+                              "updated") from None
+        finally:
+            if drain:
+                for backend in stats:
+                    admin(state, f"set server {backend}/{name} state ready")
+                _wait(state, lambda st: all(_up(rows[name]) for rows in st.values()), 30.0,
+                      f"{name} was not UP again")
+        out += [{"replica": name, **r} for r in done]
+    return out
+
+
+def _up(row: dict) -> bool:
+    """Whether the proxy sends requests to the replica: UP, also while a check is in transition ('UP 1/2')."""
+    return row["status"].startswith("UP")
+
+
+def _states(stats: dict) -> str:
+    return "; ".join(f"{b}: " + ", ".join(f"{r} {row['status']}" for r, row in rows.items())
+                     for b, rows in stats.items())
 
 
 def main(argv=None) -> int:
@@ -163,6 +237,9 @@ def main(argv=None) -> int:
     st.add_argument("--timeout", type=float, default=300, help="seconds each replica may take to get ready")
     sub.add_parser("status", help="each replica as the proxy's health checks see it")
     sub.add_parser("stop", help="stop the proxy and the replicas")
+    rl = sub.add_parser("reload", help="rolling update: each replica drained, reloaded, back in, one at a time")
+    rl.add_argument("--model", action="append", help="model to reload (repeatable; default: every loaded model)")
+    rl.add_argument("--timeout", type=float, default=600, help="seconds a model may take to load (default 600)")
     a = ap.parse_args(argv)
 
     def body():
@@ -183,6 +260,9 @@ def main(argv=None) -> int:
                 return 0
             for backend, servers in states.items():
                 print(f"{backend}: " + ", ".join(f"{k} {v}" for k, v in servers.items()))
+        elif a.cmd == "reload":
+            done = reload_cluster(models=a.model, timeout=a.timeout)
+            print(f"{len({r['replica'] for r in done})} replica(s) updated one at a time")
         else:
             stopped = stop_cluster()
             print(f"stopped {', '.join(stopped)}" if stopped else "no cluster running")

@@ -2,6 +2,7 @@
 
     python -m server.serve start [--repo model_repository] [--http-port 8000 ...]   # background, waits for ready
     python -m server.serve stop
+    python -m server.serve reload [--model M ...]   # swap in the versions `make repo` wrote (server.reload)
     python -m server.serve exec -- --model-repository model_repository            # what `tritonserver` runs
 
 For the pip-shipped server it puts the python-backend stub for this interpreter in place, adds libpython to
@@ -28,7 +29,8 @@ from pathlib import Path
 
 from client import cli
 from segformer.errors import ProjectError
-from server.access import ADMIN_HEADER, DEFAULT_HOST, access_args, check_host, exposure_warning, write_admin_key
+from server.access import (ADMIN_HEADER, DEFAULT_HOST, GRPC_ADMIN_HEADER, access_args, check_host, exposure_warning,
+                           write_admin_key)
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".triton"
@@ -148,17 +150,20 @@ def model_backends(repo: Path) -> dict[str, str]:
 
 
 def load_args(repo: Path, have: set[str]) -> tuple[list[str], list[str]]:
-    """Explicit model-control arguments that load only what this server's backends can run, and the models
-    left out ("name (needs the X backend)"); no arguments when everything loads or the backends are unknown."""
+    """Explicit model-control arguments (so `reload` can load new versions through the model-control API) that
+    load only what this server's backends can run, and the models left out ("name (needs the X backend)"; an
+    ensemble whose step does not load)."""
     from build.ensemble import unloadable_ensembles
 
     models = model_backends(repo)
     have = have | BUILT_IN if have else have
     left_out = {m: f"needs the {b} backend" for m, b in models.items() if have and b not in have}
-    left_out.update(unloadable_ensembles(repo, set(left_out)))  # an ensemble whose step does not load
-    if not left_out:
-        return [], []
-    return (["--model-control-mode=explicit"] + [f"--load-model={m}" for m in models if m not in left_out],
+    left_out.update(unloadable_ensembles(repo, set(left_out)))
+    loaded = [m for m in models if m not in left_out]
+    # Not strict: in Triton 2.51 a version that fails to load (a broken one `reload` refused, while the previous
+    # version keeps serving) turns strict readiness off until the server restarts, which would take a serving
+    # replica out of its proxy for good. Readiness then says the server answers; /v2/models/M/ready, the model.
+    return (["--model-control-mode=explicit", "--strict-readiness=false"] + [f"--load-model={m}" for m in loaded],
             [f"{m} ({why})" for m, why in left_out.items()])
 
 
@@ -475,6 +480,10 @@ def main(argv=None) -> int:
     cli.add_listen_options(st, host=os.environ.get("HOST", DEFAULT_HOST))
     st.add_argument("--timeout", type=float, default=180, help="seconds to wait for ready (default 180)")
     sub.add_parser("stop", help="stop the server started with `start`")
+    rl = sub.add_parser("reload", help="load the new versions `make repo` wrote, the old ones serving meanwhile")
+    rl.add_argument("--model", action="append", help="model to reload (repeatable; default: every loaded model)")
+    rl.add_argument("--state", type=Path, default=STATE, help=argparse.SUPPRESS)
+    rl.add_argument("--timeout", type=float, default=600, help="seconds a model may take to load (default 600)")
     ex = sub.add_parser("exec", help="run tritonserver in the foreground with the prepared environment")
     ex.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
@@ -486,9 +495,14 @@ def main(argv=None) -> int:
                   f"  HTTP    http://{a.host}:{a.http_port}\n  gRPC    {a.host}:{a.grpc_port}\n"
                   f"  metrics http://{a.host}:{a.metrics_port}/metrics\n"
                   f"  model control (load/unload, repository index), logging, trace: header "
-                  f"'triton-admin-key: $(cat {STATE / 'admin-key'})'")
+                  f"'triton-admin-key: $(cat {STATE / 'admin-key'})' (gRPC: '{GRPC_ADMIN_HEADER}: ...')\n"
+                  f"  new versions from `make repo`: `make reload` swaps them in")
         elif a.cmd == "stop":
             print(stop())
+        elif a.cmd == "reload":
+            from server.reload import reload_server
+
+            reload_server(a.state, a.model, a.timeout)
         else:
             exec_server(a.args)
 

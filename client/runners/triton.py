@@ -244,16 +244,24 @@ class TritonRunner(Runner):
         return inp
 
     def send(self, inputs: list, outputs: tuple[str, ...] = ("labels",)):
-        """One request as built (see images_input); the result object, or RunnerError with one line."""
+        """One request as built (see images_input); the result object, or RunnerError with one line. The model
+        version that answered is `last_version` (of the calling thread) and `model_version(result)`."""
         out = [self.tc.InferRequestedOutput(n) for n in outputs]
         kwargs = {"timeout": int(self.timeout)} if self.protocol == "http" else {"client_timeout": self.timeout}
         try:
-            return self.client.infer(self.model, inputs, outputs=out, **kwargs)
+            result = self.client.infer(self.model, inputs, outputs=out, **kwargs)
         except RunnerError:
             raise
         except Exception as exc:  # noqa: BLE001 - InferenceServerException and transport errors
             why = describe_failure(exc)
             raise RunnerError(f"inference on {self.model} failed: {why}", why) from None
+        self._local.version = model_version(result)
+        return result
+
+    @property
+    def last_version(self) -> str | None:
+        """The model version that answered the calling thread's last request (None before the first)."""
+        return getattr(self._local, "version", None)
 
     def infer_encoded(self, data: bytes) -> tuple[np.ndarray, list[int] | None]:
         """Labels for one encoded image file sent as is: (labels [H, W] as the model answers them, placement
@@ -277,7 +285,19 @@ class TritonRunner(Runner):
         for i in range(0, len(images), info.max_batch):
             res = self.send([self.images_input(images[i:i + info.max_batch])], (name,))
             outs.append(res.as_numpy(name))
+        info.version = self.last_version or info.version  # the version that answered (a reload may change it)
         return np.concatenate(outs)
+
+
+def model_version(result) -> str | None:
+    """The version of the model that answered, from a tritonclient result (HTTP: JSON, gRPC: protobuf)."""
+    try:
+        response = result.get_response()
+    except Exception:  # noqa: BLE001 - a result object of another kind
+        return None
+    version = response.get("model_version") if isinstance(response, dict) else getattr(response, "model_version",
+                                                                                          None)
+    return str(version) if version else None
 
 
 def _close(client) -> None:
