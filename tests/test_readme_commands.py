@@ -130,6 +130,11 @@ TABLE: dict[str, Run | NotHere] = {
         Run("--host localhost:PORT --model segformer_null, plus --web-host 127.0.0.1 --web-port PORT; a swarm of one "
             "user started and stopped through the web UI's own endpoints; TritonGrpcUser and TritonHttpUser",
             "locust", (Case("grpc"), Case("http"))),
+    "make repo VARIANTS=segformer_null FORCE=1": Run("as written, against the server the null model runs in",
+                                                     "new_version"),
+    "make reload MODEL=segformer_null": Run("as written", "reload"),
+    "make cluster-reload": NotHere("needs `make cluster` (HAProxy): tests/integration/test_cluster_updates.py rolls "
+                                   "two replicas under load"),
     "make stop": Run("as written", "stop"),
     "make plugins": Run("as written", "plugins"),
     "python -m training.train --data CAMVID --variant b1 --splits train,val --steps 100000 --time-budget 780 "
@@ -664,6 +669,23 @@ def step_restart_with_null(flow: Flow, case):
     res = c.sh("make repo VARIANTS=segformer_null && make stop serve")
     _ok(res, "model_repository: 1 model(s) ready", "Triton stopped", "Triton ready (pid")
     assert _served(flow, "segformer_null") and _served(flow, "city_b1")
+
+
+def step_new_version(flow: Flow, case):
+    flow.need("restart_with_null")
+    c = flow.clone
+    res = c.sh("make repo VARIANTS=segformer_null FORCE=1")
+    _ok(res, "segformer_null")
+    assert (c.dir / "model_repository" / "segformer_null" / "2").is_dir(), str(res)
+    assert (c.dir / "model_repository" / "segformer_null" / "1").is_dir()  # the served version is kept
+
+
+def step_reload(flow: Flow, case):
+    flow.need("new_version")
+    c = flow.clone
+    res = c.sh("make reload MODEL=segformer_null")
+    _ok(res, "segformer_null: version 2 serving (was 1)")
+    assert _served(flow, "segformer_null")
 
 
 def step_loadtest(flow: Flow, case):
