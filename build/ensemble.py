@@ -45,7 +45,11 @@ def _dims(v: ServingVariant) -> list[int]:
 
 
 def build_decode_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
-    """1/model.py (decode_model.py) with the runtime and the client's placement code beside it."""
+    """1/model.py (decode_model.py) with the runtime and the client's placement code beside it; refused unless
+    the row it decodes for is built (a decode step alone serves nobody and costs a python stub process)."""
+    target = v.extra["target"]
+    if not (_repository_of(stage) / target / "config.pbtxt").is_file():
+        raise RowNotBuilt(f"decodes for {target}, not built in {_repository_of(stage).name}/")
     b = backend(v.backend)
     version = stage / "1"
     version.mkdir(parents=True, exist_ok=True)

@@ -102,3 +102,16 @@ def test_a_launcher_leaves_out_only_the_ensembles_whose_steps_do_not_load(tiny_w
     write_repository(rows, repo, log=lambda *_: None, cache_dir=tmp_path / "c")
     assert unloadable_ensembles(repo, set()) == {}
     assert unloadable_ensembles(repo, {"b_decode"}) == {"b_jpeg": "its step(s) b_decode do not load here"}
+
+
+def test_a_decode_step_is_not_built_without_its_row(tmp_path):
+    """A decode step serves only its row's ensemble: without the row (an INT8 row skipped for want of CALIB, a
+    TensorRT row without a builder) it is skipped too instead of costing a python stub process."""
+    from build.repository import write_repository
+    from build.variants import PYTHON_ORT, ServingVariant, jpeg_rows
+
+    row = ServingVariant("lonely", "segformer-b0-camvid", PYTHON_ORT, size=(64, 64))
+    decode, ensemble = jpeg_rows(row)
+    res = write_repository([decode, ensemble], tmp_path / "repo", log=lambda *_: None, cache_dir=tmp_path / "c")
+    assert res[decode.name].startswith("skipped: decodes for lonely") and res[ensemble.name].startswith("skipped")
+    assert not (tmp_path / "repo" / decode.name).exists()

@@ -55,3 +55,23 @@ def test_tritonserver_shim_has_no_absolute_paths():
     assert str(ROOT) not in text and "/work" not in text
     assert "readlink -f" in text and 'exec "$bin/python" -m server.serve exec' in text
     assert "realpath --relative-to=$(BIN) server/tritonserver" in (ROOT / "Makefile").read_text()
+
+
+def test_gpu_instance_models_are_left_out_without_a_gpu(tmp_path, monkeypatch):
+    """Triton refuses a KIND_GPU instance group on a machine without a GPU, and a refused explicit load stops the
+    server's start: such models (a TensorRT row's decode step, the GPU row) are named and left out instead."""
+    from build.model_config import model_config, to_pbtxt
+    from build.variants import PYTHON_ORT, TENSORRT, ServingVariant
+    from server.serve import load_args
+
+    for name, kind in (("cpu_row", PYTHON_ORT), ("gpu_row", TENSORRT)):
+        (tmp_path / name / "1").mkdir(parents=True)
+        cfg = model_config(ServingVariant(name, "segformer-b0-camvid", kind, size=(64, 64)), ["a"], [[0, 0, 0]])
+        (tmp_path / name / "config.pbtxt").write_text(to_pbtxt(cfg))
+    monkeypatch.setenv("SEGFORMER_ASSUME_GPU", "0")
+    args, skipped = load_args(tmp_path, {"python", "tensorrt"})
+    assert "--load-model=cpu_row" in args and "--load-model=gpu_row" not in args
+    assert skipped == ["gpu_row (needs a GPU (KIND_GPU instances))"]
+    monkeypatch.setenv("SEGFORMER_ASSUME_GPU", "1")
+    args, skipped = load_args(tmp_path, {"python", "tensorrt"})
+    assert "--load-model=gpu_row" in args and not skipped

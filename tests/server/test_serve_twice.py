@@ -10,6 +10,7 @@ import time
 import pytest
 
 from server import serve
+from server import state as server_state
 from server.serve import ServerError, port_in_use, preflight, recorded_server, start, stop_pid, wait_ready
 from tests.conftest import ROOT, free_port, null_repository
 
@@ -24,6 +25,7 @@ def test_second_start_is_refused_and_the_first_keeps_its_records(tmp_path, monke
     repo = null_repository(tmp_path)
     state = tmp_path / "state"
     monkeypatch.setattr(serve, "STATE", state)  # as `make serve` / `make stop` see it
+    monkeypatch.setattr(server_state, "STATE", state)
     ports = _ports()
     proc = start(repo, *ports, state=state)
     try:
