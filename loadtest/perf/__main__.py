@@ -120,8 +120,8 @@ def _main(args) -> int:
 
     levels = analyzer.concurrency_range(args.concurrency)
     _local(args.url)
-    pa_bin = binary.locate()
     info, inputs, server_version = describe(args)
+    pa_bin = binary.locate()
     if args.payload == "jpeg" and "encoded" not in inputs:
         raise PayloadError(f"{args.model} takes no JPEG (its inputs: {', '.join(inputs)}): use --payload raw or "
                            "raw-shm, or a row with an `encoded` input (segformer_b1_gpu)")

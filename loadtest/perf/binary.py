@@ -149,16 +149,14 @@ def fetch(version: str = VERSION, dest: Path | None = None, quiet: bool = True) 
     return binary
 
 
-def weaken_versions(path: Path, names: tuple[str, ...] = SHIM_VERSIONS) -> list[str]:
-    """Mark the ELF file's needed symbol versions `names` weak (VER_FLG_WEAK in .gnu.version_r), in place;
-    returns the ones marked. A 64-bit little-endian ELF only (what the wheel ships)."""
-    b = bytearray(path.read_bytes())
+def _needed(b: bytes | bytearray):
+    """(offset of vna_flags, version name, flags) of every needed symbol version (.gnu.version_r) of a 64-bit
+    little-endian ELF file's bytes (what the wheel ships)."""
     if b[:4] != b"\x7fELF" or b[4] != 2 or b[5] != 1:
-        raise ValueError(f"{path} is not a 64-bit little-endian ELF file")
+        raise ValueError("not a 64-bit little-endian ELF file")
     shoff, = struct.unpack_from("<Q", b, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", b, 0x3A)
     sections = [struct.unpack_from("<IIQQQQIIQQ", b, shoff + i * shentsize) for i in range(shnum)]
-    marked = []
     for _, kind, _, _, offset, _, link, _, _, _ in sections:
         if kind != 0x6FFFFFFE:  # SHT_GNU_verneed
             continue
@@ -169,15 +167,31 @@ def weaken_versions(path: Path, names: tuple[str, ...] = SHIM_VERSIONS) -> list[
             a = entry + aux
             for _ in range(count):
                 _, flags, _, name, next_aux = struct.unpack_from("<IHHII", b, a)
-                text = b[strtab + name:b.index(0, strtab + name)].decode()
-                if text in names:
-                    struct.pack_into("<H", b, a + 4, flags | 0x2)  # VER_FLG_WEAK
-                    marked.append(text)
+                yield a + 4, bytes(b[strtab + name:b.index(0, strtab + name)]).decode(), flags
                 a += next_aux
             if not following:
                 break
             entry += following
-    path.write_bytes(bytes(b))
+
+
+def needed_versions(path: Path) -> dict[str, int]:
+    """{version name: flags} the ELF file needs (flag 0x2: weak)."""
+    return {name: flags for _, name, flags in _needed(Path(path).read_bytes())}
+
+
+def weaken_versions(path: Path, names: tuple[str, ...] = SHIM_VERSIONS) -> list[str]:
+    """Mark the ELF file's needed symbol versions `names` weak (VER_FLG_WEAK), in place; returns those marked."""
+    b = bytearray(Path(path).read_bytes())
+    try:
+        entries = list(_needed(b))
+    except ValueError:
+        raise ValueError(f"{path} is not a 64-bit little-endian ELF file") from None
+    marked = []
+    for at, name, flags in entries:
+        if name in names:
+            struct.pack_into("<H", b, at, flags | 0x2)
+            marked.append(name)
+    Path(path).write_bytes(bytes(b))
     return marked
 
 

@@ -77,9 +77,10 @@ def concrete(cfg: dict, root: Path = ROOT, models: list[str] | None = None, expo
     if perf_analyzer:
         out["perf_analyzer_path"] = str(perf_analyzer)
     for name, data in (input_data or {}).items():
-        if name in out["profile_models"]:
+        if name in out["profile_models"]:  # a model's own flags replace the global ones: carry those over
             spec = out["profile_models"][name]
-            spec["perf_analyzer_flags"] = {**(spec.get("perf_analyzer_flags") or {}), "input-data": str(data)}
+            spec["perf_analyzer_flags"] = {**(out.get("perf_analyzer_flags") or {}),
+                                           **(spec.get("perf_analyzer_flags") or {}), "input-data": str(data)}
     return out
 
 
@@ -93,9 +94,10 @@ def check_rows(cfg: dict) -> None:
         if row is None:
             raise TuningError(f"{name} is not a row of the serving table (build/variants.py)")
         gpu = row.backend in (PYTHON_GPU, TENSORRT)
-        for group in (spec.get("model_config_parameters") or {}).get("instance_group", []):
+        groups = (spec.get("model_config_parameters") or {}).get("instance_group", [])
+        for group in groups if isinstance(groups, list) else []:  # other shapes: Model Analyzer's parser says
             for g in group if isinstance(group, list) else [group]:
-                if (g.get("kind") == "KIND_GPU") != gpu:
+                if isinstance(g, dict) and (g.get("kind") == "KIND_GPU") != gpu:
                     raise TuningError(f"{name} runs on the {'GPU' if gpu else 'CPU'}: its instance_group kind "
                                       f"is {'KIND_GPU' if gpu else 'KIND_CPU'}, not {g.get('kind')}")
         if not gpu and not spec.get("cpu_only"):
@@ -235,6 +237,15 @@ def apply(chosen: dict, repo: Path, log=print) -> list[str]:
     return done
 
 
+def server_wrapper(path: Path) -> Path:
+    """The project's `tritonserver` shim bound to this checkout and interpreter (a shared virtualenv's link may
+    name another checkout): server.serve's `exec`, which starts the pip Triton with the python backend's set-up."""
+    path.write_text(f'#!/bin/sh\nexport PYTHONPATH="{ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"\n'
+                    f'exec "{sys.executable}" -m server.serve exec -- "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
 def input_files(models: list[str], dest: Path) -> dict[str, Path]:
     """perf_analyzer input data per row: its input policy's frames (what clients send), as analyzer writes them."""
     from build.variants import VARIANTS
@@ -267,6 +278,8 @@ def profile(config: Path, models: list[str] | None, export: Path, chosen_dir: Pa
                           f"make repo VARIANTS=\"{' '.join(missing)}\"")
     with tempfile.TemporaryDirectory() as tmp:
         validate(run_cfg, Path(tmp))
+    if Path(run_cfg.get("triton_server_path", "")).name == "tritonserver":
+        run_cfg["triton_server_path"] = str(server_wrapper(export / "tritonserver"))
     path = export / "profile.yaml"
     path.write_text(yaml.safe_dump(run_cfg, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
