@@ -55,10 +55,21 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["fetch"]:
-        return cli.run(lambda: print(binary.locate()) if binary.fetch(quiet=False) else 1)
+        return cli.run(_fetch)
     args = parser().parse_args(argv)
     args.url = cli.url_of(args)
     return cli.run(lambda: _main(args), handled=(ValueError, OSError))
+
+
+def _fetch() -> int:
+    """A runnable perf_analyzer: the one found, else the wheel fetched (and shimmed where glibc is older)."""
+    try:
+        found = binary.locate()
+    except binary.PerfAnalyzerMissing:
+        binary.fetch(quiet=False)
+        found = binary.locate()
+    print(f"{found} ({binary.version(found)})")
+    return 0
 
 
 def describe(args) -> tuple:

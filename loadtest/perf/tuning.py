@@ -304,8 +304,11 @@ def profile(config: Path, models: list[str] | None, export: Path, chosen_dir: Pa
     variants = {}
     for r in results:
         cfg_file = Path(run_cfg["output_model_repository_path"]) / r["variant"] / "config.pbtxt"
-        if not cfg_file.is_file():  # the default variant profiles the row's own config
+        if not cfg_file.is_file() and r["variant"].endswith("_config_default"):  # the row's own config
             cfg_file = Path(run_cfg["model_repository"]) / variant_base(r["variant"]) / "config.pbtxt"
+        if not cfg_file.is_file():
+            raise TuningError(f"Model Analyzer measured {r['variant']} but left no config.pbtxt for it in "
+                              f"{run_cfg['output_model_repository_path']}")
         variants[r["variant"]] = settings_of(cfg_file.read_text())
     chosen["variants"] = variants
     for name, best in choose(results).items():
