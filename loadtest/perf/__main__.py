@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=float, default=1.0, help="closed loop: seconds before measuring")
     ap.add_argument("--processes", type=int, default=1,
                     help="closed loop: load processes sharing each concurrency's requests (default 1)")
+    ap.add_argument("--note", action="append", default=[], help="a sentence for the results (repeatable)")
     ap.add_argument("--out", type=Path, help="results prefix: writes OUT.json and OUT.md")
     return ap
 
@@ -158,7 +159,7 @@ def _main(args) -> int:
                                              for a in argv),
            "interval_ms": args.interval_ms, "stability": args.stability, "duration_s": args.duration,
            "warmup_s": args.warmup, "processes": args.processes, "input_shape": [args.batch, h, w, 3],
-           "frames": len(frames), "images": args.images or None, "rows": rows, "errors": errors}
+           "frames": len(frames), "images": args.images or None, "rows": rows, "errors": errors, "notes": args.note}
     for x in rows:
         pa, cl = x["perf_analyzer"], x["closed_loop"]
         print(f"{args.model} {args.protocol} {args.payload} c={x['concurrency']}: perf_analyzer "

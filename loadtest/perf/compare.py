@@ -58,6 +58,10 @@ def reasons(pa: dict, ours: dict, payload: str, protocol: str, interval_ms: int)
             out.append("client cost: perf_analyzer's C++ client keeps requests in flight from native threads; the "
                        f"closed loop's {protocol} client is Python (tritonclient, one thread per request in flight, "
                        "one process here): serialising and the GIL add to each request where the model is fast")
+        elif payload != "raw-shm" and (ours.get("p50_ms") or 1e9) < 50:
+            out.append("client CPU: where the load generator shares a few CPUs with the server, each request's "
+                       "client-side CPU is taken from the server; perf_analyzer's client can cost more CPU per "
+                       "request than the Python client (see the notes)")
         else:
             out.append("perf_analyzer counts only its stable windows; a slow model gives few requests per window, "
                        "and its windows include requests that the closed loop's warm-up seconds leave out")
@@ -132,6 +136,8 @@ def markdown(doc: dict) -> str:
                          f"{'<br>'.join(x['why']) or 'agree (within 15 %)'} |")
         if r.get("errors"):
             lines += ["", *(f"- {e}" for e in r["errors"])]
+        if r.get("notes"):
+            lines += ["", *(f"Note: {n}" for n in r["notes"])]
         lines.append("")
     return "\n".join(lines)
 

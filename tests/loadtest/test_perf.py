@@ -129,7 +129,11 @@ def test_reasons_agree_and_disagree():
     assert "p99" in why and "2000 ms" in why
     fast = {"img_per_s": 150.0, "p50_ms": 6.0, "p99_ms": 20.0, "failures": 2, "errors": ["boom"]}
     why = " ".join(compare.reasons(PA, fast, "raw", "http", 2000))
-    assert "closed loop is faster" in why and "stable windows" in why and "2 failures (boom)" in why
+    assert "closed loop is faster" in why and "client CPU" in why and "2 failures (boom)" in why
+    slow_model = {"infer_per_s": 1.0, "p50_ms": 900.0, "p99_ms": 1000.0}
+    why = " ".join(compare.reasons(slow_model, {"img_per_s": 1.5, "p50_ms": 600.0, "p99_ms": 1100.0}, "raw",
+                                   "grpc", 4000))
+    assert "stable windows" in why
 
 
 def test_results_file_merges_runs_by_key(tmp_path):
@@ -141,6 +145,7 @@ def test_results_file_merges_runs_by_key(tmp_path):
                 "server_version": "2.51.0", "perf_analyzer_version": "Perf Analyzer Version 0.0.0", "shim": True,
                 "interval_ms": 2000, "stability": 25, "duration_s": 4, "warmup_s": 1, "processes": 1,
                 "input_shape": [1, 8, 8, 3], "frames": 8, "images": None, "errors": ["concurrency 2: unstable"],
+                "notes": ["measured CPU"],
                 "rows": [compare.row({**PA, "infer_per_s": ips}, {"img_per_s": 99.0, "p50_ms": 10, "p99_ms": 20,
                                                                  "requests": 9, "failures": 0}, "raw", protocol, 2000)]}
 
@@ -152,7 +157,7 @@ def test_results_file_merges_runs_by_key(tmp_path):
     assert doc["runs"][1]["rows"][0]["perf_analyzer"]["infer_per_s"] == 300.0
     text = md.read_text()
     assert text.count("## m — ") == 2 and "| 1 | 300.0 | 99.0 |" in text and "agree (within 15 %)" in text
-    assert "(glibc shim)" in text and "- concurrency 2: unstable" in text
+    assert "(glibc shim)" in text and "- concurrency 2: unstable" in text and "Note: measured CPU" in text
     assert compare.paths(Path("a/b.md")) == (Path("a/b.json"), Path("a/b.md"))
 
 
