@@ -59,10 +59,9 @@ def jpeg_bytes(frame: np.ndarray, quality: int = 90) -> bytes:
 
 
 def input_data(frames: list[np.ndarray], payload: str = "raw", batch: int = 1) -> dict:
-    """perf_analyzer's --input-data JSON for `frames` (uint8 [H, W, 3] each): `images` for raw payloads, the
-    JPEG files as `encoded` for `jpeg`. With `batch` > 1 each entry holds `batch` consecutive frames (the shape
-    perf_analyzer is given excludes the batch dimension, so a batch entry is `batch` frames' bytes back to back
-    only where the row batches them as one tensor: perf_analyzer takes one entry per batch element)."""
+    """perf_analyzer's --input-data JSON for `frames` (uint8 [H, W, 3] each): `images` for the raw payloads, the
+    JPEG files as `encoded` for `jpeg`. Shapes exclude the batch dimension; with `-b N` perf_analyzer makes each
+    request's batch from these entries (batch > 1 measured on the GPU host only)."""
     if payload not in PAYLOADS:
         raise ValueError(f"unknown payload {payload!r}; choose from {', '.join(PAYLOADS)}")
     if not frames:

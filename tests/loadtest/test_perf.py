@@ -159,6 +159,18 @@ def test_results_file_merges_runs_by_key(tmp_path):
     assert text.count("## m — ") == 2 and "| 1 | 300.0 | 99.0 |" in text and "agree (within 15 %)" in text
     assert "(glibc shim)" in text and "- concurrency 2: unstable" in text and "Note: measured CPU" in text
     assert compare.paths(Path("a/b.md")) == (Path("a/b.json"), Path("a/b.md"))
+    doc = json.loads(js.read_text())
+    doc["runs"][0]["rows"][0]["why"] = ["stale"]
+    js.write_text(json.dumps(doc))
+    compare.refresh(tmp_path / "perf_x")
+    assert "stale" not in md.read_text() and json.loads(js.read_text())["runs"][0]["rows"][0]["why"] == []
+
+
+def test_shared_memory_reason_only_where_perf_analyzer_is_faster():
+    slower_pa = {**PA, "infer_per_s": 50.0}
+    why = " ".join(compare.reasons(slower_pa, {"img_per_s": 100.0, "p50_ms": 10.0, "p99_ms": 20.0}, "raw-shm",
+                                   "grpc", 2000))
+    assert "closed loop is faster" in why and "spread" in why and "region once" not in why
 
 
 def test_cli_help(capsys):

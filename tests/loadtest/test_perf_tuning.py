@@ -76,7 +76,9 @@ def test_concrete_fills_in_the_machine(tmp_path):
 
 
 def test_server_wrapper_runs_this_checkouts_shim(tmp_path):
-    w = tuning.server_wrapper(tmp_path / "tritonserver")
+    from loadtest.perf.profile import server_wrapper
+
+    w = server_wrapper(tmp_path / "tritonserver")
     text = w.read_text()
     assert "-m server.serve exec" in text and str(tuning.ROOT) in text and w.stat().st_mode & 0o111
 
@@ -135,9 +137,9 @@ def test_apply_writes_the_built_rows(tmp_path, capsys):
 
 
 def test_profile_names_rows_not_built(ma, tmp_path, monkeypatch):
-    from loadtest.perf import binary
+    from loadtest.perf import binary, profile
 
     monkeypatch.setattr(binary, "locate", lambda: Path("/bin/true"))
-    monkeypatch.setattr(tuning, "input_files", lambda models, dest: {})
+    monkeypatch.setattr(profile, "input_files", lambda models, dest: {})
     with pytest.raises(tuning.TuningError, match='make repo VARIANTS="segformer_b0"'):
-        tuning.profile(tuning.CONFIGS / "cpu.yaml", ["segformer_b0"], tmp_path / "ma", None, repo=tmp_path)
+        profile.profile(tuning.CONFIGS / "cpu.yaml", ["segformer_b0"], tmp_path / "ma", None, repo=tmp_path)
