@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,rtx,deploy
+EXTRAS ?= dev,rtx,deploy,perf
 REPO ?= model_repository
 HOST ?= 127.0.0.1
 HTTP_PORT ?= 8000
@@ -42,7 +42,7 @@ REFERENCE ?= segformer_b1
 THRESHOLD ?=
 CUDA_ARCH ?=
 
-.PHONY: help venv repo serve stop reload demo test evaluate loadtest sweep soak bench-build bench bench-cpu plugins clean deploy-manifests cluster cluster-status cluster-stop cluster-reload
+.PHONY: help venv repo serve stop reload demo test perf tune evaluate loadtest sweep soak bench-build bench bench-cpu plugins clean deploy-manifests cluster cluster-status cluster-stop cluster-reload
 help:
 	@echo "make demo     build the default model, start Triton, segment $(IMAGE), stop"
 	@echo "make test     run the test suite"
@@ -55,6 +55,8 @@ help:
 	@echo "make reload [MODEL=name]  swap the new versions into the running server (old ones serve meanwhile)"
 	@echo "make evaluate EVAL_IMAGES=DIR [EVAL_LABELS=DIR LABEL_FORMAT=camvid EVAL_MODELS=a,b]  accuracy of the served"
 	@echo "              $(REFERENCE)_* rows (or EVAL_MODELS) vs $(REFERENCE)"
+	@echo "make perf      perf_analyzer beside loadtest.closed_loop on a served PERF_MODEL=$(PERF_MODEL), HTTP and gRPC -> $(PERF_OUT).md"
+	@echo "make tune      Model Analyzer over TUNE_CONFIG=$(TUNE_CONFIG) -> $(TUNE_OUT)/chosen.json (make repo TUNED=... applies it)"
 	@echo "make loadtest  headless locust run against the served LOAD_MODEL=$(LOAD_MODEL) (LOAD_USERS=$(LOAD_USERS), DURATION=$(DURATION))"
 	@echo "make sweep     concurrency sweep of LOAD_MODEL (USERS=$(USERS), DURATION=$(DURATION)) with knee under SLO_MS=$(SLO_MS)"
 	@echo "make soak      SOAK_S seconds at SOAK_LOAD x the probed rate: failures, p99 over time, server RSS drift"
@@ -81,7 +83,9 @@ repo: venv
 	  $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT)) \
 	  $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(NAME),--name $(NAME)) $(if $(PRESET),--preset $(PRESET)) \
 	  $(if $(CLASSES),--classes "$(CLASSES)") $(if $(SIZE),--size $(SIZE)) $(if $(DYNAMIC),--dynamic $(DYNAMIC)) \
-	  $(if $(LOGITS),--logits) $(if $(FORCE),--force) $(if $(KEEP_VERSIONS),--keep-versions $(KEEP_VERSIONS))
+	  $(if $(LOGITS),--logits) $(if $(FORCE),--force) $(if $(KEEP_VERSIONS),--keep-versions $(KEEP_VERSIONS)) \
+	  $(if $(LICENSE),--licence "$(LICENSE)")
+	$(if $(TUNED),$(PY) -m loadtest.perf.tuning apply --chosen $(TUNED) --repo $(REPO))
 
 serve: venv
 	@test -n "$$(ls $(REPO)/*/config.pbtxt 2>/dev/null)" || $(MAKE) repo
@@ -104,6 +108,27 @@ evaluate: venv
 	$(PY) -m client.evaluate --images $(EVAL_IMAGES) $(if $(EVAL_LABELS),--labels $(EVAL_LABELS) --label-format $(LABEL_FORMAT)) \
 	  $(if $(EVAL_MODELS),--models $(EVAL_MODELS)) --reference $(REFERENCE) --url localhost:$(HTTP_PORT) --out $(OUT)/evaluate \
 	  $(if $(THRESHOLD),--threshold $(THRESHOLD))
+
+PERF_MODEL ?= segformer_null
+PERF_CONCURRENCY ?= 1:4:1
+PERF_PAYLOADS ?= raw raw-shm
+PERF_OUT ?= results/perf_cpu
+TUNE_CONFIG ?= loadtest/model_analyzer/cpu.yaml
+TUNE_OUT ?= results/model_analyzer_cpu
+TUNE_MODELS ?=
+TUNED ?=
+perf: venv
+	$(PY) -m loadtest.perf fetch
+	rc=0; for p in $(PERF_PAYLOADS); do \
+	  $(PY) -m loadtest.perf --model $(PERF_MODEL) --protocol grpc --url $(HOST):$(GRPC_PORT) --metrics-url $(HOST):$(METRICS_PORT) \
+	    --concurrency $(PERF_CONCURRENCY) --payload $$p $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) --out $(PERF_OUT) || rc=1; \
+	  $(PY) -m loadtest.perf --model $(PERF_MODEL) --protocol http --url $(HOST):$(HTTP_PORT) --metrics-url $(HOST):$(METRICS_PORT) \
+	    --concurrency $(PERF_CONCURRENCY) --payload $$p $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) --out $(PERF_OUT) || rc=1; \
+	done; exit $$rc
+
+tune: venv
+	$(PY) -m loadtest.perf fetch
+	$(PY) -m loadtest.perf.tuning profile --config $(TUNE_CONFIG) --repo $(REPO) $(if $(TUNE_MODELS),--models $(TUNE_MODELS)) --chosen $(TUNE_OUT)
 
 loadtest: venv
 	$(PY) -m loadtest.run --model $(LOAD_MODEL) --users $(LOAD_USERS) --duration $(DURATION) \

@@ -135,6 +135,10 @@ TABLE: dict[str, Run | NotHere] = {
     "make reload MODEL=segformer_null": Run("as written", "reload"),
     "make cluster-reload": NotHere("needs `make cluster` (HAProxy): tests/integration/test_cluster_updates.py rolls "
                                    "two replicas under load"),
+    "make perf PERF_MODEL=segformer_null": Run("PERF_CONCURRENCY=1:2:1 PERF_PAYLOADS=raw PERF_OUT=out/perf (README: "
+                                               "concurrency 1-4, raw and raw-shm)", "perf"),
+    "make tune": NotHere("long: Model Analyzer's sweep takes ~20 min on 2 cores; tests/loadtest/test_perf_tuning.py "
+                         "validates its configs with Model Analyzer's own parser and the apply path"),
     "make stop": Run("as written", "stop"),
     "make plugins": Run("as written", "plugins"),
     "python -m training.train --data CAMVID --variant b1 --splits train,val --steps 100000 --time-budget 780 "
@@ -686,6 +690,16 @@ def step_reload(flow: Flow, case):
     res = c.sh("make reload MODEL=segformer_null")
     _ok(res, "segformer_null: version 2 serving (was 1)")
     assert _served(flow, "segformer_null")
+
+
+def step_perf(flow: Flow, case):
+    flow.need("restart_with_null")
+    c = flow.clone
+    res = c.sh("make perf PERF_MODEL=segformer_null PERF_CONCURRENCY=1:2:1 PERF_PAYLOADS=raw PERF_OUT=out/perf",
+               timeout=400)
+    assert res.rc == 0, str(res)
+    report = (c.dir / "out" / "perf.md").read_text()
+    assert "perf_analyzer" in report and "closed" in report and "segformer_null" in report, report[:2000]
 
 
 def step_loadtest(flow: Flow, case):
