@@ -85,7 +85,7 @@ repo: venv
 	  $(if $(CLASSES),--classes "$(CLASSES)") $(if $(SIZE),--size $(SIZE)) $(if $(DYNAMIC),--dynamic $(DYNAMIC)) \
 	  $(if $(LOGITS),--logits) $(if $(FORCE),--force) $(if $(KEEP_VERSIONS),--keep-versions $(KEEP_VERSIONS)) \
 	  $(if $(LICENSE),--licence "$(LICENSE)")
-	$(if $(TUNED),$(PY) -m loadtest.perf.tuning apply --chosen $(TUNED) --repo $(REPO))
+	$(if $(TUNED),$(PY) -m loadtest.perf.tune apply --chosen $(TUNED) --repo $(REPO))
 
 serve: venv
 	@test -n "$$(ls $(REPO)/*/config.pbtxt 2>/dev/null)" || $(MAKE) repo
@@ -128,7 +128,7 @@ perf: venv
 
 tune: venv
 	$(PY) -m loadtest.perf fetch
-	$(PY) -m loadtest.perf.tuning profile --config $(TUNE_CONFIG) --repo $(REPO) $(if $(TUNE_MODELS),--models $(TUNE_MODELS)) --chosen $(TUNE_OUT)
+	$(PY) -m loadtest.perf.tune profile --config $(TUNE_CONFIG) --repo $(REPO) $(if $(TUNE_MODELS),--models $(TUNE_MODELS)) --chosen $(TUNE_OUT)
 
 loadtest: venv
 	$(PY) -m loadtest.run --model $(LOAD_MODEL) --users $(LOAD_USERS) --duration $(DURATION) \

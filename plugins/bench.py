@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 # (channels, tokens per 1024x1024 image) per SegFormer stage; B0 widths 32/64/160/256, B1 64/128/320/512
@@ -23,6 +22,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("results/layernorm"))
     args = ap.parse_args(argv)
+    from client import cli
+
+    return cli.run(lambda: _main(args))
+
+
+def _main(args) -> int:
     import torch
     import torch.nn.functional as F
 
@@ -30,13 +35,8 @@ def main(argv=None) -> int:
     from plugins.layernorm import KernelLibrary, PluginBuildError
 
     if not torch.cuda.is_available():
-        print("error: no CUDA GPU here", file=sys.stderr)
-        return 2
-    try:
-        ln = KernelLibrary()
-    except PluginBuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise PluginBuildError("no CUDA GPU here: the kernel benchmark needs one")
+    ln = KernelLibrary()  # PluginBuildError names what is missing
     rows = []
     for c, tokens in SHAPES:
         for dtype in (torch.float32, torch.float16):

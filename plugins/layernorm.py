@@ -13,6 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from segformer.errors import ProjectError
+
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build"
 KERNELS = "libsegformer_layernorm_kernels.so"
@@ -22,7 +24,7 @@ HEADERS_CACHE = HERE.parent / ".cache" / "tensorrt-headers"
 HEADERS_WHEEL = "kernel-lens==2.0.1"
 
 
-class PluginBuildError(RuntimeError):
+class PluginBuildError(ProjectError, RuntimeError):
     """The plugin tree did not build; the message names what is missing."""
 
 
@@ -140,18 +142,19 @@ class KernelLibrary:
 
 def main(argv=None) -> int:
     import argparse
-    import sys
 
     ap = argparse.ArgumentParser(prog="python -m plugins.layernorm", description="Build plugins/ with CMake: the "
                                  "field test always, the kernels with nvcc, the TensorRT plugin with TensorRT.")
     ap.add_argument("--build-dir", type=Path, default=BUILD)
     ap.add_argument("--cuda-arch", help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 or native (default: 80 86 89 90)")
     args = ap.parse_args(argv)
-    try:
-        info = build(args.build_dir, cuda_arch=args.cuda_arch)
-    except PluginBuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from client import cli
+
+    return cli.run(lambda: _build(args))
+
+
+def _build(args) -> int:
+    info = build(args.build_dir, cuda_arch=args.cuda_arch)
     print(f"field test: {'built' if info['fields_test'] else 'missing'}; kernels: "
           f"{'built' if info['kernels'] else 'skipped (no nvcc)'}; plugin: "
           f"{'built' if info['plugin'] else 'skipped (' + (info['plugin_skipped'] or 'no nvcc') + ')'}")

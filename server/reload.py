@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.access import GRPC_ADMIN_HEADER
-from server.serve import STATE, ServerError, describe, running
+from server.state import STATE, ServerError, describe, running
 
 
 class ReloadError(ServerError):

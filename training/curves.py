@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -46,11 +45,13 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", type=Path, help="run folders of training.train")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    try:
-        runs = [load_run(f) for f in args.runs]
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from client import cli
+
+    return cli.run(lambda: _main(args), handled=(FileNotFoundError, json.JSONDecodeError))
+
+
+def _main(args) -> int:
+    runs = [load_run(f) for f in args.runs]
     import matplotlib
 
     matplotlib.use("Agg")

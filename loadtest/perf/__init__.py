@@ -1,5 +1,5 @@
 """Triton's own measuring tools beside the project's: perf_analyzer (`python -m loadtest.perf`) side by side with
-the closed-loop generator, and Model Analyzer's configs for the rows (`python -m loadtest.perf.tuning`).
+the closed-loop generator, and Model Analyzer's configs for the rows (`python -m loadtest.perf.tune`).
 
 - `binary`: where perf_analyzer comes from (the pip wheel, or fetched and made runnable on an older glibc);
 - `analyzer`: perf_analyzer's input data from the input policy's frames, its command line, its CSV;

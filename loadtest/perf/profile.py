@@ -1,4 +1,4 @@
-"""Model Analyzer's run on the rows (`python -m loadtest.perf.tuning profile`): the committed config made concrete
+"""Model Analyzer's run on the rows (`python -m loadtest.perf.tune profile`): the committed config made concrete
 here, `model-analyzer profile` launched on it, its results read back and the chosen settings written (chosen.json,
 the measurements' CSV, a markdown summary)."""
 from __future__ import annotations
@@ -125,7 +125,7 @@ def write_chosen(dest: Path, chosen: dict, table_csv: str) -> None:
                      f"{m['max_batch']} | {_delay(chosen, m)} | {m['concurrency']} | {m['throughput']:.2f} | "
                      f"{m['p99_ms']:.0f} |")
     lines += ["", "Chosen (highest throughput meeting the constraints), applied by "
-              "`python -m loadtest.perf.tuning apply --chosen docs/results/model_analyzer_cpu/chosen.json`:", ""]
+              "`python -m loadtest.perf.tune apply --chosen docs/results/model_analyzer_cpu/chosen.json`:", ""]
     for name, c in chosen["rows"].items():
         s = c["settings"]
         lines.append(f"- {name}: {c['variant']} — " + ", ".join(f"{g['count']} x {g['kind']}"

@@ -11,7 +11,7 @@ from build.repository import write_repository
 from build.variants import PYTHON_NULL, ServingVariant
 from client.policy import InputPolicy
 from client.runners import TritonRunner
-from loadtest.updates import corrupt_newest, stale_answers, under_load
+from bench.updates import corrupt_newest, stale_answers, under_load
 from server.cluster import main as cluster_main
 from server.cluster import reload_cluster, replica_states, start_cluster, stop_cluster
 from server.reload import ReloadError

@@ -11,7 +11,7 @@ from build.variants import PYTHON_NULL, ServingVariant
 from client.policy import InputPolicy
 from client.runners import TritonRunner
 from client.segment import main as segment_main
-from loadtest.updates import corrupt_newest, stale_answers, under_load
+from bench.updates import corrupt_newest, stale_answers, under_load
 from server.reload import ReloadError, reload_server
 from server.serve import main as serve_main
 from server.serve import start, stop_pid
@@ -113,7 +113,7 @@ def test_reload_without_a_server_or_a_known_model_says_why(served, tmp_path, cap
 def test_the_results_run_counts_what_clients_saw(tmp_path, capsys):
     import json
 
-    from loadtest.updates import main as updates_main
+    from bench.updates import main as updates_main
 
     out = tmp_path / "updates_cpu"
     assert updates_main(["--row", "null", "--duration", "8", "--rate", "15", "--reload-at", "2", "--broken-at", "5",

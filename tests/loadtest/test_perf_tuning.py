@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.perf import tune
+
 from loadtest.perf import tuning
 
 MA_CSV = """Model,Batch,Concurrency,Model Config Path,Instance Group,Max Batch Size,Satisfies Constraints,\
@@ -127,12 +129,12 @@ def test_apply_writes_the_built_rows(tmp_path, capsys):
     chosen = {"rows": {"segformer_b0": {"settings": settings}, "segformer_b1": {"settings": settings}}}
     path = tmp_path / "chosen.json"
     path.write_text(json.dumps(chosen))
-    assert tuning.main(["apply", "--chosen", str(path), "--repo", str(tmp_path)]) == 0
+    assert tune.main(["apply", "--chosen", str(path), "--repo", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "segformer_b1: not built" in out and "2 x KIND_CPU" in out
     cfg = parse_pbtxt((tmp_path / "segformer_b0" / "config.pbtxt").read_text())
     assert cfg.instance_group[0].count == 2 and cfg.dynamic_batching.max_queue_delay_microseconds == 0
-    assert tuning.main(["apply", "--chosen", str(tmp_path / "nope.json")]) == 2
+    assert tune.main(["apply", "--chosen", str(tmp_path / "nope.json")]) == 2
     assert capsys.readouterr().err.startswith("error: cannot read")
 
 

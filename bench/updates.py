@@ -1,7 +1,7 @@
 """Model updates under load: paced clients (loadtest.soak.paced, HTTP and gRPC at once) while a new version is swapped
 in, a broken one is refused and (with --cluster) the replicas are updated one at a time; counts what clients saw.
 
-    python -m loadtest.updates [--duration 30 --rate 10 --reload-at 10 --broken-at 20] [--cluster 2] \
+    python -m bench.updates [--duration 30 --rate 10 --reload-at 10 --broken-at 20] [--cluster 2] \
         --out docs/results/updates_cpu
 
 It builds the row (--row: null, the load generator's null model, or b0: SegFormer-B0 at 256x320 on ONNX Runtime)
@@ -149,7 +149,7 @@ def _markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadtest.updates", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench.updates", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--row", choices=("null", "b0"), default="b0")
     ap.add_argument("--duration", type=float, default=30.0)
@@ -191,7 +191,7 @@ def _main(args) -> int:
     repo = tmp / "repo"
 
     def build(force=False):  # in its own process, as `make repo` runs beside a server (not in the clients' one)
-        subprocess.run([sys.executable, "-m", "loadtest.updates", "--row", args.row, "--build", str(repo)]
+        subprocess.run([sys.executable, "-m", "bench.updates", "--row", args.row, "--build", str(repo)]
                        + (["--force"] if force else []), check=True, capture_output=True)
 
     build()
