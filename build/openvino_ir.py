@@ -14,7 +14,7 @@ The guard (every plan the same way, build.guard): on held-out frames prepared by
 clients send them, the labels restored to each image's frame differ from ONNX Runtime FP32 on at most `budget`
 (0.5 %) of the pixels on average and at most WORST x budget (1 %) on the worst frame. Use >= 12 frames the weights
 never saw (for the shipped weights: CamVid test, not val); they replace the 0.5 margin the old 3-4-frame guard
-needed. The INT8 search aims at SEARCH_MARGIN x both at its smaller analysis size.
+needed. The INT8 search ranks layer groups at a smaller analysis size and decides at serving size.
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from segformer.errors import OutcomeError
 from server.models.segformer_runtime import PlanRunner  # noqa: F401  (re-exported)
 
 WORST = 2.0  # the worst held-out frame may differ on WORST x budget of its pixels
-SEARCH_MARGIN = 0.6  # the INT8 search (analysis size) aims at this share of the budget, leaving room for the final
 MEASURED_ON = "labels restored to each image's frame (InputPolicy.restore); mean over frames and worst frame"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -137,7 +136,7 @@ def _int8_plan(onnx_path, folder, calib, holdout, ref, analysis, budget, report,
         small_ref = _reference(onnx_path, small) if analysis is not None else ref
         found = openvino_int8.search(work / "f32" / "prefix.xml", work / "f32" / "rest.xml", cut, work, calib,
                                      small, small_ref, holdout, ref, rest_precision, budget, WORST * budget,
-                                     SEARCH_MARGIN, log)
+                                     log, openvino_int8.group_names(onnx_path))
         rec = {**report, "int8": found, "budget": budget, "worst_budget": WORST * budget,
                "heldout_images": len(holdout), "calibration_images": len(calib), "measured_on": MEASURED_ON}
         if found["passed"]:

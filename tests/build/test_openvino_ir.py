@@ -70,7 +70,8 @@ def test_int8_with_accuracy_control(tiny_onnx, tmp_path, make_images, monkeypatc
     never = build_cpu_plan(tiny_onnx, tmp_path / "never", "int8", hold, budget=-1.0, **quiet)
     n = never["int8"]["groups"]
     assert never["plan"] == ["f32"] and never["fell_back_to"] == "f32" and "no INT8 plan within" in never["fell_back"]
-    assert len(never["int8"]["sensitivity"]) == n and len(never["int8"]["float_groups"]) == n  # all tried
+    assert len(never["int8"]["sensitivity"]) == n and len(never["int8"]["search"]) == n  # every group tried
+    assert set(never["int8"]["float_groups"]) == {t["to_float"] for t in never["int8"]["search"] if t["kept"]}
     assert json.loads((tmp_path / "never" / "plan.json").read_text())["parts"][0]["precision"] == "f32"
     quantized = __import__("openvino").Core().read_model(str(tmp_path / "loose" / "rest.xml"))
     found = openvino_int8.fq_inputs(quantized)
