@@ -217,7 +217,8 @@ def build_quantized(fp32: Path, out_dir: Path, calib: np.ndarray, holdout: np.nd
 
         def measure(chosen):
             nodes = [n for g in chosen for n in grouped[g]]
-            return disagreement(run_labels(quantize(fp32, work / "try.onnx", cache, method=method, include=nodes), holdout), ref, holdout)
+            path = quantize(fp32, work / "try.onnx", cache, method=method, include=nodes)
+            return disagreement(run_labels(path, holdout), ref, holdout)
 
         kept, trace = greedy_best(order, budget * margin, measure)
         final_set, final_ref = (holdout_full, run_labels(fp32, holdout_full)) if holdout_full is not None \

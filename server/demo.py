@@ -77,8 +77,9 @@ def pick_cpu_row(repo: Path, flags: list[str], timer=micro_time, say=print) -> s
         say(f"model: {best} (the fastest row that passed its guard on this CPU: " +
             ", ".join(f"{r} {t:.3f} s/frame" for r, t in sorted(passed.items(), key=lambda kv: kv[1])) + ")")
         return best
-    row = "segformer_b1_ov_bf16" if has_bf16(flags) else "segformer_b1_ov"
-    say(f"model: {row} (no guarded CPU row built yet; {'this CPU has bf16' if has_bf16(flags) else 'no bf16 on this CPU'})")
+    bf16 = has_bf16(flags)
+    row = "segformer_b1_ov_bf16" if bf16 else "segformer_b1_ov"
+    say(f"model: {row} (no guarded CPU row built yet; {'this CPU has bf16' if bf16 else 'no bf16 on this CPU'})")
     return row
 
 
