@@ -54,6 +54,20 @@ def has_bf16(flags: list[str] | None = None) -> bool:
     return any(f in (flags if flags is not None else cpu_flags()) for f in BF16_FLAGS)
 
 
+def guard_verdict(plan: dict, flags: list[str]) -> tuple[bool, str]:
+    """(passed on a CPU with `flags`, why) for a plan's report (build.json's `openvino_plan`): a guard measured on
+    another CPU does not count; a failed one says by how much and what the row runs instead."""
+    if plan.get("cpu_flags") != flags:
+        return False, "its guard ran on a CPU with other features: rebuild it here (make repo)"
+    if plan.get("fell_back"):
+        return False, f"guard failed: {plan['fell_back']}; it runs {plan.get('fell_back_to', 'f32')}"
+    if "heldout_disagreement" in plan:
+        worst = f" / {plan['heldout_worst'] * 100:.3f} % worst" if "heldout_worst" in plan else ""
+        return True, (f"{'+'.join(plan['plan'])}, guard passed: {plan['heldout_disagreement'] * 100:.3f} % mean"
+                      f"{worst} of {plan.get('heldout_images', '?')} held-out frames differ from FP32")
+    return True, "f32, exact"
+
+
 def first_conv_output(model) -> str:
     """The tensor after the first convolution fed (through elementwise preprocessing) by the graph input: the
     first patch embedding. Found by pattern, not by name."""

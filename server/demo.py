@@ -29,16 +29,9 @@ CPU_ROWS = ("segformer_b1_ov_int8", "segformer_b1_ov_bf16", "segformer_b1_ov")  
 
 def verdict(build: dict, flags: list[str]) -> tuple[bool, str]:
     """(passed on this CPU, why) from a row's build.json."""
-    plan = build.get("openvino_plan") or {}
-    if plan.get("cpu_flags") != flags:
-        return False, "its guard ran on a CPU with other features: rebuild it here (make repo)"
-    if plan.get("fell_back"):
-        return False, f"guard failed: {plan['fell_back']}; it runs {plan.get('fell_back_to', 'f32')}"
-    if "heldout_disagreement" in plan:
-        worst = f" / {plan['heldout_worst'] * 100:.3f} % worst" if "heldout_worst" in plan else ""
-        return True, (f"{'+'.join(plan['plan'])}, guard passed: {plan['heldout_disagreement'] * 100:.3f} % mean"
-                      f"{worst} of {plan.get('heldout_images', '?')} held-out frames differ from FP32")
-    return True, "f32, exact"
+    from build.openvino_ir import guard_verdict
+
+    return guard_verdict(build.get("openvino_plan") or {}, flags)
 
 
 def micro_time(folder: Path, size) -> float:
