@@ -21,9 +21,14 @@ from segformer.weights import atomic_write_bytes, get_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_CODE = [ROOT / "build" / "export.py", ROOT / "segformer" / "model.py"]
-PASS_CODE = [ROOT / "build" / f for f in ("passes.py", "quantize.py", "quantize_cpu.py")]
+# the code that prepares the guards' frames and brings their labels back to the image (the input policy) is in
+# every guarded artefact's key, beside the policy itself (InputPolicy.describe): a plan measured on other frames
+# (stretched, or over the padded tensor) is never reused silently
+POLICY_CODE = [ROOT / "client" / "policy.py", ROOT / "client" / "placement.py", ROOT / "build" / "guard.py"]
+PASS_CODE = [ROOT / "build" / f for f in ("passes.py", "quantize.py", "quantize_cpu.py")] + POLICY_CODE
 # the plan's guard runs the served runtime: a change to either re-measures the plan
-OPENVINO_CODE = [ROOT / "build" / "openvino_ir.py", ROOT / "server" / "models" / "segformer_runtime.py"]
+OPENVINO_CODE = [ROOT / "build" / "openvino_ir.py", ROOT / "build" / "openvino_int8.py",
+                 ROOT / "build" / "quantize.py", ROOT / "server" / "models" / "segformer_runtime.py", *POLICY_CODE]
 DEFAULT_HOLDOUT = ROOT / "samples" / "heldout"  # three CamVid test frames (never trained on): the guards without HOLDOUT=
 
 
@@ -53,7 +58,7 @@ class QuantSettings:
     calib: Path | None = None  # calibration image folder
     holdout: Path | None = None  # held-out folder for sensitivity (default: the calibration folder)
     calib_count: int = 4  # ONNX Runtime keeps every calibrated tensor in memory: 8 B1 1024² images need >24 GB
-    holdout_count: int = 3
+    holdout_count: int = 3  # the guards' frames: use >= 12 the weights never saw (bench.cpu does)
     method: str = "minmax"
     budget: float = 0.005
     analysis_size: tuple[int, int] | None = (512, 512)
@@ -118,20 +123,23 @@ class OnnxCache:
                                    "DIR), a folder of images like the ones you will serve")
         folder_in = q.holdout or q.calib or DEFAULT_HOLDOUT
         hold_key = (q.key() if (q.holdout or q.calib) else "default") if precision != "f32" else ""
-        key = _sha(json.dumps([base.name, precision, hold_key, q.budget, openvino_ir.cpu_flags(),
+        policy = InputPolicy.for_row(v)
+        key = _sha(json.dumps([base.name, precision, hold_key, q.budget, policy.describe(), openvino_ir.cpu_flags(),
                                code_hash(OPENVINO_CODE)]).encode())[:16]
         folder = self.root / f"ov-{key}"
         if not (folder / "report.json").is_file():
-            hold = quantize.load_batch(folder_in, InputPolicy.for_row(v), q.holdout_count, "held-out") \
-                if precision != "f32" else None
-            calib = quantize.load_batch(q.calib, InputPolicy.for_row(v), q.calib_count) if precision == "int8" else None
+            hold = quantize.load_batch(folder_in, policy, q.holdout_count, "held-out") if precision != "f32" else None
+            calib = quantize.load_batch(q.calib, policy, q.calib_count) if precision == "int8" else None
+            small = quantize.load_batch(folder_in, policy.at(q.analysis_size), q.holdout_count, "held-out") \
+                if precision == "int8" and q.analysis_size and tuple(q.analysis_size) != tuple(v.size) else None
             stage = self.root / f".ov-{key}.stage"
             shutil.rmtree(stage, ignore_errors=True)
             try:
                 plan = openvino_ir.build_cpu_plan(base, stage / "plan", precision, hold, q.budget, log=log,
-                                                  calib=calib)
+                                                  calib=calib, analysis=small)
                 if precision != "f32":
                     plan["heldout_folder"] = str(folder_in)
+                    plan["input_policy"] = policy.describe()
                 (stage / "plan" / "report.json").write_text(json.dumps(plan, indent=1))
                 shutil.rmtree(folder, ignore_errors=True)
                 (stage / "plan").replace(folder)
@@ -170,7 +178,8 @@ class OnnxCache:
             raise NeedsCalibration(f"{v.precision} needs calibration images: make repo CALIB=DIR "
                                    f"(or --calib DIR), a folder of images like the ones you will serve")
         cpu = v.int8_recipe == "dynamic"
-        key = _sha(json.dumps([base.name, q.key(), v.int8_recipe, code_hash(PASS_CODE)]).encode())[:16]
+        key = _sha(json.dumps([base.name, q.key(), v.int8_recipe, InputPolicy.for_row(v).describe(),
+                               code_hash(PASS_CODE)]).encode())[:16]
         folder = self.root / f"quant-{key}"
         report_name = "quantize_cpu.json" if cpu else "quantize.json"
         if not (folder / report_name).is_file():
@@ -182,11 +191,12 @@ class OnnxCache:
             stage = Path(tempfile.mkdtemp(prefix=f".quant-{key}.", dir=self.root))
             try:
                 if cpu:
-                    quantize_cpu.build_cpu_int8(base, stage, hold, q.budget, log=log, holdout_full=full)
+                    quantize_cpu.build_cpu_int8(base, stage, hold, q.budget, log=log, holdout_full=full,
+                                                policy=InputPolicy.for_row(v))
                 else:
                     calib = quantize.load_batch(q.calib, InputPolicy.for_row(v), q.calib_count)
                     quantize.build_quantized(base, stage, calib, hold, q.method, q.budget, log=log,
-                                             holdout_full=full)
+                                             holdout_full=full, policy=InputPolicy.for_row(v))
                 shutil.rmtree(folder, ignore_errors=True)
                 stage.replace(folder)
             finally:

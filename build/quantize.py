@@ -23,53 +23,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from build.guard import (CalibrationError, Prepared, guard_disagreement, load_batch,  # noqa: F401 (this module's API)
+                         measured_on, policy_record)
 from client.cli import progress, run as run_cli
-from client.labels import list_images
-from client.preprocess import load_image
 from client.policy import InputPolicy
-from segformer.errors import OutcomeError, ProjectError
+from segformer.errors import OutcomeError
 
 QUANT_OPS = ("MatMul", "Conv", "Gemm")
 METHODS = ("minmax", "percentile", "entropy")
-
-
-class CalibrationError(ProjectError, ValueError):
-    """Calibration cannot run (no images, unreadable folder); the message names the fix."""
-
-
-class Prepared(np.ndarray):
-    """A uint8 [N, H, W, 3] batch that remembers the InputPolicy that prepared it, so a guard's report can say
-    which inputs it measured (numpy's way of carrying metadata on an array: a subclass with __array_finalize__)."""
-
-    policy: InputPolicy | None = None
-
-    def __array_finalize__(self, obj):
-        self.policy = getattr(obj, "policy", None)
-
-
-def policy_record(*batches, policy: InputPolicy | None = None) -> dict | None:
-    """`policy.describe()` of the given policy, else of the first batch that carries one (None: unknown)."""
-    for p in (policy, *(getattr(b, "policy", None) for b in batches)):
-        if p is not None:
-            return p.describe()
-    return None
-
-
-def load_batch(folder: Path, policy: InputPolicy, count: int, what: str = "calibration") -> Prepared:
-    """`count` images from `folder` (evenly spread over the sorted list), prepared by `policy` exactly as a client
-    sends them (by default `InputPolicy.for_row(row)`: letterboxed into a fixed input, `fit`)."""
-    if not isinstance(policy, InputPolicy):
-        raise TypeError(f"load_batch takes an InputPolicy (InputPolicy.for_row(row)), not {type(policy).__name__}")
-    try:
-        files = list_images(folder)
-    except FileNotFoundError as exc:
-        raise CalibrationError(f"{what} images: {exc}") from None
-    idx = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
-    picked = [files[i] for i in dict.fromkeys(idx.tolist())]
-    images = [load_image(p) for p in progress(picked, desc=f"{what} images", unit="img")]
-    out = policy.batch(images).view(Prepared)
-    out.policy = policy
-    return out
 
 
 class _Reader:
@@ -170,7 +131,11 @@ def run_labels(path: Path, images: np.ndarray, threads: int = 0) -> np.ndarray:
     return np.concatenate([sess.run(["labels"], {"images": images[i:i + 1]})[0] for i in range(len(images))])
 
 
-def disagreement(a: np.ndarray, b: np.ndarray) -> float:
+def disagreement(a: np.ndarray, b: np.ndarray, images: np.ndarray | None = None) -> float:
+    """Share of pixels labelled differently, on the labels clients get back for `images` (build.guard: each image's
+    frame, mean over frames); without `images`, over the whole arrays."""
+    if images is not None:
+        return guard_disagreement(a, b, images)
     return float(np.count_nonzero(a != b) / a.size)
 
 
@@ -180,7 +145,7 @@ def sensitivity(fp32: Path, cache: Path, grouped: dict[str, list[str]], holdout:
     result = {}
     for g, nodes in progress(grouped.items(), desc="sensitivity", unit="group"):
         path = quantize(fp32, work / "one.onnx", cache, method=method, include=nodes)
-        result[g] = disagreement(run_labels(path, holdout), ref)
+        result[g] = disagreement(run_labels(path, holdout), ref, holdout)
     return result
 
 
@@ -244,7 +209,7 @@ def build_quantized(fp32: Path, out_dir: Path, calib: np.ndarray, holdout: np.nd
         quantize(fp32, work / "int8.onnx", cache, calib, method)
         t_calib = time.perf_counter() - t0
         ref = run_labels(fp32, holdout)
-        full = disagreement(run_labels(work / "int8.onnx", holdout), ref)
+        full = disagreement(run_labels(work / "int8.onnx", holdout), ref, holdout)
         log(f"INT8, everything quantized ({sum(map(len, grouped.values()))} layers in {len(grouped)} groups): "
             f"{full * 100:.3f} % of held-out pixels differ from FP32")
         sens = sensitivity(fp32, cache, grouped, holdout, ref, work, method)
@@ -252,17 +217,18 @@ def build_quantized(fp32: Path, out_dir: Path, calib: np.ndarray, holdout: np.nd
 
         def measure(chosen):
             nodes = [n for g in chosen for n in grouped[g]]
-            return disagreement(run_labels(quantize(fp32, work / "try.onnx", cache, method=method, include=nodes), holdout), ref)
+            path = quantize(fp32, work / "try.onnx", cache, method=method, include=nodes)
+            return disagreement(run_labels(path, holdout), ref, holdout)
 
         kept, trace = greedy_best(order, budget * margin, measure)
         final_set, final_ref = (holdout_full, run_labels(fp32, holdout_full)) if holdout_full is not None \
             else (holdout, ref)
-        full_all = disagreement(run_labels(work / "int8.onnx", final_set), final_ref)
+        full_all = disagreement(run_labels(work / "int8.onnx", final_set), final_ref, final_set)
 
         def measure_final(chosen):
             nodes = [n for g in chosen for n in grouped[g]] or ["-none-"]
             path = quantize(fp32, work / "best.onnx", cache, method=method, include=nodes)
-            return disagreement(run_labels(path, final_set), final_ref)
+            return disagreement(run_labels(path, final_set), final_ref, final_set)
 
         kept, best, repair = repair_to_budget(kept, sens, budget, measure_final, log)
         best_nodes = [n for g in kept for n in grouped[g]]
@@ -273,6 +239,7 @@ def build_quantized(fp32: Path, out_dir: Path, calib: np.ndarray, holdout: np.nd
     precision = {g: ("int8" if g in kept else "fp32") for g in grouped}
     report = {"method": method, "budget": budget, "search_target": budget * margin,
               "input_policy": policy_record(calib, holdout_full, policy=policy),
+              "measured_on": measured_on(holdout_full if holdout_full is not None else holdout),
               "analysis_size": list(holdout.shape[1:3]), "serving_size": list(calib.shape[1:3]), "calibration_images": len(calib), "holdout_images": len(holdout),
               "groups": len(grouped), "layers": sum(map(len, grouped.values())),
               "int8_all": {"disagreement": full_all, "disagreement_analysis_size": full}, "sensitivity": dict(sorted(sens.items(), key=lambda kv: kv[1])),

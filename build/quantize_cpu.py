@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from build.quantize import (LEGACY_ERRORS, add_common_args, check_budget, disagreement, greedy_best, groups,
-                            policy_record, prepare, repair_to_budget, run_labels)
+                            measured_on, policy_record, prepare, repair_to_budget, run_labels)
 from client.cli import progress, run as run_cli
 from client.policy import InputPolicy
 
@@ -70,7 +70,7 @@ def build_cpu_int8(fp32: Path, out_dir: Path, holdout: np.ndarray, budget: float
 
         def measure(chosen, images=holdout, reference=ref, name="try.onnx"):
             nodes = [n for g in chosen for n in grouped[g]]
-            return disagreement(run_labels(quantize_dynamic(fp32, work / name, nodes), images), reference)
+            return disagreement(run_labels(quantize_dynamic(fp32, work / name, nodes), images), reference, images)
 
         everything = measure(list(grouped))
         log(f"CPU INT8, every weight product ({sum(map(len, grouped.values()))} in {len(grouped)} groups): "
@@ -93,6 +93,7 @@ def build_cpu_int8(fp32: Path, out_dir: Path, holdout: np.ndarray, budget: float
     report = {"recipe": "onnxruntime dynamic INT8 (DynamicQuantizeMatMul, per-tensor 7-bit weights)",
               "budget": budget, "search_target": budget * margin, "holdout_images": len(holdout),
               "input_policy": policy_record(holdout_full, holdout, policy=policy),
+              "measured_on": measured_on(holdout_full if holdout_full is not None else holdout),
               "analysis_size": list(holdout.shape[1:3]), "groups": len(grouped),
               "all_weight_products": {"disagreement_analysis_size": everything}, "sensitivity": sens,
               "greedy": trace, "repair": repair,

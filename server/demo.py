@@ -2,13 +2,16 @@
 
     python -m server.demo [--image samples/camvid_0001TP_008550.jpg] [--model auto]
 
-`--model auto` (the default) serves the fastest CPU row this CPU runs within the accuracy budget: OpenVINO bf16
-(guarded: whole graph, f32 prefix or f32, see build.openvino_ir) where the CPU has AVX512-BF16 or AMX, else
-OpenVINO f32 (exact).
+`--model auto` (the default) serves the fastest CPU row that passed its accuracy guard on this CPU: of the OpenVINO
+rows already in the repository (INT8 + bf16, bf16, f32), those whose build.json says their guard passed on a CPU
+with this one's features are timed on one frame (a micro-timing: compile, warm up, best of 2) and the fastest is
+served; a row whose guard failed is named with by how much and what it fell back to. With none built: bf16 where
+the CPU has AVX512-BF16 or AMX (guarded, see build.openvino_ir), else f32 (exact).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -21,6 +24,56 @@ from client.segment import segment_files
 from server.serve import STATE, ServerError, preflight, start, stop_pid
 
 ROOT = Path(__file__).resolve().parent.parent
+CPU_ROWS = ("segformer_b1_ov_int8", "segformer_b1_ov_bf16", "segformer_b1_ov")  # the OpenVINO CPU rows
+
+
+def verdict(build: dict, flags: list[str]) -> tuple[bool, str]:
+    """(passed on this CPU, why) from a row's build.json."""
+    from build.openvino_ir import guard_verdict
+
+    return guard_verdict(build.get("openvino_plan") or {}, flags)
+
+
+def micro_time(folder: Path, size) -> float:
+    """Seconds for one frame through the plan in `folder` (compiled and warmed up first; best of 2)."""
+    import numpy as np
+
+    from server.models.segformer_runtime import PlanRunner
+
+    runner, x = PlanRunner(folder), np.zeros((1, *size, 3), np.uint8)
+    runner.run(x)
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        runner.run(x)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def pick_cpu_row(repo: Path, flags: list[str], timer=micro_time, say=print) -> str:
+    """The fastest built OpenVINO row whose guard passed on this CPU (micro-timed), said why; with none built,
+    bf16 where the CPU has it, else f32."""
+    from build.openvino_ir import has_bf16
+    from build.variants import VARIANTS
+
+    passed = {}
+    for row in CPU_ROWS:
+        build = repo / row / "build.json"
+        if not build.is_file():
+            continue
+        ok, why = verdict(json.loads(build.read_text()), flags)
+        say(f"  {row}: {why}")
+        if ok:
+            passed[row] = timer(repo / row / "1", VARIANTS[row].size)
+    if passed:
+        best = min(passed, key=passed.get)
+        say(f"model: {best} (the fastest row that passed its guard on this CPU: " +
+            ", ".join(f"{r} {t:.3f} s/frame" for r, t in sorted(passed.items(), key=lambda kv: kv[1])) + ")")
+        return best
+    bf16 = has_bf16(flags)
+    row = "segformer_b1_ov_bf16" if bf16 else "segformer_b1_ov"
+    say(f"model: {row} (no guarded CPU row built yet; {'this CPU has bf16' if bf16 else 'no bf16 on this CPU'})")
+    return row
 
 
 def main(argv=None) -> int:
@@ -42,15 +95,19 @@ def demo(a) -> int:
     preflight(state, a.host, a.http_port, a.grpc_port, a.metrics_port)  # before building: a held port is named
     t0 = time.perf_counter()
     try:
-        if a.model == "auto":
-            from build.openvino_ir import has_bf16
+        auto = a.model == "auto"
+        if auto:
+            from build.openvino_ir import cpu_flags
 
-            a.model = "segformer_b1_ov_bf16" if has_bf16() else "segformer_b1_ov"
-            print(f"model: {a.model} ({'this CPU has bf16' if has_bf16() else 'no bf16 on this CPU'})")
+            a.model = pick_cpu_row(a.repo, cpu_flags())
         rows = select([a.model])
         results = write_repository(rows, a.repo)
         if results[a.model] not in ("built", "unchanged"):
             raise ServerError(f"{a.model}: {results[a.model]}")
+        if auto:  # what the served row's guard said (a fresh build's too)
+            from build.openvino_ir import cpu_flags
+
+            print(f"  {a.model}: {verdict(json.loads((a.repo / a.model / 'build.json').read_text()), cpu_flags())[1]}")
         times["model repository"] = time.perf_counter() - t0
         t = time.perf_counter()
         proc = start(a.repo, a.http_port, a.grpc_port, a.metrics_port, state=state, host=a.host)

@@ -38,7 +38,7 @@ def test_report_names_the_policy_and_the_guard():
                    "guard": {"images": 12, "frames": ["x.png", "y.png"]}, "bf16_row_plan": {"plan": ["bf16"]},
                    "int8_row_plan": plan, "accuracy": {"images": 12, "rows": rows}})
     assert "Input policy `fit` 1024x1024" in md and "guards on 12 CamVid test frames (x.png .. y.png)" in md
-    assert "int8 f32, fell back: no INT8 plan within the budget; tried nothing 0.400 %" in md
+    assert "int8 f32, fell back to f32: no INT8 plan within the budget; tried nothing 0.400 %" in md
     busy = markdown({"cpu": "CPU", "cores": 2, "flags": [], "date": "today", "command": "c",
                      "input_policy": {"mode": "fit", "size": [1024, 1024]}, "timing": timing,
                      "guard": {"images": 12, "frames": ["x.png", "y.png"]}, "bf16_row_plan": {"plan": ["bf16"]},
@@ -51,3 +51,13 @@ def test_no_camvid_is_one_error_line(tmp_path, capsys):
     assert main(["--data", str(tmp_path), "--out", str(tmp_path / "never")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --data") and not list(tmp_path.iterdir())
+
+
+def test_report_names_the_int8_plan_its_guard_and_the_groups_in_bf16():
+    from bench.cpu import _plan_text
+
+    plan = {"plan": ["f32", "int8+bf16"], "heldout_disagreement": 0.0031, "heldout_worst": 0.0062,
+            "int8": {"passed": True, "groups": 30, "int8_groups": 28, "float_precision": "bf16",
+                     "float_groups": ["decode_head.classifier", "encoder.stages.0.blocks.0.attn"]}}
+    assert _plan_text(plan) == ("f32+int8+bf16 (guard 0.310 % / 0.620 %), 28 of 30 groups INT8, 2 in bf16: "
+                                "decode_head.classifier, encoder.stages.0.blocks.0.attn")
