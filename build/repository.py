@@ -31,7 +31,7 @@ from build.artefacts import EXPORT_CODE, PASS_CODE, NeedsCalibration, OnnxCache,
 from build import versions
 from build.backends import SERVER_MODELS, Backend, backend
 from build.model_config import model_config, to_pbtxt
-from build.variants import SHIPPED, ServingVariant, rows_for, select
+from build.variants import PYTHON_OV, SHIPPED, ServingVariant, rows_for, select
 from build.versions import KEEP_VERSIONS
 from client.cli import log as cli_log
 from client.cli import progress, run
@@ -308,7 +308,21 @@ def _write_all(variants, repo, force, log, cache, keep=KEEP_VERSIONS) -> dict:
             skip = isinstance(exc, (BuilderUnavailable, NeedsCalibration))
             results[v.name] = f"skipped: {exc}" if skip else f"FAILED: {type(exc).__name__}: {exc}"
         log(f"  {v.name:24s} {results[v.name]}")
+        if v.backend == PYTHON_OV and not results[v.name].startswith(("skipped", "FAILED")):
+            log(f"  {'':24s} {_guard_line(repo / v.name)}")  # which plan runs here, and why
     return results
+
+
+def _guard_line(model_dir: Path) -> str:
+    """The OpenVINO row's guard on this CPU, one sentence (passed with its numbers, or failed by how much and what
+    it runs instead)."""
+    from build import openvino_ir
+
+    try:
+        plan = json.loads((model_dir / "build.json").read_text())["openvino_plan"]
+    except (OSError, ValueError, KeyError):
+        return "no guard recorded"
+    return openvino_ir.guard_verdict(plan, openvino_ir.cpu_flags())[1]
 
 
 def _names(text: str) -> list[str]:

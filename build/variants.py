@@ -100,8 +100,9 @@ TEMPLATES: tuple[Template, ...] = (
              description="OpenVINO bf16 where the CPU has AVX512-BF16/AMX, accuracy-guarded (f32 prefix or f32 "
                          "fallback)"),
     Template("_ov_int8", PYTHON_OV, precision="int8", max_batch=2,
-             description="OpenVINO INT8 (NNCF post-training quantization) where the CPU has VNNI/AMX, accuracy-"
-                         "guarded (stem / decoder kept f32, or f32 fallback); needs CALIB"),
+             description="OpenVINO INT8 (NNCF) after an f32 stem, the rest bf16 where the CPU has it; sensitive "
+                         "groups returned to bf16 until the guard passes (<= 0.5 % mean / 1 % worst frame); f32 "
+                         "fallback; needs CALIB"),
     Template("_openvino", OPENVINO, max_batch=2, description="stock Triton openvino backend (NGC), f32 IR"),
     *(Template(f"_trt_{p}", TENSORRT, precision=p, description=f"TensorRT plan, {p}", **TRT) for p in PRECISIONS),
     Template("_trt_plugin", TENSORRT, layernorm="plugin", description="TensorRT plan, fp32, LayerNorm as the plugin "
