@@ -76,6 +76,9 @@ def _scenario(name: str, sc: dict, args, log, rows: list, timing: dict) -> None:
         res = write_repository([row], repo, force=True, log=log)
         if res[row.name] not in ("built", "unchanged"):
             raise RuntimeError(f"{row.name}: {res[row.name]}")
+        if not serve.has_gpu():  # the launcher leaves KIND_GPU rows out on such a machine: say why up front
+            raise RuntimeError(f"{row.name} needs a CUDA GPU: this machine has none (Triton refuses KIND_GPU "
+                               "instances without one)")
         t0 = time.perf_counter()
         for k in range(sc["servers"]):
             env = {} if sc["gpus"] == "all" else {"CUDA_VISIBLE_DEVICES": str(k) if sc["gpus"] == "each" else sc["gpus"]}

@@ -98,6 +98,6 @@ def test_segment_cli_keeps_the_aspect_and_slides(byom_server, imported, tmp_path
         assert segment_main([str(image), "--url", byom_server["url"], "--model", "city_mm", "--out", str(out),
                              *extra]) == 0
         text = capsys.readouterr().out
-        assert ("slide" in text) if extra else ("480x384 (fit" in text)  # 360x480 padded to 384x480, not squashed
+        assert ("slide" in text) if extra else ("384x480 (fit" in text)  # HxW: 360x480 padded to 384x480, not squashed
         labels = Image.open(out / f"{image.stem}_labels.png")
         assert labels.size == (480, 360)
