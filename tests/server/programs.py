@@ -6,6 +6,24 @@ import sys
 import types
 
 
+class DLTensor:
+    """pb_utils.Tensor as the GPU program uses it: DLPack in and out (torch tensors)."""
+
+    def __init__(self, name, t):
+        self.name, self.t = name, t
+
+    def to_dlpack(self):
+        import torch
+
+        return torch.utils.dlpack.to_dlpack(self.t)
+
+    @classmethod
+    def from_dlpack(cls, name, capsule):
+        import torch
+
+        return cls(name, torch.from_dlpack(capsule).clone())
+
+
 class _In:
     def __init__(self, a):
         self.a = a

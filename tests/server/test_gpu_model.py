@@ -12,19 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.server.programs import DLTensor as _Tensor
+
 SIZE = (8, 12)
-
-
-class _Tensor:
-    def __init__(self, name, t):
-        self.name, self.t = name, t
-
-    def to_dlpack(self):
-        return torch.utils.dlpack.to_dlpack(self.t)
-
-    @classmethod
-    def from_dlpack(cls, name, capsule):
-        return cls(name, torch.from_dlpack(capsule).clone())
 
 
 class _Response:

@@ -11,22 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.server.programs import DLTensor as _Tensor
+
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="kernel checks need a CUDA GPU")
 FRAMES = sorted((ROOT / "samples" / "heldout").glob("*.jpg")) + [ROOT / "samples" / "camvid_0001TP_008550.jpg"]
-
-
-class _Tensor:
-    def __init__(self, name, t):
-        self.name, self.t = name, t
-
-    def to_dlpack(self):
-        return torch.utils.dlpack.to_dlpack(self.t)
-
-    @classmethod
-    def from_dlpack(cls, name, capsule):
-        return cls(name, torch.from_dlpack(capsule).clone())
 
 
 def _pb():
