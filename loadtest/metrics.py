@@ -26,7 +26,11 @@ def parse(text: str) -> dict[str, dict[str, float]]:
     return {k: dict(v) for k, v in out.items()}
 
 
-def scrape(url: str = "localhost:8002", timeout: float = 5.0) -> dict[str, dict[str, float]]:
+def scrape(url: str | None = None, timeout: float = 5.0) -> dict[str, dict[str, float]]:
+    if url is None:
+        from client.cli import default_url
+
+        url = default_url("metrics")
     url = url if url.startswith("http") else f"http://{url}"
     with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=timeout) as r:  # localhost only
         return parse(r.read().decode())

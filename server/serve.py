@@ -234,7 +234,8 @@ def wait_ready(http: int, proc: subprocess.Popen, log: Path, timeout: float = 18
 
 
 
-def start(repo: Path, http: int = 8000, grpc: int = 8001, metrics: int = 8002, state: Path = STATE,
+def start(repo: Path, http: int = cli.PORTS["http"], grpc: int = cli.PORTS["grpc"], metrics: int = cli.PORTS["metrics"],
+          state: Path = STATE,
           timeout: float = 180, plugins: list[Path] | None = None, host: str = DEFAULT_HOST,
           extra_args: tuple[str, ...] = (), env_extra: dict | None = None) -> subprocess.Popen:
     """Start tritonserver in the background and wait until it is ready; `extra_args` are added to its command

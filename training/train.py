@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accu
 from client.policy import InputPolicy
 from segformer.config import CITYSCAPES, CAMVID_TO_CITYSCAPES, parse_size
 from segformer.model import SegmentationPipeline, create_model
+from segformer.errors import ProjectError
 from segformer.weights import save_weights
 
 
@@ -97,7 +97,16 @@ def main(argv=None) -> int:
     ap.add_argument("--test-split", default="test")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    from client import cli
 
+    return cli.run(lambda: train(args))
+
+
+class TrainingError(ProjectError):
+    """A run that cannot start or continue as asked; the message names the fix."""
+
+
+def train(args) -> int:
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     args.out.mkdir(parents=True, exist_ok=True)
@@ -112,9 +121,7 @@ def main(argv=None) -> int:
     ckpt = args.out / "last.pt"
     if args.resume:
         if not ckpt.is_file():
-            print(f"error: --resume: no checkpoint at {ckpt}; run without --resume to start a new run",
-                  file=sys.stderr)
-            return 2
+            raise TrainingError(f"--resume: no checkpoint at {ckpt}; run without --resume to start a new run")
         state = torch.load(ckpt, map_location=dev, weights_only=True)
         model.load_state_dict(state["model"], strict=True)
         opt.load_state_dict(state["optimizer"])
@@ -133,8 +140,7 @@ def main(argv=None) -> int:
             batches = GpuBatches(args.data, splits, augment, args.batch, dev, seed=args.seed + step)
         except ValueError as exc:
             if args.loader == "gpu":
-                print(f"error: --loader gpu: {exc}", file=sys.stderr)
-                return 2
+                raise TrainingError(f"--loader gpu: {exc}") from None
     if batches is None:
         data = torch.utils.data.ConcatDataset([TrainSet(args.data, s, augment, seed=args.seed) for s in splits])
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True,
