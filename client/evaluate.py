@@ -84,10 +84,26 @@ def resolve(names: list[str], served: list[str], option: str = "--models (make e
     return out
 
 
-def entry_rows(reference: str, served: list[str]) -> list[str]:
-    """The served rows of the reference's entry: every served model named `reference_*` (segformer_b1_fp16,
-    segformer_b1_int8 ... for segformer_b1), sorted."""
-    return sorted(s for s in served if s.startswith(f"{reference}_"))
+def entry_rows(reference: str, served: list[str], takes_images=lambda name: True) -> list[str]:
+    """The served rows of the reference's entry that take the same request: every served model named
+    `reference_*` (segformer_b1_fp16, segformer_b1_int8 ... for segformer_b1) for which `takes_images(name)` (an
+    `images` input and a `labels` output: not a row's JPEG ensemble or its decode step), sorted."""
+    return sorted(s for s in served if s.startswith(f"{reference}_") and takes_images(s))
+
+
+def _takes_images(url, protocol, timeout):
+    """Whether a served model takes raw frames (`images` -> `labels`), from its config."""
+    from client.runners import RunnerError, TritonRunner
+
+    def check(name: str) -> bool:
+        r = TritonRunner(name, url, protocol, timeout)
+        try:
+            return r.activate().payload == "images"
+        except RunnerError:
+            return False
+        finally:
+            r.deactivate()
+    return check
 
 
 @dataclass
@@ -272,7 +288,7 @@ def _main(args, models: list[str], size, stride) -> int:
             if is_local(reference):
                 raise EvaluateError(f"--reference {reference} is local: name the served models to compare with "
                                     f"--models (make evaluate EVAL_MODELS=a,b)")
-            models = entry_rows(reference, served)
+            models = entry_rows(reference, served, _takes_images(args.url, args.protocol, args.timeout))
             print(f"models: {', '.join(models) if models else 'none besides the reference'} (the served rows of "
                   f"{reference}; --models / EVAL_MODELS= picks others)")
         models = resolve(models, served)

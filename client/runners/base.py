@@ -76,6 +76,7 @@ class ModelInfo:
     has_logits: bool = False
     trained: list[str] | None = None  # classes the weights were trained on, where fewer than `classes`
     version: str | None = None  # the model version that answered (Triton)
+    payload: str = "images"  # what a request carries: raw frames ("images") or one encoded file ("encoded")
     licence: str | None = None
 
     def check(self, images: np.ndarray) -> None:

@@ -327,7 +327,9 @@ def info_from_config(name: str, cfg: dict) -> ModelInfo:
         inputs = {i.get("name"): i for i in cfg.get("input", [])}
         if "images" not in inputs and "encoded" in inputs and "placement" in outputs:  # a row's `_jpeg` ensemble
             labels = next(o for o in cfg["output"] if o["name"] == "labels")
-            return _info(name, [int(d) for d in labels["dims"]] + [3], _params(cfg), cfg, outputs)
+            info = _info(name, [int(d) for d in labels["dims"]] + [3], _params(cfg), cfg, outputs)
+            info.payload = "encoded"
+            return info
         image_input = inputs["images"]
         dims = [int(d) for d in image_input["dims"]]
         if "labels" not in outputs or len(dims) != 3:
