@@ -280,11 +280,6 @@ def policy_of(args) -> InputPolicy:
 LEGACY_ERRORS = (FileNotFoundError, RuntimeError)
 
 
-def cli_errors(body) -> int:
-    """Deprecated: client.cli.run with this package's legacy errors (kept for build.export until it moves)."""
-    return run_cli(body, handled=LEGACY_ERRORS)
-
-
 def prepare(args) -> tuple[Path, np.ndarray, np.ndarray]:
     """Held-out images (analysis and serving size, prepared by the --resize policy) and the verified FP32 export
     in --out. A missing folder is a CalibrationError before anything is written."""

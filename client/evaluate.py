@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from client import cli
-from client.labels import FORMATS, LabelError, LabelMapper, find_label, list_images
+from client.labels import FORMATS, LabelMapper, find_label, list_images
 from client.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from client.policy import MODES, predict
 from client.preprocess import ImageError, load_image

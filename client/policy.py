@@ -149,28 +149,39 @@ class InputPolicy:
 
         return self.prepare(load_image(path))[0]
 
-    def batch(self, images) -> np.ndarray:
+    def batch(self, images, between=None) -> np.ndarray:
         """Decoded images (or files) prepared and stacked [N, H, W, 3]. Images of a dynamic row that would be sent
-        at different sizes are placed into the row's optimum size instead (one batch needs one shape)."""
+        at different sizes are placed into the row's optimum size instead (one batch needs one shape).
+        `between()`, when given, is called after each image (a load generator's worker yields there)."""
         from client.preprocess import load_image
 
-        images = [load_image(x) if not isinstance(x, np.ndarray) else x for x in images]
-        tensors = [self.prepare(im)[0] for im in images]
+        decoded, tensors = [], []
+        for x in images:
+            decoded.append(load_image(x) if not isinstance(x, np.ndarray) else x)
+            tensors.append(self.prepare(decoded[-1])[0])
+            if between:
+                between()
         if len({t.shape for t in tensors}) > 1:
             fixed = self.at(self.size)
-            tensors = [fixed.prepare(im)[0] for im in images]
+            tensors = [fixed.prepare(im)[0] for im in decoded]
         return np.stack(tensors)
 
-    def frames(self, folder=None, n: int = 8) -> list[np.ndarray]:
+    def frames(self, folder=None, n: int = 8, between=None) -> list[np.ndarray]:
         """Up to `n` request tensors for load generators and benches: the images of `folder` prepared as a client
-        prepares them, or (no folder) smooth street-like synthetic frames at the input size."""
+        prepares them, or (no folder) smooth street-like synthetic frames at the input size, made one at a time
+        with `between()` called after each."""
         if folder:
             from client.labels import list_images
 
-            return list(self.batch(list_images(Path(folder))[:n]))
+            return list(self.batch(list_images(Path(folder))[:n], between))
         from client.preprocess import sample_images
 
-        return list(sample_images(self.size, n))
+        out = []
+        for i in range(n):
+            out.append(sample_images(self.size, 1, start=i)[0])
+            if between:
+                between()
+        return out
 
     def predict(self, image: np.ndarray, runner) -> np.ndarray:
         """Labels [H, W] at the image's own size from any runner (client.runners)."""

@@ -182,7 +182,6 @@ def segment_video(source: Source, runner, out: Path, in_flight: int, labels: boo
     todo: queue.Queue = queue.Queue(maxsize=2 * n_threads)
     done: dict[int, tuple] = {}
     cond = threading.Condition()
-    failed: list[str] = []
     latencies: list[float] = []
 
     def work():

@@ -251,8 +251,6 @@ def _process(args, policy, rank: int, t_start: float, queue) -> None:
 
 def run(args) -> dict:
     """One closed-loop run; returns the summary (also what --out gets)."""
-    import tritonclient.grpc as grpcclient
-
     from loadtest import metrics
 
     urls = split_urls(args.url)

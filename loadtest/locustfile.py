@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import itertools
 import time
-from pathlib import Path
 
 import numpy as np
 from locust import User, between, events, task  # noqa: F401 - between kept for users who want think time
@@ -46,19 +45,11 @@ def _frames(info, folder: str, n: int = 8) -> list[np.ndarray]:
     miss its heartbeats and be dropped by the master (a run of "0 requests")."""
     import gevent
 
-    from client.labels import list_images
     from client.policy import InputPolicy
-    from client.preprocess import sample_images
 
     key = (info.name, tuple(info.size), folder)
     if key not in _FRAMES:
-        policy = InputPolicy.for_model(info)
-        files = list_images(Path(folder))[:n] if folder else [None] * n
-        frames = []
-        for i, f in enumerate(files):
-            frames.append(policy.load(f) if f is not None else sample_images(policy.size, 1, start=i)[0])
-            gevent.sleep(0)
-        _FRAMES[key] = frames
+        _FRAMES[key] = InputPolicy.for_model(info).frames(folder, n, between=lambda: gevent.sleep(0))
     return _FRAMES[key]
 
 

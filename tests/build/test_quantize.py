@@ -128,7 +128,7 @@ def test_missing_calibration_folder_is_a_project_error(tmp_path):
 
 
 def test_the_report_records_the_input_policy(tiny_onnx, make_images, tmp_path):
-    from build.quantize import Prepared
+    from build.guard import Prepared
     from client.policy import InputPolicy
 
     policy = InputPolicy((64, 64))

@@ -73,7 +73,7 @@ def test_cli_names_a_missing_holdout_folder(tmp_path, capsys):
 
 
 def test_cpu_report_records_the_input_policy(tiny_onnx, make_images, tmp_path):
-    from build.quantize import Prepared
+    from build.guard import Prepared
     from client.policy import InputPolicy
 
     hold = make_images(2, seed=1).view(Prepared)
