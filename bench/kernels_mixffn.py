@@ -14,6 +14,7 @@ arithmetic (fc1 + fc2 FLOPs at the rate of a large FP16 matrix product). Writes 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -65,8 +66,11 @@ def measure(args) -> int:
         raise BenchError("no CUDA GPU here: run it on a machine with an NVIDIA GPU")
     from bench.gpu import cuda_ms
     from segformer import mixffn as M
-    from segformer.fast import FusedMixFFN
+    from segformer.fast import FusedMixFFN, _dw_fc2_op
     from segformer.model import Block
+
+    def per_img(fn, x):
+        return 1e3 * cuda_ms(fn, x, iters=20) / args.batch
 
     torch.manual_seed(0)
     gbs, tflops = _rates(torch, cuda_ms)
@@ -78,48 +82,48 @@ def measure(args) -> int:
         with torch.no_grad():
             for prm in blk.parameters():
                 prm.add_(torch.randn_like(prm) * 0.05)
-        p32 = M.prepare(blk.norm2, blk.mlp.fc1, blk.mlp.dwconv, blk.mlp.fc2)
+        p32 = M.prepare(*copy.deepcopy([blk.norm2, blk.mlp.fc1, blk.mlp.dwconv, blk.mlp.fc2]))
         blk = blk.half()
         p = M.prepare(blk.norm2, blk.mlp.fc1, blk.mlp.dwconv, blk.mlp.fc2)
         x = torch.randn(args.batch, h * w, c, device="cuda", dtype=torch.float16)
         round2 = FusedMixFFN(blk.mlp)
-        paths = {"round2": torch.compile(lambda t: t + round2(blk.norm2(t), h, w)),
-                 "torch": torch.compile(lambda t: t + blk.mlp(blk.norm2(t), h, w))}
         row = {"stage": stage, "h": h, "w": w, "channels": c, "hidden": 4 * c}
-        for name, fn in paths.items():
-            row[f"{name}_us_per_img"] = 1e3 * cuda_ms(fn, x, iters=20) / args.batch
-        tiles = []
-        for tile in candidates(h, w, c)[: args.tiles]:
-            xc = torch.randn(2, h * w, c, device="cuda", dtype=torch.float16)
-            ref = M.reference(xc.float(), h, w, p32)
-            try:
-                got = M.mixffn(xc, h, w, p, tile).float()
-                rel = float((got - ref).norm() / ref.norm())
-                us = 1e3 * cuda_ms(lambda t, tile=tile: M.mixffn(t, h, w, p, tile), x, iters=20) / args.batch
-            except Exception as exc:  # noqa: BLE001 - a tile the compiler refuses is reported, not fatal
-                tiles.append({**tile, "error": str(exc).splitlines()[0][:200]})
-                continue
-            tiles.append({**tile, "us_per_img": us, "rel_err": rel, "ok": rel < 2e-3})
-            print(f"stage {stage} {tile}: {us:.1f} us/img, rel err {rel:.1e}", flush=True)
-        good = [t for t in tiles if t.get("ok")]
-        best = min(good, key=lambda t: t["us_per_img"]) if good else None
-        default = M.plan(h, w, c, 4 * c)
-        xd = torch.randn(2, h * w, c, device="cuda", dtype=torch.float16)
-        ref = M.reference(xd.float(), h, w, p32)
-        row["default_tile"] = default
-        row["default_rel_err"] = float((M.mixffn(xd, h, w, p).float() - ref).norm() / ref.norm())
-        row["fused_default_us_per_img"] = 1e3 * cuda_ms(lambda t: M.mixffn(t, h, w, p), x, iters=20) / args.batch
-        row["fused_best_us_per_img"] = best["us_per_img"] if best else None
-        row["best_tile"] = {k: best[k] for k in ("BW", "RB", "HC", "num_warps")} if best else None
-        row["tiles"] = tiles
+        row["round2_us_per_img"] = per_img(torch.compile(lambda t: t + round2(blk.norm2(t), h, w)), x)
+        mid = blk.mlp.fc1(blk.norm2(x))
+        kernels = {"fused": lambda t, tile: M.mixffn(t, h, w, p, tile),  # the whole half-block
+                   "dwfc2": lambda t, tile: M.dw_fc2(mid, t, h, w, p, tile)}  # after fc1: the kernel alone
+        for kind, fn in kernels.items():
+            tiles = []
+            for tile in candidates(h, w, c)[: args.tiles if kind == "dwfc2" else max(1, args.tiles // 2)]:
+                xc = torch.randn(2, h * w, c, device="cuda", dtype=torch.float16)
+                ref = M.reference(xc.float(), h, w, p32)
+                try:
+                    got = (M.mixffn(xc, h, w, p, tile) if kind == "fused" else M.dw_fc2_block(xc, h, w, p, tile)).float()
+                    rel = float((got - ref).norm() / ref.norm())
+                    us = per_img(lambda t, tile=tile: fn(t, tile), x)
+                except Exception as exc:  # noqa: BLE001 - a tile the compiler refuses is reported, not fatal
+                    tiles.append({**tile, "error": str(exc).splitlines()[0][:200]})
+                    continue
+                tiles.append({**tile, "us_per_img": us, "rel_err": rel, "ok": rel < 2e-3})
+                print(f"stage {stage} {kind} {tile}: {us:.1f} us/img, rel err {rel:.1e}", flush=True)
+            good = [t for t in tiles if t.get("ok")]
+            best = min(good, key=lambda t: t["us_per_img"]) if good else None
+            row[f"{kind}_tiles"] = tiles
+            row[f"{kind}_best_tile"] = {k: best[k] for k in ("BW", "RB", "HC", "num_warps")} if best else None
+            row[f"{kind}_kernel_us_per_img"] = best["us_per_img"] if best else None
+            if best:
+                M.TILES[(kind, h, w, c)] = row[f"{kind}_best_tile"]
+        if row["dwfc2_best_tile"]:  # the half-block as the model runs it: LayerNorm + fc1 compiled, then the kernel
+            row["dwfc2_us_per_img"] = per_img(torch.compile(
+                lambda t: _dw_fc2_op(blk.mlp.fc1(blk.norm2(t)), t, h, w, p["dww"], p["dwb"], p["w2t"], p["b2"])), x)
+        row["fused_us_per_img"] = row["fused_kernel_us_per_img"]
         tokens = h * w
         row["bytes_floor_us_per_img"] = 2 * tokens * c * 2 / gbs / 1e3
         row["flop_floor_us_per_img"] = 2 * 2 * tokens * c * 4 * c / tflops / 1e6
         rows.append(row)
-        print(f"stage {stage} {h}x{w}x{c}: fused {row['fused_default_us_per_img']:.1f} (best "
-              f"{row['fused_best_us_per_img'] or float('nan'):.1f} {row['best_tile']}), round2 "
-              f"{row['round2_us_per_img']:.1f}, torch {row['torch_us_per_img']:.1f} us/img; floors bytes "
-              f"{row['bytes_floor_us_per_img']:.1f}, flops {row['flop_floor_us_per_img']:.1f}", flush=True)
+        print(f"stage {stage} {h}x{w}x{c}: round2 {row['round2_us_per_img']:.1f}, fused {_f(row['fused_us_per_img'])},"
+              f" dwfc2 {_f(row.get('dwfc2_us_per_img'))} (kernel alone {_f(row['dwfc2_kernel_us_per_img'])}) us/img;"
+              f" floors bytes {row['bytes_floor_us_per_img']:.1f}, flops {row['flop_floor_us_per_img']:.1f}", flush=True)
     result = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "torch": torch.__version__, "batch": args.batch, "size": list(args.size), "copy_GBps": gbs,
               "fp16_matmul_TFLOPs": tflops, "rows": rows}
@@ -130,23 +134,24 @@ def measure(args) -> int:
     return 0
 
 
+def _f(v) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
 def markdown(r: dict) -> str:
     md = [f"# Mix-FFN half-block (LayerNorm -> fc1 -> dw3x3+GELU -> fc2 -> + x) — {r['device']} ({r['date']}), "
           f"batch {r['batch']}, {r['size'][0]}x{r['size'][1]} input", "",
           f"Measured ceilings: copy {r['copy_GBps']:.0f} GB/s (read + write), FP16 matmul "
           f"{r['fp16_matmul_TFLOPs']:.0f} TFLOP/s.", "",
-          "| stage | tokens x C (hidden) | fused, default tile | fused, best tile | round 2 (dw+GELU kernel) | "
-          "torch (cuDNN) | bytes floor | FLOP floor | us per image |",
-          "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+          "| stage | tokens x C (hidden) | round 2: LN, fc1, dw+GELU kernel, fc2, + x (compiled) | fused: one kernel"
+          " | dwfc2: LN + fc1 compiled, then dw+GELU+fc2+x kernel | dwfc2 kernel alone | bytes floor | FLOP floor |",
+          "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for x in r["rows"]:
-        best = x["fused_best_us_per_img"]
-        md.append(f"| {x['stage']} | {x['h']}x{x['w']} x {x['channels']} ({x['hidden']}) | "
-                  f"{x['fused_default_us_per_img']:.1f} | {best if best is None else f'{best:.1f}'} | "
-                  f"{x['round2_us_per_img']:.1f} | {x['torch_us_per_img']:.1f} | {x['bytes_floor_us_per_img']:.1f} | "
-                  f"{x['flop_floor_us_per_img']:.1f} | |")
-    md += ["", "Default tile and error (relative L2 vs the FP32 reference) per stage:"]
-    md += [f"- stage {x['stage']}: `{x['default_tile']}`, {x['default_rel_err']:.1e}; best `{x['best_tile']}`"
-           for x in r["rows"]]
+        md.append(f"| {x['stage']} | {x['h']}x{x['w']} x {x['channels']} ({x['hidden']}) | {x['round2_us_per_img']:.1f} | "
+                  f"{_f(x['fused_us_per_img'])} | {_f(x.get('dwfc2_us_per_img'))} | {_f(x['dwfc2_kernel_us_per_img'])} | "
+                  f"{x['bytes_floor_us_per_img']:.1f} | {x['flop_floor_us_per_img']:.1f} |")
+    md += ["", "us per image. Best tiles (relative L2 error vs FP32 of every tile is in the JSON):"]
+    md += [f"- stage {x['stage']}: fused `{x['fused_best_tile']}`, dwfc2 `{x['dwfc2_best_tile']}`" for x in r["rows"]]
     return "\n".join(md) + "\n"
 
 

@@ -27,7 +27,9 @@ from . import mixffn as mixffn_kernel
 from .kernels import dwconv3x3_gelu, upsample_argmax
 from .model import AllMLPDecoder, Block, FoldedAllMLPDecoder, MixFFN, SegFormer, folded_decoder
 
-MIXFFN_PATHS = ("fused", "round2", "torch")  # whole half-block in one kernel / dwconv+GELU kernel / cuDNN + inductor
+# Mix-FFN paths: the whole half-block in one kernel / fc1 by cuBLAS then depthwise+GELU+fc2+residual in one kernel
+# / round 2's depthwise+GELU kernel / cuDNN + inductor
+MIXFFN_PATHS = ("fused", "dwfc2", "round2", "torch")
 
 
 @torch.library.custom_op("segformer::dwconv3x3_gelu", mutates_args=())
@@ -66,14 +68,26 @@ def _(x, h, w, ln_w, ln_b, eps, w1t, b1, dww, dwb, w2t, b2):
     return torch.empty_like(x)
 
 
+@torch.library.custom_op("segformer::dw_fc2", mutates_args=())
+def _dw_fc2_op(mid: torch.Tensor, x: torch.Tensor, h: int, w: int, dww: torch.Tensor, dwb: torch.Tensor,
+               w2t: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    return mixffn_kernel.dw_fc2(mid, x, h, w, {"dww": dww, "dwb": dwb, "w2t": w2t, "b2": b2})
+
+
+@_dw_fc2_op.register_fake
+def _(mid, x, h, w, dww, dwb, w2t, b2):
+    return torch.empty_like(x)
+
+
 class FusedFFNBlock(nn.Module):
     """A transformer block whose second half (norm2 -> Mix-FFN -> residual add) is one kernel
     (segformer.mixffn): the 4x-wide hidden activation never goes through device memory as a whole. The
     transposed weights are buffers, so `.to(dtype/device)` carries them."""
 
-    def __init__(self, blk: Block):
+    def __init__(self, blk: Block, kind: str = "fused"):
         super().__init__()
-        self.norm1, self.attn, self.norm2 = blk.norm1, blk.attn, blk.norm2
+        self.kind = kind  # "fused": one kernel; "dwfc2": fc1 in PyTorch, the rest in one kernel
+        self.norm1, self.attn, self.norm2, self.fc1 = blk.norm1, blk.attn, blk.norm2, blk.mlp.fc1
         p = mixffn_kernel.prepare(blk.norm2, blk.mlp.fc1, blk.mlp.dwconv, blk.mlp.fc2)
         self.eps = p["eps"]
         self.b1, self.dwb, self.b2 = blk.mlp.fc1.bias, blk.mlp.dwconv.bias, blk.mlp.fc2.bias
@@ -82,6 +96,8 @@ class FusedFFNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), h, w)
+        if self.kind == "dwfc2":
+            return _dw_fc2_op(self.fc1(self.norm2(x)), x, h, w, self.dww, self.dwb, self.w2t, self.b2)
         return _mixffn_op(x, h, w, self.norm2.weight, self.norm2.bias, self.eps, self.w1t, self.b1, self.dww,
                           self.dwb, self.w2t, self.b2)
 
@@ -115,9 +131,9 @@ class FastSegmenter(nn.Module):
         model = copy.deepcopy(model).eval()
         for i, stage in enumerate(model.encoder.stages):
             for k, blk in enumerate(stage.blocks):
-                if self.mixffn == "fused" and i in fused_stages:
-                    stage.blocks[k] = FusedFFNBlock(blk)
-                elif self.mixffn in ("fused", "round2"):
+                if self.mixffn in ("fused", "dwfc2") and i in fused_stages:
+                    stage.blocks[k] = FusedFFNBlock(blk, self.mixffn)
+                elif self.mixffn in ("fused", "dwfc2", "round2"):
                     blk.mlp = FusedMixFFN(blk.mlp)
         self.dtype = dtype
         self.in_pad = _pad_first_conv(model, pad_input_to)

@@ -62,6 +62,7 @@ if triton is not None:
         hc = tl.arange(0, HC)
         for j in range(HID // HC):
             wt = tl.load(w1t + k[:, None] * HID + (j * HC + hc)[None, :], mask=kin[:, None], other=0.0)
+            wt = wt.to(tl.float16)
             acc = tl.dot(xn, wt) + tl.load(b1 + j * HC + hc).to(tl.float32)[None, :]
             acc = tl.where(inside[:, None], acc, 0.0)
             tl.store(ring + pos[:, None] * HID + (j * HC + hc)[None, :], acc.to(tl.float16), mask=lane[:, None])
@@ -119,7 +120,7 @@ if triton is not None:
                         v = tl.load(src + (j + dx)[:, None] * HID + ch[None, :]).to(tl.float32)
                         acc += v * tap[None, :]
                 act = (0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))).to(tl.float16)
-                wt = tl.load(w2t + ch[:, None] * C + k[None, :], mask=kin[None, :], other=0.0)
+                wt = tl.load(w2t + ch[:, None] * C + k[None, :], mask=kin[None, :], other=0.0).to(tl.float16)
                 out = tl.dot(act, wt, out)
             ok = ((cols < W) & (zero_m + r < H))[:, None] & kin[None, :]
             at = (r * W + cols)[:, None] * C + k[None, :]
@@ -127,10 +128,54 @@ if triton is not None:
             tl.store(y + at, (out + bias2[None, :] + res).to(y.dtype.element_ty), mask=ok)
             tl.debug_barrier()  # every thread is done with the ring slot the next row overwrites
 
+    @triton.jit
+    def _dw_fc2_kernel(t, x, y, dww, dwb, w2t, b2, H, W, C: tl.constexpr, CP: tl.constexpr,
+                       HID: tl.constexpr, HC: tl.constexpr, BW: tl.constexpr, RB: tl.constexpr):
+        """The second half only: fc1's output `t` [N, H*W, HID] (written once by cuBLAS) -> depthwise 3x3 + bias +
+        GELU -> fc2 + bias + residual x, per RB rows of a BW-pixel strip, no barrier: the taps come from `t`
+        through the caches, the GELU output never reaches memory."""
+        strip = tl.program_id(0)
+        n = tl.program_id(2)
+        t = t + n.to(tl.int64) * H * W * HID
+        x = x + n.to(tl.int64) * H * W * C
+        y = y + n.to(tl.int64) * H * W * C
+        cols = strip * BW + tl.arange(0, BW)
+        k = tl.arange(0, CP)
+        kin = k < C
+        hc = tl.arange(0, HC)
+        bias2 = tl.load(b2 + k, mask=kin, other=0.0).to(tl.float32)
+        zero = tl.zeros([BW], tl.int32)
+        for i in range(RB):
+            r = zero + tl.program_id(1) * RB + i
+            out = tl.zeros([BW, CP], tl.float32)
+            for q in range(HID // HC):
+                ch = q * HC + hc
+                acc = tl.zeros([BW, HC], tl.float32) + tl.load(dwb + ch).to(tl.float32)[None, :]
+                for dy in tl.static_range(3):
+                    rr = r + (dy - 1)
+                    for dx in tl.static_range(3):
+                        cc = cols + (dx - 1)
+                        ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+                        v = tl.load(t + (rr * W + cc)[:, None] * HID + ch[None, :], mask=ok[:, None], other=0.0)
+                        acc += v.to(tl.float32) * tl.load(dww + ch * 9 + (dy * 3 + dx)).to(tl.float32)[None, :]
+                act = (0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))).to(tl.float16)
+                wt = tl.load(w2t + ch[:, None] * C + k[None, :], mask=kin[None, :], other=0.0).to(tl.float16)
+                out = tl.dot(act, wt, out)
+            ok = ((cols < W) & (r < H))[:, None] & kin[None, :]
+            at = (r * W + cols)[:, None] * C + k[None, :]
+            res = tl.load(x + at, mask=ok, other=0.0).to(tl.float32)
+            tl.store(y + at, (out + bias2[None, :] + res).to(y.dtype.element_ty), mask=ok)
 
-def plan(h: int, w: int, c: int, hidden: int) -> dict:
-    """The kernel's tile for one stage shape (strip width, rows per program, hidden chunk, warps): the strip no
-    wider than the image, and narrower strips for wide layers so the FP32 output tile stays in registers."""
+
+TILES: dict = {}  # (kind, h, w, C) -> tile chosen by measurement (bench.kernels_mixffn), before the defaults
+
+
+def plan(h: int, w: int, c: int, hidden: int, kind: str = "fused") -> dict:
+    """The kernel's tile for one stage shape (strip width, rows per program, hidden chunk, warps): a measured
+    choice from TILES, else the strip no wider than the image and narrower strips for wide layers so the FP32
+    output tile stays in registers."""
+    if (kind, h, w, c) in TILES:
+        return TILES[(kind, h, w, c)]
     bw = 64 if w >= 64 and c <= 128 else 32 if w >= 32 or c > 128 else 16
     env = os.environ.get("SEGFORMER_MIXFFN_TILE")  # "BW,RB,HC,WARPS" for experiments on the GPU
     if env:
@@ -156,6 +201,32 @@ def reference(x: torch.Tensor, h: int, w: int, p: dict) -> torch.Tensor:
     hidden = p["w1t"].shape[1]
     return mixffn_reference(x, h, w, p["ln_w"], p["ln_b"], p["eps"], p["w1t"].t(), p["b1"],
                             p["dww"].reshape(hidden, 1, 3, 3), p["dwb"], p["w2t"].t(), p["b2"])
+
+
+def dw_fc2(mid: torch.Tensor, x: torch.Tensor, h: int, w: int, p: dict, tile: dict | None = None) -> torch.Tensor:
+    """x + fc2(GELU(dwconv3x3(mid))) with `mid` = fc1(LayerNorm(x)) [N, h*w, 4C] computed outside (cuBLAS, the
+    LayerNorm fused by inductor): depthwise conv, GELU, fc2 and the residual in `_dw_fc2_kernel`."""
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    hidden = p["w2t"].shape[0]
+    if triton is None or (not x.is_cuda and not interpret):
+        t = F.gelu(F.conv2d(mid.transpose(1, 2).reshape(x.shape[0], hidden, h, w), p["dww"].reshape(hidden, 1, 3, 3),
+                            p["dwb"], padding=1, groups=hidden).flatten(2).transpose(1, 2))
+        return x + F.linear(t, p["w2t"].t(), p["b2"])
+    n, _, c = x.shape
+    t = tile or plan(h, w, c, hidden, "dwfc2")
+    y = torch.empty_like(x)
+    grid = (triton.cdiv(w, t["BW"]), triton.cdiv(h, t["RB"]), n)
+    _dw_fc2_kernel[grid](mid.contiguous(), x.contiguous(), y, p["dww"], p["dwb"], p["w2t"], p["b2"], h, w, C=c,
+                         CP=triton.next_power_of_2(c), HID=hidden, HC=t["HC"], BW=t["BW"], RB=t["RB"],
+                         num_warps=t["num_warps"])
+    return y
+
+
+def dw_fc2_block(x: torch.Tensor, h: int, w: int, p: dict, tile: dict | None = None) -> torch.Tensor:
+    """The whole half-block through `dw_fc2` (fc1 and LayerNorm in PyTorch)."""
+    c = x.shape[-1]
+    mid = F.linear(F.layer_norm(x, (c,), p["ln_w"], p["ln_b"], p["eps"]), p["w1t"].t(), p["b1"])
+    return dw_fc2(mid, x, h, w, p, tile)
 
 
 def mixffn(x: torch.Tensor, h: int, w: int, p: dict, tile: dict | None = None) -> torch.Tensor:

@@ -81,7 +81,7 @@ def test_fast_segmenter_takes_the_path_by_name(trained_like):
         some = FastSegmenter(m, mean, std, dtype=torch.float32, mixffn="fused", fused_stages=(0,))
         kinds = [type(b).__name__ for st in some.encoder.stages for b in st.blocks]
         assert kinds[0] == "FusedFFNBlock" and "FusedFFNBlock" not in kinds[len(some.encoder.stages[0].blocks):]
-    with pytest.raises(ValueError, match="choose one of fused, round2, torch"):
+    with pytest.raises(ValueError, match="choose one of fused, dwfc2, round2, torch"):
         FastSegmenter(m, mean, std, mixffn="fast")
 
 
