@@ -191,6 +191,8 @@ def measure(args) -> int:
     except ImportError:
         raise BenchError("the GPU benchmark needs PyTorch with CUDA") from None
     todo = plan(args) if "model" in sections else []
+    if args.images and not Path(args.images).is_dir():
+        raise BenchError(f"--images {args.images}: no such folder (a folder of real images)")
     if not torch.cuda.is_available():
         raise BenchError("no CUDA GPU here: run `make bench` on a machine with an NVIDIA GPU")
 

@@ -208,6 +208,7 @@ def model_section(model: dict, size: tuple[int, int], batches: list[int], args, 
         for mode in args.compile_modes:
             name = ours_label(path, mode)
             try:
+                torch._dynamo.reset()  # a fresh compile per path and section: no recompile limit reached
                 t0 = time.perf_counter()
                 seg = build_fast(model["weights"], "cuda", compile_mode=mode, **path_kwargs(path))
                 runner = GraphedSegmenter(seg, size, tuple(batches))

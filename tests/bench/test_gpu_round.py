@@ -79,6 +79,7 @@ def test_bad_sizes_and_variants_are_one_error(argv, message, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--sizes", "1024x1024", "--variants", "b2@1024x2048"], "--variants b2@...: 1024x2048 not in --sizes"),
     (["--variants", "b9"], "no weights named 'b9'"),
+    (["--images", "/nonexistent/frames"], "--images /nonexistent/frames: no such folder"),
 ])
 def test_a_plan_that_cannot_run_is_one_error_line_before_any_gpu_work(argv, message, capsys):
     assert gpu.main(argv + ["--out", "/nonexistent/never"]) == 2
