@@ -65,7 +65,7 @@ help:
 	@echo "               model only (BENCH_SIZES=\"$(BENCH_SIZES)\" BENCH_VARIANTS=\"$(BENCH_VARIANTS)\" BENCH_PATHS=names):"
 	@echo "               ours 30-60 s and HF torch.compile 15-25 s per model and size (HF_MAX_AUTOTUNE=1: +6 min, first"
 	@echo "               size only), kernels ~30 s, served BENCH_SCENARIOS=$(BENCH_SCENARIOS) ~2 min (BENCH_SECTIONS=\"$(BENCH_SECTIONS)\""
-	@echo "               video: +1 min); about 7 min of one H100 in all"
+	@echo "               mixffn: +1.5 min, video: +1 min); about 7 min of one H100 in all"
 	@echo "make bench-cpu  CPU: ONNX Runtime FP32 / best_cpu vs OpenVINO f32 / bf16, speed + accuracy (BENCH_DATA=camvid) -> results/"
 	@echo "make cluster [REPLICAS=3]  N Triton replicas behind HAProxy on $(HTTP_PORT)/$(GRPC_PORT) (a cluster Service on one host); cluster-status, cluster-stop"
 	@echo "make cluster-reload [MODEL=name]  rolling update: one replica at a time drained, reloaded, back in"

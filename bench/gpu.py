@@ -13,6 +13,7 @@ Sections (--sections; each is stamped with the card, date and torch version, and
   "random-init (speed only)". Agreement: share of pixels where each path's labels equal the FP32 PyTorch
   reference (TF32 off) on --images prepared as clients send them (client.policy, `fit`), shipped weights only.
 - kernels: bench.kernels_gpu's depthwise 3x3 + GELU rows (ours vs PyTorch vs the copy floor).
+- mixffn: bench.kernels_mixffn's whole-Mix-FFN kernel rows (fused vs round 2 vs torch vs the floors).
 - served: bench.gpu_served's scenarios (Triton from nvidia-pytriton, loadtest.closed_loop).
 - video: bench.video through its CLI in a subprocess against a Triton serving --served-row.
 Writes OUT.json, OUT.md and OUT.png after every section (a call stopped part-way keeps what it measured);
@@ -20,8 +21,9 @@ Writes OUT.json, OUT.md and OUT.png after every section (a call stopped part-way
 
 GPU time on one H100 (round-2 figures): ours 30-60 s of compile and CUDA-graph capture per model, size and path;
 HF torch.compile (default) 15-25 s per batch shape, max-autotune more than 350 s cold (--hf-max-autotune: the
-first model and size only); kernels ~30 s; served 1.5-2 min per scenario (Triton start + 10 s per point); video
-~1 min. `make bench`'s default (B1 at 1024x1024 and 1024x2048, B2 at 1024x1024, kernels, served `quick`): ~7 min.
+first model and size only); kernels ~30 s; mixffn ~1.5 min; served 1.5-2 min per scenario (Triton start + 10 s
+per point); video ~1 min. `make bench`'s default (B1 at 1024x1024 and 1024x2048, B2 at 1024x1024, kernels,
+served `quick`): ~7 min.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from bench.gpu_report import annotate, markdown, plot, readme_block, readme_into
 __all__ = ["agreement", "cuda_ms", "hf_pipeline", "kernel_profile", "markdown", "main", "plot"]  # others import these
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("model", "kernels", "served", "video")
+SECTIONS = ("model", "kernels", "mixffn", "served", "video")
 DEFAULT_BATCHES = (1, 8, 16)
 
 
@@ -106,7 +108,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile", action="store_true", help="per-kernel GPU time of ours at each size's largest batch")
     ap.add_argument("--images", default="", help="real images for the agreement check (and the served/video runs)")
     ap.add_argument("--limit", type=int, default=16, help="at most this many --images (default 16)")
-    ap.add_argument("--kernels-batch", type=int, default=16, help="batch of the kernels section (default 16)")
+    ap.add_argument("--kernels-batch", type=int, default=16,
+                    help="batch of the kernels and mixffn sections (default 16)")
     ap.add_argument("--served", action="store_true", help="same as adding `served` to --sections")
     ap.add_argument("--served-only", action="store_true", help="same as --sections served")
     ap.add_argument("--served-duration", type=float, default=8.0, help="seconds per served point (default 8)")
@@ -219,7 +222,10 @@ def measure(args) -> int:
     if todo:
         _model(todo, args, log, result, write)
     if "kernels" in sections:
-        result["kernels"] = _kernels(args, log)
+        result["kernels"] = _microbench("kernels_gpu", args, log, size=_square(args))
+        write()
+    if "mixffn" in sections:
+        result["mixffn"] = _microbench("kernels_mixffn", args, log, size=(_square(args),) * 2, tiles=12)
         write()
     if "served" in sections:
         from bench.gpu_served import knee, served
@@ -236,7 +242,7 @@ def measure(args) -> int:
 
         result["video"] = {"stamp": _stamp(), **video(args, log)}
         write()
-    for key in ("kernels", "served", "video"):
+    for key in ("kernels", "mixffn", "served", "video"):
         sec = result.get(key) or {}
         result["skipped"] += [{**s, "what": f"{key}: {s['what']}"} for s in sec.get("skipped") or []]
         if sec.get("error"):
@@ -272,20 +278,24 @@ def _model(todo, args, log, result, write) -> None:
         scratch.cleanup()
 
 
-def _kernels(args, log) -> dict:
-    from bench import kernels_gpu
+def _square(args) -> int:
+    """The first square input size (the microbenchmarks' shapes are B1's stages at that size), else 1024."""
+    return next((h for (h, w), _ in args.sizes or [] if h == w), 1024)
 
-    sizes = [s for s, _ in (args.sizes or [])] or [(1024, 1024)]
-    size = next((h for h, w in sizes if h == w), 1024)  # the microbenchmark takes square inputs
+
+def _microbench(module: str, args, log, **options) -> dict:
+    """bench.<module>'s measure (kernels_gpu, kernels_mixffn) into a section: its JSON, stamped."""
+    import importlib
+
     sec = {"stamp": _stamp(), "skipped": []}
-    with tempfile.TemporaryDirectory(prefix="bench_gpu.kernels.") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"bench_gpu.{module}.") as tmp:
         try:
-            kernels_gpu.measure(argparse.Namespace(batch=args.kernels_batch, size=size, out=Path(tmp) / "k"))
+            importlib.import_module(f"bench.{module}").measure(
+                argparse.Namespace(batch=args.kernels_batch, out=Path(tmp) / "k", **options))
             sec.update(json.loads((Path(tmp) / "k.json").read_text()))
         except Exception as exc:  # noqa: BLE001 - recorded; the other sections still run
-            sec["skipped"].append({"what": "kernel microbenchmark", "why": f"{type(exc).__name__}: {exc}",
-                                   "failed": True})
-            log(f"kernels failed: {exc}")
+            sec["skipped"].append({"what": f"bench.{module}", "why": f"{type(exc).__name__}: {exc}", "failed": True})
+            log(f"bench.{module} failed: {exc}")
     return sec
 
 

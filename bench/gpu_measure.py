@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import statistics
+import sys
 import time
 import typing
 from pathlib import Path
@@ -44,7 +45,7 @@ def cuda_ms(fn, x, iters: int, repeats: int = 3, warmup: int = 3) -> float:
 
 def path_kwargs(name: str | None, build_fast=None) -> dict:
     """build_fast's keywords for a `--paths` name: {} for None (build_fast's own default); {"mixffn": name} where
-    build_fast takes `mixffn` (checked against its Literal values when it has them); else the round-2 names
+    build_fast takes `mixffn` (checked against its Literal values or its module's MIXFFN_PATHS); else the round-2 names
     `fused` / `unfused` (fused_mixffn). A name it cannot take is a BenchError before any GPU time is spent."""
     if name is None:
         return {}
@@ -58,6 +59,7 @@ def path_kwargs(name: str | None, build_fast=None) -> dict:
             hint = None
         allowed = [a for a in typing.get_args(hint) if isinstance(a, str)] \
             if typing.get_origin(hint) is typing.Literal else []
+        allowed = allowed or list(getattr(sys.modules.get(build_fast.__module__), "MIXFFN_PATHS", ()))
         if allowed and name not in allowed:
             raise BenchError(f"--paths {name}: build_fast's mixffn takes {', '.join(allowed)}")
         return {"mixffn": name}

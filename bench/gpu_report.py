@@ -99,6 +99,7 @@ def markdown(result: dict) -> str:
         md.append("")
     md += target_lines(result)
     md += _kernels(result.get("kernels"))
+    md += _mixffn(result.get("mixffn"))
     md += _served(result.get("served"))
     md += _video(result.get("video"))
     skipped = result.get("skipped") or []
@@ -133,6 +134,17 @@ def _kernels(k: dict | None) -> list[str]:
     return md + _skips(k)
 
 
+def _mixffn(m: dict | None) -> list[str]:
+    if not m:
+        return []
+    md = ["", f"## Mix-FFN half-block kernel (bench.kernels_mixffn){_stamp(m)}", ""]
+    if m.get("rows"):
+        from bench.kernels_mixffn import markdown as mixffn_markdown
+
+        md += [("#" + ln if ln.startswith("# ") else ln) for ln in mixffn_markdown(m).splitlines()[2:]]
+    return md + _skips(m)
+
+
 def _served(s: dict | None) -> list[str]:
     if not s:
         return []
@@ -156,7 +168,8 @@ def _served(s: dict | None) -> list[str]:
     k = s.get("knee")
     if k:
         md += ["", f"Knee on one GPU (p99 <= 2 x p50): {k.get('scenario')}, {k['payload']}, "
-                   f"{k['in_flight']} in flight, {k['img_per_s']:.0f} img/s, p50 {k['p50_ms']:.1f} ms, p99 {k['p99_ms']:.1f} ms."]
+                   f"{k['in_flight']} in flight, {k['img_per_s']:.0f} img/s, p50 {k['p50_ms']:.1f} ms, "
+                   f"p99 {k['p99_ms']:.1f} ms."]
     return md + _skips(s)
 
 

@@ -114,6 +114,15 @@ def test_paths_map_to_build_fast_keywords():
     assert _cpu_args().paths == [None]  # build_fast's own default
 
 
+def test_paths_are_checked_against_the_fast_path_s_own_names(capsys):
+    from segformer.fast import MIXFFN_PATHS
+
+    assert all(path_kwargs(p) == {"mixffn": p} for p in MIXFFN_PATHS)
+    assert gpu.main(["--paths", "round2", "round9", "--out", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --paths round9: build_fast's mixffn takes {', '.join(MIXFFN_PATHS)}"
+
+
 def test_a_path_build_fast_cannot_take_is_one_error_line(monkeypatch, capsys):
     import segformer.fast
 
@@ -140,6 +149,7 @@ def _fake_gpu(monkeypatch, served_error=None):
     import bench.gpu_measure
     import bench.gpu_served
     import bench.kernels_gpu
+    import bench.kernels_mixffn
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -164,6 +174,7 @@ def _fake_gpu(monkeypatch, served_error=None):
     monkeypatch.setattr(bench.gpu_measure, "model_section", section)
     monkeypatch.setattr(bench.gpu_measure, "random_weights", lambda v, like, d: calls.append(("random", v)) or "x")
     monkeypatch.setattr(bench.kernels_gpu, "measure", kernels)
+    monkeypatch.setattr(bench.kernels_mixffn, "measure", lambda ns: calls.append(("mixffn", ns.size)) or 1 / 0)
     monkeypatch.setattr(bench.gpu_served, "served", served)
     return calls
 
@@ -186,7 +197,7 @@ def test_one_call_writes_one_results_file_with_every_section(tmp_path, monkeypat
     for sec in r["model_only"] + [r["kernels"], r["served"]]:
         assert sec["stamp"] == STAMP
     assert r["device"] == "NVIDIA H200" and r["command"].startswith("python -m bench.gpu --sections model")
-    assert r["skipped"] == [{"what": "video", "why": "not requested (--sections)"}]
+    assert r["skipped"] == [{"what": s, "why": "not requested (--sections)"} for s in ("mixffn", "video")]
     ours = next(x for x in r["model_only"][2]["rows"] if x["impl"] == "ours (round2)" and x["batch"] == 8)
     assert ours["x_hf_compile"] == pytest.approx(3.1267 / 1.0502)
     md = (tmp_path / "r.md").read_text()
@@ -199,12 +210,18 @@ def test_one_call_writes_one_results_file_with_every_section(tmp_path, monkeypat
 
 
 def test_a_failed_section_is_recorded_and_the_call_exits_1(tmp_path, monkeypatch, capsys):
-    _fake_gpu(monkeypatch, served_error="quick: ServerError: no tritonserver")
-    assert gpu.main(["--sections", "served", "--out", str(tmp_path / "r")]) == 1
+    calls = _fake_gpu(monkeypatch, served_error="quick: ServerError: no tritonserver")
+    assert gpu.main(["--sections", "mixffn", "served", "--sizes", "1024x2048", "512x512", "--out",
+                     str(tmp_path / "r")]) == 1
+    assert calls == [("mixffn", (512, 512)), ("served", ("shm1mb", "shm256mb"))]
     r = json.loads((tmp_path / "r.json").read_text())
-    assert r["model_only"] == [] and {"what": "served", "why": "quick: ServerError: no tritonserver",
-                                      "failed": True} in r["skipped"]
-    assert "Served run failed: quick: ServerError: no tritonserver" in (tmp_path / "r.md").read_text()
+    assert r["model_only"] == [] and r["mixffn"]["stamp"] == STAMP
+    assert r["skipped"] == [{"what": s, "why": "not requested (--sections)"} for s in ("model", "kernels", "video")] + [
+        {"what": "mixffn: bench.kernels_mixffn", "why": "ZeroDivisionError: division by zero", "failed": True},
+        {"what": "served", "why": "quick: ServerError: no tritonserver", "failed": True}]
+    md = (tmp_path / "r.md").read_text()
+    assert "Served run failed: quick: ServerError: no tritonserver" in md
+    assert "- skipped bench.kernels_mixffn: ZeroDivisionError: division by zero" in md
 
 
 def _checked_tables(block: str, text: str, values: list[float]) -> int:
