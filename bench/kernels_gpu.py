@@ -35,7 +35,7 @@ def measure(args) -> int:
 
     if not torch.cuda.is_available():
         raise BenchError("no CUDA GPU here: run it on a machine with an NVIDIA GPU")
-    from bench.gpu import cuda_ms
+    from bench.gpu_measure import cuda_ms
     from segformer import kernels
 
     rows = []

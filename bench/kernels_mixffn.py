@@ -64,7 +64,7 @@ def measure(args) -> int:
 
     if not torch.cuda.is_available():
         raise BenchError("no CUDA GPU here: run it on a machine with an NVIDIA GPU")
-    from bench.gpu import cuda_ms
+    from bench.gpu_measure import cuda_ms
     from segformer import mixffn as M
     from segformer.fast import FusedMixFFN, _dw_fc2_op
     from segformer.model import Block
