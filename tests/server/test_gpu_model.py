@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from client import placement
 from tests.server.programs import DLTensor as _Tensor
 
 SIZE = (8, 12)
@@ -27,12 +28,19 @@ class _Error:
         self.msg = msg
 
 
-def _fake_modules(monkeypatch):
+def _fake_modules(monkeypatch, torchvision=True):
     pb = types.ModuleType("triton_python_backend_utils")
     pb.Tensor, pb.InferenceResponse, pb.TritonError = _Tensor, _Response, _Error
     pb.TritonModelException = RuntimeError
+    pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
     pb.get_input_tensor_by_name = lambda req, name: req.get(name)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    monkeypatch.setitem(sys.modules, "placement", placement)  # beside model.py in a built directory
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)  # not installed unless a test says so
+    if not torchvision:  # import fails as if torchvision were absent
+        monkeypatch.setitem(sys.modules, "torchvision", None)
+        monkeypatch.setitem(sys.modules, "torchvision.io", None)
+        return
 
     def decode(data, mode=None, device="cpu"):
         if isinstance(data, list):
@@ -51,18 +59,25 @@ def _fake_modules(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.io", tvio)
 
 
+def _stub(x):
+    return (x[..., 0] // 16).contiguous()
+
+
+def make_model(monkeypatch, size=SIZE, torchvision=True, nvimgcodec=None, runner=_stub, **kw):
+    """The program configured on the CPU: a stand-in runner (labels = red // 16) per captured (bucket, size)."""
+    _fake_modules(monkeypatch, torchvision)
+    if nvimgcodec is not None:
+        monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", nvimgcodec)
+    mod = importlib.reload(importlib.import_module("server.models.gpu_model"))  # bind the stand-in pb_utils
+    m = mod.TritonPythonModel()
+    kw.setdefault("respond", "inline")
+    m._configure(torch, torch.device("cpu"), size, capture=lambda s, buckets: runner, buckets=(1, 2, 4), **kw)
+    return m
+
+
 @pytest.fixture
 def model(monkeypatch):
-    _fake_modules(monkeypatch)
-    mod = importlib.import_module("server.models.gpu_model")
-    mod = importlib.reload(mod)  # bind the stand-in pb_utils
-    m = mod.TritonPythonModel.__new__(mod.TritonPythonModel)
-    m.torch, m.device, m.size, m.max_bucket, m.turn = torch, torch.device("cpu"), SIZE, 4, 0
-    m.host = [torch.empty((4, *SIZE), dtype=torch.uint8) for _ in range(2)]
-    m.stage = torch.empty((4, *SIZE, 3), dtype=torch.uint8)
-    m.timing, m.stats = True, dict.fromkeys(("batches", "images", "inputs", "model", "outputs"), 0.0)
-    m.runner = lambda x: (x[..., 0] // 16).contiguous()
-    return m
+    return make_model(monkeypatch, timing=True)
 
 
 def _raw(n, value):
@@ -90,20 +105,21 @@ def test_mixed_batch_is_served_and_bad_requests_get_their_own_error(model):
     assert "must be uint8 [n,8,12,3]" in out[2].error.msg
     assert "not a readable JPEG/PNG" in out[4].error.msg
     assert "exactly one input" in out[5].error.msg and "exactly one input" in out[6].error.msg
-    assert model.stats["batches"] == 1 and model.stats["images"] == 4
+    assert model.stats.batches == 1 and model.stats.images == 4
 
 
-def test_a_failing_model_answers_every_request_with_the_error(model):
-    def boom(x):
-        raise RuntimeError("CUDA out of memory")
+def _boom(x):
+    raise RuntimeError("CUDA out of memory")
 
-    model.runner = boom
+
+def test_a_failing_model_answers_every_request_with_the_error(monkeypatch):
+    model = make_model(monkeypatch, runner=_boom)
     out = model.execute([_raw(1, 0), _encoded("PNG", 0)])
     assert all(r.error and "inference failed: CUDA out of memory" in r.error.msg for r in out)
 
 
-def test_encoded_input_without_torchvision_is_a_clear_error_and_raw_requests_still_run(model, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchvision.io", None)  # import fails as if torchvision were absent
+def test_encoded_input_without_torchvision_is_a_clear_error_and_raw_requests_still_run(monkeypatch):
+    model = make_model(monkeypatch, torchvision=False)
     out = model.execute([_encoded("PNG", 0), _raw(1, 32)])
     assert "needs torchvision" in out[0].error.msg
     assert out[1].error is None and (out[1].output_tensors[0].t == 2).all()
