@@ -261,10 +261,19 @@ def test_deferred_responses_come_from_the_responder_once_each_in_order(monkeypat
     m.finalize()
 
 
-def test_deferred_mode_falls_back_to_inline_where_requests_have_no_sender(monkeypatch):
+class _OldRequest(dict):
+    def get_response_sender(self):
+        raise RuntimeError("'get_response_sender' function must be called only from decoupled models")
+
+
+def test_deferred_mode_falls_back_to_inline_where_triton_has_no_sender(monkeypatch, capsys):
     m = make_model(monkeypatch, respond="deferred")
-    out = m.execute([_raw(1, 32)])  # a Triton before 24.06: no response sender in the default mode
-    assert out[0].error is None and (out[0].output_tensors[0].t == 2).all() and m.responder is None
+    out = m.execute([_raw(1, 32)])  # requests without the method (stand-ins): this batch inline
+    assert out[0].error is None and (out[0].output_tensors[0].t == 2).all() and m.responder is not None
+    out = m.execute([_OldRequest(_raw(1, 48))])  # a Triton before 24.06: no sender in the default mode
+    assert out[0].error is None and (out[0].output_tensors[0].t == 3).all() and m.responder is None
+    assert "responses inline: no response sender in this Triton" in capsys.readouterr().out
+    assert m.execute([_Request(_raw(1, 64))])[0].error is None  # inline from here on
 
 
 def test_a_failing_model_answers_every_deferred_request_with_the_error(monkeypatch):
