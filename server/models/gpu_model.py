@@ -21,7 +21,8 @@ batch's decode overlaps this one's model run; ``inline`` waits and returns the r
 pre-captures: config ``sizes``; others are captured on first use, at most ``graph_cap`` kept (LRU).
 Tensors cross the python-backend boundary through DLPack, never numpy. A bad request gets its own error response;
 the others in the batch and the server carry on. SEGFORMER_GPU_TIMING=1 prints the per-stage split every 200
-batches; SEGFORMER_GPU_DECODER / SEGFORMER_GPU_RESPOND override ``jpeg_decoder`` / ``respond`` (benches).
+batches; SEGFORMER_GPU_DECODER / _RESPOND / _DEPTH override ``jpeg_decoder`` / ``respond`` / ``depth`` (the label
+buffers, so the batches past their input stage, per instance; default 2) for benches.
 """
 import json
 import os
@@ -70,13 +71,14 @@ class TritonPythonModel:
                         sizes=parse_sizes(params.get("sizes", "")), cap=int(params.get("graph_cap", "8")),
                         decoder=os.environ.get("SEGFORMER_GPU_DECODER") or params.get("jpeg_decoder", "auto"),
                         respond=os.environ.get("SEGFORMER_GPU_RESPOND") or params.get("respond", "deferred"),
+                        depth=int(os.environ.get("SEGFORMER_GPU_DEPTH") or params.get("depth", "2")),
                         timing=os.environ.get("SEGFORMER_GPU_TIMING") == "1")
         self._log(f"{args.get('model_name', config.get('name', ''))} on {device}: {self.graphs.captured} CUDA graphs "
                   f"({fmt_sizes(self.graphs.kept)}) in {time.perf_counter() - t0:.0f} s; decoder "
                   f"{self.decoder.name}; responses {'deferred' if self.responder else 'inline'}")
 
     def _configure(self, torch, device, size, *, capture, size_range=None, buckets=(1, 2, 4, 8, 16), sizes=(),
-                   cap=8, decoder="auto", respond="deferred", timing=False):
+                   cap=8, decoder="auto", respond="deferred", depth=2, timing=False):
         """Everything past loading the model (the unit tests call it with a stand-in runner on the CPU)."""
         if respond not in RESPOND:
             raise ValueError(f"respond {respond!r}: choose from {', '.join(RESPOND)}")
@@ -101,7 +103,9 @@ class TritonPythonModel:
             self.graphs.pin(s)
         self.decoder = choose_decoder(decoder, device, torch)
         hi = self.size_range[1] if self.size_range else self.size
-        self.pool = HostPool(self.streams.host, 3 if self.responder else 2, self.max_bucket * hi[0] * hi[1])
+        # label buffers: deferred, `depth` batches of this instance may be past their input stage (one on the GPU,
+        # the next queued behind it); inline, the batch Triton still copies from and the current one
+        self.pool = HostPool(self.streams.host, max(1, depth) if self.responder else 2, self.max_bucket * hi[0] * hi[1])
         self.held = None  # inline: the buffer whose labels Triton copies after execute returns
         self.stage = None  # pinned staging of raw host frames, grown on demand
         self.timing = timing
