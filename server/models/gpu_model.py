@@ -2,8 +2,8 @@
 upsample+argmax, torch.compile and CUDA graphs per (batch bucket, size).
 
 Copied by `make repo` into the model directory as ``1/model.py`` next to a copy of the `segformer` package,
-segformer_runtime.py, gpu_pipeline.py (the parts that need no Triton), the client's placement code and the weights,
-so the directory is self-contained. Inputs (one of the two per request, both optional):
+segformer_runtime.py, gpu_pipeline.py and gpu_decode.py (the parts that need no Triton), the client's placement code
+and the weights, so the directory is self-contained. Inputs (one of the two per request, both optional):
 - ``images``  uint8 [n, H, W, 3] raw RGB at the model's size (a dynamic row: any H, W in its range, multiples of 32);
 - ``encoded`` uint8 [n, L] one JPEG/PNG file's bytes per row (normally n = 1), decoded on the GPU (nvImageCodec's
   batch decode where `nvidia.nvimgcodec` imports, else torchvision's batched nvJPEG; config ``jpeg_decoder``) and
@@ -33,8 +33,9 @@ from types import SimpleNamespace
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segformer package + runtime copied beside us
-from gpu_pipeline import (GraphCache, HostPool, Responder, StageStats, Streams, choose_decoder,  # noqa: E402
-                          elapsed_ms, fmt_sizes, parse_sizes, size_problem)
+from gpu_decode import choose_decoder  # noqa: E402
+from gpu_pipeline import (GraphCache, HostPool, Responder, StageStats, Streams, fit, fmt_sizes,  # noqa: E402
+                          gpu_times, parse_sizes, size_problem)
 from segformer_runtime import existing, parameters  # noqa: E402
 
 RESPOND = ("deferred", "inline")
@@ -172,22 +173,20 @@ class TritonPythonModel:
     def _fit(self, img):
         """[h, w, 3] uint8 on the GPU -> [H, W, 3] at its place: the model's size (bilinear) on a fixed row; on a
         dynamic row the client's placement (bilinear to the content size where it must scale, zeros bottom/right)."""
-        torch = self.torch
         h, w = int(img.shape[0]), int(img.shape[1])
         if self.size_range is None:
             size = content = self.size
         else:
             p = self.place((h, w), self.size, self.size_range, "fit")
             size, content = tuple(p.input_size), tuple(p.content)
-        if (h, w) != content:
-            x = torch.nn.functional.interpolate(img.permute(2, 0, 1)[None].float(), size=content, mode="bilinear",
-                                                align_corners=False)[0]
-            img = x.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
-        if content != size:
-            out = img.new_zeros((*size, 3))
-            out[:content[0], :content[1]] = img
-            img = out
-        return img
+        return fit(self.torch, img, size, content)
+
+    def _fit_or_error(self, img):
+        try:
+            return self._fit(img)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of GPU memory for one huge image: that request's error
+            return ValueError(f"could not resize the decoded {img.shape[0]}x{img.shape[1]} image: "
+                              f"{(str(exc).splitlines() or ['?'])[0]}")
 
     def _assemble(self, parsed, uploaded, decoded, responses):
         """{(H, W): (batch uint8 [N,H,W,3], [(request index, first row, rows)])}: each request's frames stacked per
@@ -199,7 +198,7 @@ class TritonPythonModel:
                 x = [next(uploaded)]
             else:
                 imgs = [next(decoded) for _ in p]
-                imgs = [x if isinstance(x, Exception) else self._fit(x) for x in imgs]
+                imgs = [x if isinstance(x, Exception) else self._fit_or_error(x) for x in imgs]
                 bad = next((x for x in imgs if isinstance(x, Exception)), None)
                 if bad is None and len({tuple(x.shape) for x in imgs}) > 1:
                     bad = ValueError("the images of one request would be placed at different sizes: send one per "
@@ -354,10 +353,7 @@ class TritonPythonModel:
         wall = dict(job.wall, responses=respond)
         wall["wait"] = wall.get("wait", 0.0) + wait
         wall.setdefault("execute", time.perf_counter() - job.t0)
-        gpu = {k: elapsed_ms(a, b) for k, (a, b) in job.gpu_in.items()}
-        gpu["model"] = sum(elapsed_ms(m0, m1) for m0, m1, _ in job.marks)
-        gpu["d2h"] = sum(elapsed_ms(m1, m2) for _, m1, m2 in job.marks)
-        line = self.stats.add(job.images, wall, gpu, job.counts, notes={
+        line = self.stats.add(job.images, wall, gpu_times(job.gpu_in, job.marks), job.counts, notes={
             "graphs": f"{self.graphs.captured} captured, {self.graphs.evicted} dropped",
             "decoder": self.decoder.name, "responses": "deferred" if job.senders is not None else "inline"})
         if line:

@@ -1,13 +1,12 @@
 """The parts of the GPU fast path's Triton program (gpu_model.py) that need no Triton: the sizes a dynamic row takes,
-the CUDA-graph cache per (batch bucket, size), the JPEG/PNG decoders, the instance's two CUDA streams, the pinned
-label buffers, the thread that answers a batch once its labels are on the host, and the per-stage timing line.
+the CUDA-graph cache per (batch bucket, size), the instance's two CUDA streams, the pinned label buffers, the thread
+that answers a batch once its labels are on the host, and the per-stage timing line (the decoders: gpu_decode.py).
 
 Copied by `make repo` beside ``1/model.py`` (the GPU record's runtime files, build/backends.py). Imports nothing of
 the project and uses the torch it is handed, so the unit tests run all of it on a CPU with stand-ins.
 """
 import collections
 import contextlib
-import importlib
 import queue
 import threading
 import time
@@ -16,8 +15,6 @@ MULTIPLE = 32  # the encoder's total stride: a dynamic row takes H and W in mult
 # the per-batch stages in the order the log prints them; those on the GPU also get CUDA-event time
 STAGES = ("parse", "decode", "fit", "upload", "model", "d2h", "responses")
 ON_GPU = ("decode", "fit", "upload", "model", "d2h")
-DECODERS = ("auto", "nvimgcodec", "torchvision")
-NOT_READABLE = "'encoded' is not a readable JPEG/PNG image"
 
 
 # -- sizes ----------------------------------------------------------------------------------------------------
@@ -51,6 +48,20 @@ def size_problem(h, w, size_range, kept=()):
     ready = f" (captured at load: {fmt_sizes(kept)})" if kept else ""
     return (f"images of {h}x{w}: this model takes H and W multiples of {MULTIPLE} from {lo_h}x{lo_w} to "
             f"{hi_h}x{hi_w}{ready}; {fix}, as python -m client.segment does")
+
+
+def fit(torch, img, size, content):
+    """[h, w, 3] uint8 (on the GPU) -> [*size, 3]: bilinear to `content` where that differs from h x w, then
+    zeros bottom/right up to `size` (as client.placement.to_input pads)."""
+    if tuple(img.shape[:2]) != tuple(content):
+        x = torch.nn.functional.interpolate(img.permute(2, 0, 1)[None].float(), size=tuple(content), mode="bilinear",
+                                            align_corners=False)[0]
+        img = x.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+    if tuple(content) != tuple(size):
+        out = img.new_zeros((*size, 3))
+        out[:content[0], :content[1]] = img
+        img = out
+    return img
 
 
 def bucket_of(n, buckets):
@@ -106,126 +117,6 @@ class GraphCache:
         self.captured += 1
         self.log(f"captured a CUDA graph for batch {key[0]} at {size[0]}x{size[1]} in {time.perf_counter() - t0:.1f} s")
         return runner
-
-
-# -- decoders -------------------------------------------------------------------------------------------------
-def is_jpeg(blob):
-    return blob.numel() > 2 and int(blob[0]) == 0xFF and int(blob[1]) == 0xD8
-
-
-class TorchvisionDecoder:
-    """nvJPEG through torchvision: the JPEGs of a batch in one decode_jpeg call on the instance's GPU (torchvision
-    uses the hardware decoder for baseline JPEGs where the GPU has one, A100/H100/H200, and waits for its own stream
-    before returning, making the current stream wait on it); other formats (PNG) on the CPU, then uploaded. A file
-    that fails the batched call is found by decoding the batch's files one at a time."""
-
-    name = "torchvision (nvJPEG)"
-
-    def __init__(self, device):
-        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-
-        self.device, self.rgb = device, ImageReadMode.RGB
-        self.decode_jpeg, self.decode_image = decode_jpeg, decode_image
-
-    def decode(self, blobs, stream=0):
-        out = [None] * len(blobs)
-        jpeg = [i for i, b in enumerate(blobs) if is_jpeg(b)]
-        if jpeg:
-            try:
-                imgs = self.decode_jpeg([blobs[i] for i in jpeg], mode=self.rgb, device=self.device)
-                for i, img in zip(jpeg, imgs):
-                    out[i] = img.permute(1, 2, 0)
-            except RuntimeError:  # one bad file fails the batch: decode each to find it
-                pass
-        for i, b in enumerate(blobs):
-            if out[i] is None:
-                out[i] = _or_error(self.one, b)
-        return out
-
-    def one(self, blob):
-        """[h, w, 3] uint8 on the GPU, or ValueError in one line."""
-        try:
-            if is_jpeg(blob):
-                img = self.decode_jpeg(blob, mode=self.rgb, device=self.device)
-            else:
-                img = self.decode_image(blob, mode=self.rgb).to(self.device)
-        except (RuntimeError, ValueError) as exc:
-            raise ValueError(f"{NOT_READABLE} ({(str(exc).splitlines() or ['?'])[0]})") from None
-        return img.permute(1, 2, 0)
-
-
-class NvImageCodecDecoder:
-    """nvImageCodec: every file of a batch in one Decoder.decode call (hardware JPEG decoder where the GPU has one,
-    CUDA or CPU codecs otherwise; EXIF orientation applied), ready on the instance's input stream. A file it cannot
-    decode (None in its slot) goes to the fallback decoder, one at a time."""
-
-    name = "nvImageCodec"
-
-    def __init__(self, codec, device, torch, fallback=None):
-        self.codec, self.device, self.torch, self.fallback = codec, device, torch, fallback
-        self.decoder = codec.Decoder(device_id=device.index or 0)
-        self.params = codec.DecodeParams(apply_exif_orientation=True, color_spec=codec.ColorSpec.RGB)
-
-    def decode(self, blobs, stream=0):
-        arrays = [b.numpy() for b in blobs]  # views of the request bytes (decode reads them before it returns)
-        try:
-            images = self.decoder.decode(arrays, params=self.params, cuda_stream=stream)
-        except TypeError:  # releases whose batch call takes DecodeSource objects only
-            images = self.decoder.decode([self.codec.DecodeSource(a) for a in arrays], params=self.params,
-                                         cuda_stream=stream)
-        out = []
-        for blob, img in zip(blobs, images):
-            if img is None:
-                out.append(_or_error(self.fallback.one, blob) if self.fallback else ValueError(NOT_READABLE))
-            else:
-                out.append(self._tensor(img))
-        return out
-
-    def _tensor(self, img):
-        t = self.torch.from_dlpack(img)  # zero-copy; the image's memory lives as long as the tensor
-        t = t if t.device == self.device else t.to(self.device)
-        return t[..., :3] if t.shape[-1] >= 3 else t[..., :1].expand(-1, -1, 3)
-
-
-class NoDecoder:
-    name = "none"
-
-    def decode(self, blobs, stream=0):
-        return [ValueError("'encoded' input needs torchvision (pip install torchvision, matching torch) or "
-                           "nvImageCodec (pip install nvidia-nvimgcodec-cu13) on the server; or send raw uint8 "
-                           "'images'")] * len(blobs)
-
-
-def _or_error(fn, blob):
-    try:
-        return fn(blob)
-    except ValueError as exc:
-        return exc
-
-
-def choose_decoder(choice, device, torch):
-    """The instance's decoder of `encoded` inputs: nvImageCodec where `nvidia.nvimgcodec` imports (choice "auto"),
-    with torchvision for what it cannot decode; else torchvision alone. A choice named outright that does not
-    import is a load error naming the package."""
-    if choice not in DECODERS:
-        raise ValueError(f"jpeg_decoder {choice!r}: choose from {', '.join(DECODERS)}")
-    try:
-        tv = TorchvisionDecoder(device)
-    except ImportError:
-        tv = None
-    if choice == "torchvision":
-        if tv is None:
-            raise ImportError("jpeg_decoder torchvision: torchvision does not import here (pip install torchvision, "
-                              "matching torch), or set jpeg_decoder auto")
-        return tv
-    try:
-        codec = importlib.import_module("nvidia.nvimgcodec")
-    except ImportError:
-        if choice == "nvimgcodec":
-            raise ImportError("jpeg_decoder nvimgcodec: nvidia.nvimgcodec does not import here (pip install "
-                              "nvidia-nvimgcodec-cu13, or -cu12 to match CUDA), or set jpeg_decoder auto") from None
-        return tv or NoDecoder()
-    return NvImageCodecDecoder(codec, device, torch, fallback=tv)
 
 
 # -- streams, buffers, the responder --------------------------------------------------------------------------
@@ -290,6 +181,15 @@ class Streams:
 
 def elapsed_ms(a, b):
     return a.elapsed_time(b) if a is not None and b is not None else 0.0
+
+
+def gpu_times(inputs, chunks):
+    """CUDA-event milliseconds of one batch: `inputs` {stage: (start, end)} on the input stream, `chunks`
+    [(before replay, after replay, after the label copy)] on the model stream."""
+    out = {k: elapsed_ms(a, b) for k, (a, b) in inputs.items()}
+    out["model"] = sum(elapsed_ms(m0, m1) for m0, m1, _ in chunks)
+    out["d2h"] = sum(elapsed_ms(m1, m2) for _, m1, m2 in chunks)
+    return out
 
 
 class HostPool:

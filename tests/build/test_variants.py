@@ -103,6 +103,7 @@ def test_the_gpu_row_directory_holds_the_pipeline_helpers_and_the_clients_placem
     assert repository.write_repository([row], tmp_path / "repo", log=lambda *_: None,
                                        cache_dir=tmp_path / "c") == {"t_gpu_dynamic": "built"}
     version = tmp_path / "repo" / "t_gpu_dynamic" / "1"
-    assert (version / "gpu_pipeline.py").read_bytes() == (SERVER_MODELS / "gpu_pipeline.py").read_bytes()
+    for f in ("gpu_pipeline.py", "gpu_decode.py", "segformer_runtime.py"):
+        assert (version / f).read_bytes() == (SERVER_MODELS / f).read_bytes(), f
     assert (version / "placement.py").read_bytes() == (ROOT / "client" / "placement.py").read_bytes()
     assert (version / "model.py").read_bytes() == (SERVER_MODELS / "gpu_model.py").read_bytes()
