@@ -61,8 +61,11 @@ help:
 	@echo "make sweep     concurrency sweep of LOAD_MODEL (USERS=$(USERS), DURATION=$(DURATION)) with knee under SLO_MS=$(SLO_MS)"
 	@echo "make soak      SOAK_S seconds at SOAK_LOAD x the probed rate: failures, p99 over time, server RSS drift"
 	@echo "make bench-build  build time and engine size of every TensorRT variant -> results/"
-	@echo "make bench     GPU: fast path vs HF eager/compile/max-autotune (SKIP_MAX_AUTOTUNE=1 skips it), kernel profile,"
-	@echo "               served JPEG / raw over system and CUDA shared memory, one vs all GPUs vs two servers (BENCH_IMAGES=DIR) -> results/"
+	@echo "make bench     GPU, one results file per call -> $(BENCH_OUT).{json,md,png} (BENCH_IMAGES=DIR: agreement, served frames):"
+	@echo "               model only (BENCH_SIZES=\"$(BENCH_SIZES)\" BENCH_VARIANTS=\"$(BENCH_VARIANTS)\" BENCH_PATHS=names):"
+	@echo "               ours 30-60 s and HF torch.compile 15-25 s per model and size (HF_MAX_AUTOTUNE=1: +6 min, first"
+	@echo "               size only), kernels ~30 s, served BENCH_SCENARIOS=$(BENCH_SCENARIOS) ~2 min (BENCH_SECTIONS=\"$(BENCH_SECTIONS)\""
+	@echo "               mixffn: +1.5 min, video: +1 min); about 7 min of one H100 in all"
 	@echo "make bench-cpu  CPU: ONNX Runtime FP32 / best_cpu vs OpenVINO f32 / bf16, speed + accuracy (BENCH_DATA=camvid) -> results/"
 	@echo "make cluster [REPLICAS=3]  N Triton replicas behind HAProxy on $(HTTP_PORT)/$(GRPC_PORT) (a cluster Service on one host); cluster-status, cluster-stop"
 	@echo "make cluster-reload [MODEL=name]  rolling update: one replica at a time drained, reloaded, back in"
@@ -145,10 +148,18 @@ sweep: venv
 bench-build: venv
 	$(PY) -m bench.build_times --out results/build_bench $(if $(CALIB),--calib $(CALIB)) $(if $(HOLDOUT),--holdout $(HOLDOUT))
 
+BENCH_OUT ?= results/bench_gpu
+BENCH_SECTIONS ?= model kernels served
+BENCH_SIZES ?= 1024x1024:1,8,16 1024x2048:1,8
+BENCH_VARIANTS ?= b1 b2@1024x1024
+BENCH_PATHS ?=
+BENCH_SCENARIOS ?= quick
+HF_MAX_AUTOTUNE ?=
 bench: venv
-	$(PY) -m pip install -q -e ".[gpu]"
-	$(PY) -m bench.gpu --served --profile --batches 1 16 32 --hf-batches 16 --out results/bench_gpu \
-	  $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) $(if $(SKIP_MAX_AUTOTUNE),--hf-compile-modes default)
+	$(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip install -q -e ".[gpu]"
+	$(PY) -m bench.gpu --sections $(BENCH_SECTIONS) --sizes $(BENCH_SIZES) --variants $(BENCH_VARIANTS) --profile \
+	  $(if $(BENCH_PATHS),--paths $(BENCH_PATHS)) $(if $(HF_MAX_AUTOTUNE),--hf-max-autotune) \
+	  --served-scenarios $(BENCH_SCENARIOS) $(if $(BENCH_IMAGES),--images $(BENCH_IMAGES)) --out $(BENCH_OUT)
 
 BENCH_DATA ?= ../shared/datasets/camvid
 bench-cpu: venv

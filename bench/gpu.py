@@ -1,363 +1,323 @@
-"""GPU benchmark of the fast path against Hugging Face SegFormer, model-only and served through Triton.
+"""GPU benchmark of the fast path against Hugging Face SegFormer: every section of one call in one results file.
 
-    python -m bench.gpu [--weights segformer-b1-camvid] [--images DIR] [--served] [--profile] [--out results/bench_gpu]
+    python -m bench.gpu [--sizes 1024x1024:1,8,16 1024x2048:1,8] [--variants b1 b2@1024x1024] [--paths NAME ...]
+        [--sections model kernels served video] [--images DIR] [--profile] [--out results/bench_gpu]
+    python -m bench.gpu --readme docs/results/NAME.json [--readme-into README.md]
 
-Model only (uint8 [N,1024,1024,3] on the GPU -> uint8 labels on the GPU, CUDA-event timed, median of repeats):
-HF transformers SegFormer eager FP16, the same under torch.compile (default and max-autotune, compile time
-reported), and ours (segformer.fast: FP16, folded decoder, fused dwconv+GELU and upsample+argmax kernels,
-torch.compile, CUDA graphs), per batch size; --profile adds ours' GPU time per kernel group. HF models have the same
-architecture (variant, classes) with their own initial weights: only their speed is compared. Agreement: share
-of pixels where our labels equal the FP32 PyTorch reference (TF32 off) on --images, prepared as clients send
-them (client.policy, `fit`: letterboxed).
---served: builds the segformer_b1_gpu model directory, starts Triton, and loads it with the project's
-multi-process closed-loop generator (loadtest.closed_loop) in the scenarios of bench.gpu_served (JPEG, raw frames
-over system / CUDA shared memory, one GPU vs every GPU vs one server per GPU).
-Writes <out>.json, <out>.md and <out>.png (one run, every number side by side); --replot redraws from a JSON.
+Sections (--sections; each is stamped with the card, date and torch version, and says what it skipped and why):
+- model: per input size (HxW, with its own batch list after a colon) and model (--variants: b0..b5 or a weights
+  entry; `b2@1024x1024` limits a model to some sizes), ours through segformer.fast.build_fast per --paths name
+  (uint8 [N,H,W,3] on the GPU -> uint8 labels on the GPU, CUDA graphs, CUDA-event timed, median of repeats),
+  beside HF transformers SegFormer of the same architecture eager FP16 and under torch.compile (its own initial
+  weights: speed only). A model with no shipped weights (B2..B5) runs on random-initialised weights, labelled
+  "random-init (speed only)". Agreement: share of pixels where each path's labels equal the FP32 PyTorch
+  reference (TF32 off) on --images prepared as clients send them (client.policy, `fit`), shipped weights only.
+- kernels: bench.kernels_gpu's depthwise 3x3 + GELU rows (ours vs PyTorch vs the copy floor).
+- mixffn: bench.kernels_mixffn's whole-Mix-FFN kernel rows (fused vs round 2 vs torch vs the floors).
+- served: bench.gpu_served's scenarios (Triton from nvidia-pytriton, loadtest.closed_loop).
+- video: bench.video through its CLI in a subprocess against a Triton serving --served-row.
+Writes OUT.json, OUT.md and OUT.png after every section (a call stopped part-way keeps what it measured);
+--replot redraws them from a JSON; --readme prints README's GPU block from a results file.
+
+GPU time on one H100 (round-2 figures): ours 30-60 s of compile and CUDA-graph capture per model, size and path;
+HF torch.compile (default) 15-25 s per batch shape, max-autotune more than 350 s cold (--hf-max-autotune: the
+first model and size only); kernels ~30 s; mixffn ~1.5 min; served 1.5-2 min per scenario (Triton start + 10 s
+per point); video ~1 min. `make bench`'s default (B1 at 1024x1024 and 1024x2048, B2 at 1024x1024, kernels,
+served `quick`): ~7 min.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+from bench import BenchError
+from bench.gpu_measure import agreement, cuda_ms, hf_pipeline, kernel_profile, path_kwargs
+from bench.gpu_report import annotate, markdown, plot, readme_block, readme_into
+
+__all__ = ["agreement", "cuda_ms", "hf_pipeline", "kernel_profile", "markdown", "main", "plot"]  # others import these
+
 ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("model", "kernels", "mixffn", "served", "video")
+DEFAULT_BATCHES = (1, 8, 16)
 
 
-def cuda_ms(fn, x, iters: int, repeats: int = 3, warmup: int = 3) -> float:
-    """Median ms per call of fn(x) over `repeats` CUDA-event-timed loops of `iters` calls (no autograd)."""
-    import torch
+def size_spec(text: str) -> tuple[tuple[int, int], tuple[int, ...] | None]:
+    """``1024x2048`` or ``1024x2048:1,8`` -> ((1024, 2048), None or (1, 8)): an input size and its batch list."""
+    from segformer.config import check_size, parse_size
 
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn(x)
-        torch.cuda.synchronize()
-        runs = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                fn(x)
-            end.record()
-            torch.cuda.synchronize()
-            runs.append(start.elapsed_time(end) / iters)
-    return statistics.median(runs)
+    size_text, colon, batches = str(text).partition(":")
+    try:
+        size = check_size(parse_size(size_text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    try:
+        bs = tuple(int(b) for b in batches.split(",")) if colon else None
+    except ValueError:
+        bs = ()
+    if bs is not None and (not bs or min(bs) < 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: the batch list must be positive integers, e.g. 1024x2048:1,8")
+    return size, bs
 
 
-def hf_pipeline(cfg, mean, std, device):
-    """uint8 NHWC -> labels with HF SegformerForSemanticSegmentation in FP16 (the baseline users start from)."""
-    import torch
-    import torch.nn.functional as F
-    import transformers
+def variant_spec(text: str) -> tuple[str, tuple[tuple[int, int], ...] | None]:
+    """``b2`` or ``b2@1024x1024[,1024x2048]`` -> (model, the sizes it runs at or None for every size)."""
+    from segformer.config import parse_size
 
-    hf_cfg = transformers.SegformerConfig(hidden_sizes=list(cfg.widths), depths=list(cfg.depths),
-                                          num_attention_heads=list(cfg.heads), sr_ratios=list(cfg.sr_ratios),
-                                          decoder_hidden_size=cfg.decoder_width, num_labels=cfg.num_classes)
-    model = transformers.SegformerForSemanticSegmentation(hf_cfg).eval().half().to(device)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-
-    def run(images):
-        x = ((images.permute(0, 3, 1, 2).float() - m) / s).half()
-        logits = model(pixel_values=x).logits
-        up = F.interpolate(logits, size=images.shape[1:3], mode="bilinear", align_corners=False)
-        return up.argmax(1).to(torch.uint8)
-
-    return run
+    name, _, sizes = str(text).partition("@")
+    if not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: a variant (b0..b5) or weights entry before the @")
+    try:
+        return name, tuple(parse_size(s) for s in sizes.split(",")) if sizes else None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def agreement(seg_runner, weights, images, device) -> dict:
-    """Pixel agreement of the fast path with the FP32 PyTorch reference on real images."""
-    import torch
-
-    from segformer.model import SegmentationPipeline
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    ref = SegmentationPipeline(weights.build().eval(), weights.mean, weights.std).to(device).eval()
-    same, total, per = 0, 0, []
-    with torch.no_grad():
-        for img in images:
-            x = torch.from_numpy(img[None]).to(device)
-            a = ref(x)
-            b = seg_runner(x)
-            eq = int((a == b).sum())
-            same, total = same + eq, total + a.numel()
-            per.append(eq / a.numel())
-    return {"images": len(images), "agreement": same / total, "min_image_agreement": min(per)}
-
-
-def kernel_profile(runner, x, iters: int = 10) -> dict:
-    """GPU time per kernel over `iters` replays (torch.profiler), grouped into what the kernels do."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            runner(x)
-        torch.cuda.synchronize()
-    per = {}
-    for e in prof.key_averages():
-        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if t > 0:
-            per[e.key] = per.get(e.key, 0.0) + t
-    total = sum(per.values()) or 1.0
-    groups = {}
-    for k, t in per.items():
-        groups[_kernel_group(k)] = groups.get(_kernel_group(k), 0.0) + t
-    top = sorted(per.items(), key=lambda kv: -kv[1])[:25]
-    n = x.shape[0] * iters
-    return {"batch": int(x.shape[0]), "us_per_img": total / n,
-            "groups": {g: {"us_per_img": t / n, "percent": 100 * t / total}
-                       for g, t in sorted(groups.items(), key=lambda kv: -kv[1])},
-            "top": [{"kernel": k, "us_per_img": t / n, "percent": 100 * t / total} for k, t in top]}
-
-
-def _kernel_group(name: str) -> str:
-    n = name.lower()
-    for key, group in (("flash", "attention (SDPA)"), ("fmha", "attention (SDPA)"), ("attention", "attention (SDPA)"),
-                       ("dwconv", "depthwise 3x3 (+GELU)"), ("depthwise", "depthwise 3x3 (+GELU)"),
-                       ("upsample", "upsample + argmax"), ("gemm", "GEMM (linear)"), ("xmma", "conv / GEMM (cuDNN)"),
-                       ("cutlass", "GEMM (linear)"), ("sm90", "GEMM (linear)"), ("conv", "conv / GEMM (cuDNN)"),
-                       ("triton_", "fused elementwise / norm (inductor)"), ("memcpy", "copies"), ("copy", "copies")):
-        if key in n:
-            return group
-    return "other"
-
-
-def model_only(args, log) -> dict:
-    import torch
-
-    from segformer.fast import GraphedSegmenter, build_fast
-    from segformer.weights import get_weights
-
-    dev = torch.device("cuda")
-    w = get_weights(args.weights)
-    size = tuple(args.size)
-    rows = []
-    x_all = torch.randint(0, 256, (max(args.batches), *size, 3), dtype=torch.uint8, device=dev)
-    compile_s = {}
-    configs = [(mode, fused) for mode in args.compile_modes for fused in args.fused_mixffn]
-    for mode, fused in configs:
-        name = "ours (fast path" + (", fused Mix-FFN kernel" if fused else "") + \
-            (", eager" if mode is None else f", compile {mode}" if mode != "default" else "") + ")"
-        t0 = time.perf_counter()
-        seg = build_fast(args.weights, "cuda", compile_mode=mode, fused_mixffn=fused)
-        runner = GraphedSegmenter(seg, size, tuple(args.batches))
-        compile_s[name] = round(time.perf_counter() - t0, 1)
-        log(f"{name}: compiled and captured {len(args.batches)} CUDA graphs in {compile_s[name]:.0f} s")
-        for b in args.batches:
-            ms = cuda_ms(runner, x_all[:b], iters=max(5, 160 // b))
-            rows.append({"impl": name, "batch": b, "ms_per_batch": ms, "ms_per_img": ms / b,
-                         "img_per_s": 1e3 * b / ms})
-            log(f"{name} b{b}: {ms / b:.3f} ms/img")
-        if args.profile and (mode, fused) == configs[0]:
-            profile = kernel_profile(runner, x_all[:max(args.batches)])
-            log("profile: " + "; ".join(f"{k['kernel'][:60]} {k['percent']:.1f} %" for k in profile["top"][:8]))
-        if (mode, fused) != configs[-1]:
-            del runner, seg
-            torch.cuda.empty_cache()
-    images = []
-    if args.images:
-        from client.policy import InputPolicy
-
-        images = InputPolicy(tuple(size)).frames(args.images, args.limit)  # as clients send them (fit)
-    acc = agreement(runner, w, images, dev) if images else None
-    if acc:
-        log(f"agreement with FP32 on {acc['images']} images: {100 * acc['agreement']:.3f} %")
-    del runner, seg
-    torch.cuda.empty_cache()
-    cfg = w.build().config
-    hf = hf_pipeline(cfg, w.mean, w.std, dev)
-    for b in args.hf_batches:
-        ms = cuda_ms(hf, x_all[:b], iters=max(3, 48 // b))
-        rows.append({"impl": "HF eager fp16", "batch": b, "ms_per_batch": ms, "ms_per_img": ms / b,
-                     "img_per_s": 1e3 * b / ms})
-        log(f"HF eager b{b}: {ms / b:.3f} ms/img")
-    for mode in ([] if args.skip_hf_compile else args.hf_compile_modes):
-        torch._dynamo.reset()
-        hfc = torch.compile(hf, mode=None if mode == "default" else mode)
-        label = "HF torch.compile fp16" + ("" if mode == "default" else f" ({mode})")
-        for b in args.hf_batches:
-            t1 = time.perf_counter()
-            with torch.no_grad():
-                hfc(x_all[:b])  # compile (and autotune) for this shape, timed separately
-            torch.cuda.synchronize()
-            compile_s[f"{label} b{b}"] = round(time.perf_counter() - t1, 1)
-            ms = cuda_ms(hfc, x_all[:b], iters=max(3, 48 // b))
-            rows.append({"impl": label, "batch": b, "ms_per_batch": ms, "ms_per_img": ms / b,
-                         "img_per_s": 1e3 * b / ms, "compile_s": compile_s[f"{label} b{b}"]})
-            log(f"{label} b{b}: {ms / b:.3f} ms/img (compiled in {compile_s[f'{label} b{b}']:.0f} s)")
-    return {"rows": rows, "agreement": acc, "compile_and_capture_s": compile_s,
-            **({"profile": profile} if args.profile else {})}
-
-
-def plot(result: dict, path: Path) -> None:
-    """Model-only ms/img per batch size for each implementation; beside it, when there was a served run, served
-    img/s against p99."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    served_rows = (result.get("served") or {}).get("rows") or []
-    fig, axes = plt.subplots(1, 2 if served_rows else 1, figsize=(12 if served_rows else 6.5, 4.5), squeeze=False)
-    a = axes[0][0]
-    impls = dict.fromkeys(r["impl"] for r in result["model_only"]["rows"])
-    for impl in impls:
-        rows = [r for r in result["model_only"]["rows"] if r["impl"] == impl]
-        a.plot([r["batch"] for r in rows], [r["ms_per_img"] for r in rows], "o-", label=impl)
-    a.set(xscale="log", xlabel="batch", ylabel="ms per image (lower is better)",
-          title=f"model only, {result['device']}")
-    ticks = sorted({r["batch"] for r in result["model_only"]["rows"]})
-    a.set_xticks(ticks, [str(t) for t in ticks])
-    a.grid(alpha=0.3)
-    a.legend(fontsize=8)
-    if served_rows:
-        from bench.gpu_served import plot_served
-
-        plot_served(axes[0][1], served_rows)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def markdown(result: dict) -> str:
-    md = [f"# GPU benchmark — {result['device']} ({result['date']})", "",
-          "## Model only (uint8 in -> uint8 labels, on the GPU)", "",
-          "| implementation | batch | ms/img | img/s |", "|---|---:|---:|---:|"]
-    for r in result["model_only"]["rows"]:
-        md.append(f"| {r['impl']} | {r['batch']} | {r['ms_per_img']:.3f} | {r['img_per_s']:.0f} |")
-    acc = result["model_only"].get("agreement")
-    if acc:
-        md += ["", f"Agreement with the FP32 reference on {acc['images']} real images: "
-                   f"**{100 * acc['agreement']:.3f} %** of pixels (worst image {100 * acc['min_image_agreement']:.3f} %)."]
-    prof = result["model_only"].get("profile")
-    if prof:
-        md += ["", f"## Where the time goes (ours, batch {prof['batch']}, torch.profiler, "
-                   f"{prof['us_per_img']:.0f} us of GPU time per image)", "",
-               "| kernels | us/img | share |", "|---|---:|---:|"]
-        md += [f"| {g} | {v['us_per_img']:.1f} | {v['percent']:.1f} % |" for g, v in prof["groups"].items()]
-        md += ["", "| top kernels | us/img | share |", "|---|---:|---:|"]
-        md += [f"| `{k['kernel'][:90]}` | {k['us_per_img']:.1f} | {k['percent']:.1f} % |" for k in prof["top"][:12]]
-    comp = result["model_only"].get("compile_and_capture_s")
-    if comp:
-        md += ["", "Compile (+ CUDA-graph capture for ours) seconds: "
-               + "; ".join(f"{k}: {v:.0f}" for k, v in comp.items()) + "."]
-    if result.get("served"):
-        md += ["", "## Served through Triton (closed loop, multi-process, gRPC)", "",
-               "| scenario | GPUs | servers | payload | in flight | img/s | p50 ms | p99 ms | failures | server queue ms "
-               "| compute ms (input / infer / output) | avg batch |",
-               "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in result["served"]["rows"]:
-            s = r.get("server") or {}
-            md.append(f"| {r.get('scenario', '')} | {r.get('gpus', '0')} | {r.get('servers', 1)} | {r['payload']} | "
-                      f"{r['in_flight']} | {r['img_per_s']:.0f} | {r['p50_ms'] or 0:.1f} | "
-                      f"{r['p99_ms'] or 0:.1f} | {r['failures']} | {s.get('queue_ms', float('nan')):.2f} | "
-                      f"{s.get('compute_ms', float('nan')):.2f}" + (
-                          f" ({s['compute_input_ms']:.2f} / {s['compute_infer_ms']:.2f} / {s['compute_output_ms']:.2f})"
-                          if "compute_input_ms" in s else "") + f" | {s.get('avg_batch', float('nan')):.1f} |")
-        for key, lines in (result["served"].get("stage_timing") or {}).items():
-            md += ["", f"Per-stage time in the model ({key}), from the server log:"] + \
-                  [f"    {ln}" for ln in lines[-2:]]
-        if result["served"].get("error"):
-            md += ["", f"Served run failed: {result['served']['error']}"]
-        k = result["served"].get("knee")
-        if k:
-            md += ["", f"Knee on one GPU (p99 <= 2 x p50): {k.get('scenario')}, {k['payload']}, {k['in_flight']} in flight, "
-                       f"{k['img_per_s']:.0f} img/s, p50 {k['p50_ms']:.1f} ms, p99 {k['p99_ms']:.1f} ms."]
-    return "\n".join(md) + "\n"
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=["model"],
+                    help="what this call measures (default: model)")
+    ap.add_argument("--weights", default="segformer-b1-camvid",
+                    help="the shipped weights entry of the first variant; classes and normalisation of the others")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--sizes", type=size_spec, nargs="+", metavar="HxW[:B,B]",
+                   help="input sizes, each with its batch list (default 1024x1024 with --batches)")
+    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="one input size (same as --sizes HxW)")
+    ap.add_argument("--batches", type=int, nargs="+", default=list(DEFAULT_BATCHES),
+                    help="batch sizes of ours for a size given without its own list (default 1 8 16)")
+    ap.add_argument("--variants", type=variant_spec, nargs="+", metavar="MODEL[@HxW,...]",
+                    help="b0..b5 or a weights entry; @sizes limits it to those of --sizes (default: --weights' own)")
+    ap.add_argument("--paths", nargs="+", default=[None], metavar="NAME",
+                    help="fast-path variants of ours, build_fast(mixffn=NAME) (or `fused` / `unfused` for a "
+                         "build_fast without mixffn); default: build_fast's own default")
+    ap.add_argument("--compile-modes", nargs="+", default=["default"],
+                    help="torch.compile modes for ours ('none' = eager; 'max-autotune-no-cudagraphs': our own CUDA "
+                         "graphs capture the result)")
+    ap.add_argument("--hf-batches", type=int, nargs="+",
+                    help="batch sizes of the HF peer (default: the largest batch of each size)")
+    ap.add_argument("--hf-compile-modes", nargs="+", default=["default"],
+                    help="torch.compile modes for the HF peer at every size (default: default)")
+    ap.add_argument("--hf-max-autotune", action="store_true",
+                    help="also HF under torch.compile max-autotune, first model and size only (cold: > 350 s)")
+    ap.add_argument("--skip-hf-compile", action="store_true", help="HF eager only (no torch.compile of the peer)")
+    ap.add_argument("--profile", action="store_true", help="per-kernel GPU time of ours at each size's largest batch")
+    ap.add_argument("--images", default="", help="real images for the agreement check (and the served/video runs)")
+    ap.add_argument("--limit", type=int, default=16, help="at most this many --images (default 16)")
+    ap.add_argument("--kernels-batch", type=int, default=16,
+                    help="batch of the kernels and mixffn sections (default 16)")
+    ap.add_argument("--served", action="store_true", help="same as adding `served` to --sections")
+    ap.add_argument("--served-only", action="store_true", help="same as --sections served")
+    ap.add_argument("--served-duration", type=float, default=8.0, help="seconds per served point (default 8)")
+    ap.add_argument("--served-instances", type=int, default=2, help="model instances per GPU")
+    ap.add_argument("--served-scenarios", nargs="+",
+                    help="see bench.gpu_served (default: shm1mb shm256mb, and gpu0 allgpus twoservers where there "
+                         "are two or more GPUs)")
+    ap.add_argument("--served-row", default="segformer_b1_gpu", help="the build.variants row served (and in video)")
+    ap.add_argument("--served-start-timeout", type=float, default=300.0, help="seconds for Triton to load the model")
+    ap.add_argument("--video-args", default="", help="more arguments for bench.video, one string (e.g. "
+                                                     "'--in-flight 1 4 --seconds 5')")
+    ap.add_argument("--out", type=Path, default=Path("results/bench_gpu"), help="writes OUT.json, OUT.md and OUT.png")
+    ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw <JSON>.png and .md from a results file")
+    ap.add_argument("--readme", type=Path, metavar="JSON", help="print README's GPU block from a results file")
+    ap.add_argument("--readme-into", type=Path, metavar="README",
+                    help="with --readme: write the block between README's markers for that file instead")
+    return ap
 
 
 def main(argv=None) -> int:
     import os
 
-    root = Path(__file__).resolve().parent.parent  # torch.compile's caches inside the project
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / ".cache" / "torchinductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(root / ".cache" / "triton"))
-    ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default="segformer-b1-camvid", help="shipped weights name or path to NAME.json")
-    ap.add_argument("--size", type=int, nargs=2, default=(1024, 1024), metavar=("H", "W"), help="input (default 1024 1024)")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="batch sizes of ours")
-    ap.add_argument("--hf-batches", type=int, nargs="+", default=[1, 16], help="batch sizes of the HF peer")
-    ap.add_argument("--skip-hf-compile", action="store_true", help="HF eager only (no torch.compile of the peer)")
-    ap.add_argument("--compile-modes", nargs="+", default=["default"],
-                    help="torch.compile modes for ours ('none' = eager; 'max-autotune-no-cudagraphs': our own CUDA "
-                         "graphs capture the result)")
-    ap.add_argument("--hf-compile-modes", nargs="+", default=["default", "max-autotune"],
-                    help="torch.compile modes for the HF peer (max-autotune: its compile time is reported)")
-    ap.add_argument("--profile", action="store_true", help="per-kernel GPU time of ours at the largest batch")
-    ap.add_argument("--fused-mixffn", type=int, nargs="+", default=[1, 0], choices=(0, 1),
-                    help="measure ours without (0) and/or with (1) the fused Mix-FFN kernel; the agreement check "
-                         "uses the last (the served configuration by default)")
-    ap.add_argument("--images", default="", help="real images for the agreement check")
-    ap.add_argument("--limit", type=int, default=16, help="at most this many --images (default 16)")
-    ap.add_argument("--served", action="store_true", help="also serve through Triton and load it")
-    ap.add_argument("--served-only", action="store_true", help="only the served run")
-    ap.add_argument("--served-duration", type=float, default=8.0, help="seconds per served scenario (default 8)")
-    ap.add_argument("--served-instances", type=int, default=2, help="model instances per GPU")
-    ap.add_argument("--served-scenarios", nargs="+",
-                    help="see bench.gpu_served (default: shm1mb shm256mb, and gpu0 allgpus twoservers where there "
-                         "are two or more GPUs)")
-    ap.add_argument("--served-start-timeout", type=float, default=300.0, help="seconds for Triton to load the model")
-    ap.add_argument("--out", type=Path, default=Path("results/bench_gpu"), help="writes OUT.json, OUT.md and OUT.png")
-    ap.add_argument("--replot", type=Path, metavar="JSON", help="only redraw <JSON>.png and .md from a results file")
-    args = ap.parse_args(argv)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "torchinductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(ROOT / ".cache" / "triton"))
+    args = parser().parse_args(argv)
+    args.command = "python -m bench.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     from client.cli import run as run_cli
 
     return run_cli(lambda: measure(args))
 
 
-def measure(args) -> int:
-    from bench import BenchError
+def plan(args) -> list[tuple[dict, tuple[int, int], list[int]]]:
+    """(model, size, batches) for every model section, checked here before any GPU time is spent."""
+    from segformer.config import VARIANTS
+    from segformer.weights import find_entry, get_weights
 
+    sizes = args.sizes or [size_spec("x".join(map(str, args.size or (1024, 1024))))]
+    first = get_weights(args.weights)
+    models = []
+    for name, only in args.variants or [(first.variant, None)]:
+        if name.lower() in VARIANTS:
+            v = name.lower()
+            shipped = args.weights if first.variant == v else (f"segformer-{v}-camvid" if find_entry(
+                f"segformer-{v}-camvid") else None)
+            model = {"variant": v, "weights": shipped, "weights_name": shipped or f"segformer-{v}-random-init",
+                     "shipped": shipped is not None}
+        else:
+            w = get_weights(name)  # a WeightsError names the entries there are
+            model = {"variant": w.variant, "weights": name, "weights_name": w.name, "shipped": True}
+        missing = [s for s in only or () if s not in [sz for sz, _ in sizes]]
+        if missing:
+            raise BenchError(f"--variants {name}@...: {', '.join(f'{h}x{w}' for h, w in missing)} not in --sizes")
+        models.append((model, only))
+    for p in args.paths:
+        path_kwargs(p)
+    return [(m, size, list(bs or args.batches)) for size, bs in sizes for m, only in models
+            if only is None or size in only]
+
+
+def _stamp() -> dict:
+    import torch
+
+    return {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "torch": torch.__version__}
+
+
+def measure(args) -> int:
     if args.replot:
         result = json.loads(args.replot.read_text())
         plot(result, args.replot.with_suffix(".png"))
-        args.replot.with_suffix(".md").write_text(markdown(result))
+        _write_text(args.replot.with_suffix(".md"), markdown(result))
         return 0
+    if args.readme:
+        return _readme(args)
+    if args.readme_into:
+        raise BenchError("--readme-into needs --readme JSON (the results file the block is made from)")
+    sections = ["served"] if args.served_only else list(dict.fromkeys(args.sections + (["served"] if args.served
+                                                                                       else [])))
     args.compile_modes = [None if m == "none" else m for m in args.compile_modes]
     try:
         import torch
     except ImportError:
         raise BenchError("the GPU benchmark needs PyTorch with CUDA") from None
+    todo = plan(args) if "model" in sections else []
+    if args.images and not Path(args.images).is_dir():
+        raise BenchError(f"--images {args.images}: no such folder (a folder of real images)")
     if not torch.cuda.is_available():
         raise BenchError("no CUDA GPU here: run `make bench` on a machine with an NVIDIA GPU")
 
     def log(msg):
         print(msg, flush=True)
 
-    result = {"device": torch.cuda.get_device_name(), "host": platform.node(),
-              "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "weights": args.weights,
-              "size": list(args.size), "model_only": {"rows": []}}
-    from segformer.weights import atomic_write_bytes
+    try:
+        import transformers
+        hf_version = transformers.__version__
+    except ImportError:
+        hf_version = None
+    result = {"format": 2, **_stamp(), "host": platform.node(), "transformers": hf_version, "command": args.command,
+              "sections": sections, "model_only": [], "skipped": [
+                  {"what": s, "why": "not requested (--sections)"} for s in SECTIONS if s not in sections]}
 
     def write():
+        from segformer.weights import atomic_write_bytes
+
+        annotate(result)
         atomic_write_bytes(Path(f"{args.out}.json"), (json.dumps(result, indent=1) + "\n").encode())
-        atomic_write_bytes(Path(f"{args.out}.md"), markdown(result).encode())
+        _write_text(Path(f"{args.out}.md"), markdown(result))
         plot(result, Path(f"{args.out}.png"))
 
-    if not args.served_only:
-        result["model_only"] = model_only(args, log)
-        write()  # kept even if serving fails below
-    if args.served or args.served_only:
-        from bench.gpu_served import SCENARIOS, knee, served
+    if todo:
+        _model(todo, args, log, result, write)
+    if "kernels" in sections:
+        result["kernels"] = _microbench("kernels_gpu", args, log, size=_square(args))
+        write()
+    if "mixffn" in sections:
+        result["mixffn"] = _microbench("kernels_mixffn", args, log, size=(_square(args),) * 2, tiles=12)
+        write()
+    if "served" in sections:
+        from bench.gpu_served import knee, served
 
         if not args.served_scenarios:
             args.served_scenarios = ["shm1mb", "shm256mb"] + (["gpu0", "allgpus", "twoservers"]
                                                               if torch.cuda.device_count() > 1 else [])
-        unknown = [n for n in args.served_scenarios if n not in SCENARIOS]
-        if unknown:
-            raise BenchError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
-        result["served"] = served(args, log)
+        result["served"] = {"stamp": _stamp(), **served(args, log)}
         result["served"]["knee"] = knee([r for r in result["served"]["rows"] if r.get("servers", 1) == 1
                                          and r.get("gpus", "0") == "0"])
         write()
+    if "video" in sections:
+        from bench.gpu_served import video
+
+        result["video"] = {"stamp": _stamp(), **video(args, log)}
+        write()
+    for key in ("kernels", "mixffn", "served", "video"):
+        sec = result.get(key) or {}
+        result["skipped"] += [{**s, "what": f"{key}: {s['what']}"} for s in sec.get("skipped") or []]
+        if sec.get("error"):
+            result["skipped"].append({"what": key, "why": sec["error"], "failed": True})
+    write()
     print(markdown(result))
-    return 0 if not result.get("served", {}).get("error") else 1
+    return 1 if any(s.get("failed") for s in result["skipped"]) else 0
+
+
+def _model(todo, args, log, result, write) -> None:
+    from segformer.weights import get_weights
+
+    from bench.gpu_measure import model_section, random_weights
+    from client.policy import InputPolicy
+
+    images = []
+    scratch = tempfile.TemporaryDirectory(prefix="bench_gpu.")
+    try:
+        for i, (model, size, batches) in enumerate(todo):
+            if model["weights"] is None:  # no shipped weights: random ones, made once per model
+                model["weights"] = random_weights(model["variant"], get_weights(args.weights), Path(scratch.name))
+            if args.images:
+                images = InputPolicy(tuple(size)).frames(args.images, args.limit)  # as clients send them (fit)
+            modes = [] if args.skip_hf_compile else list(args.hf_compile_modes) + (
+                ["max-autotune"] if args.hf_max_autotune and i == 0 and "max-autotune" not in args.hf_compile_modes
+                else [])
+            sec = {"stamp": _stamp(), **model_section(model, size, batches, args, log, images=images, hf_modes=modes)}
+            result["model_only"].append(sec)
+            result["skipped"] += [{**s, "what": f"model {sec['variant']} {size[0]}x{size[1]}: {s['what']}"}
+                                  for s in sec["skipped"]]
+            write()  # kept if a later section fails or the call is stopped
+    finally:
+        scratch.cleanup()
+
+
+def _square(args) -> int:
+    """The first square input size (the microbenchmarks' shapes are B1's stages at that size), else 1024."""
+    return next((h for (h, w), _ in args.sizes or [] if h == w), 1024)
+
+
+def _microbench(module: str, args, log, **options) -> dict:
+    """bench.<module>'s measure (kernels_gpu, kernels_mixffn) into a section: its JSON, stamped."""
+    import importlib
+
+    sec = {"stamp": _stamp(), "skipped": []}
+    with tempfile.TemporaryDirectory(prefix=f"bench_gpu.{module}.") as tmp:
+        try:
+            importlib.import_module(f"bench.{module}").measure(
+                argparse.Namespace(batch=args.kernels_batch, out=Path(tmp) / "k", **options))
+            sec.update(json.loads((Path(tmp) / "k.json").read_text()))
+        except Exception as exc:  # noqa: BLE001 - recorded; the other sections still run
+            sec["skipped"].append({"what": f"bench.{module}", "why": f"{type(exc).__name__}: {exc}", "failed": True})
+            log(f"bench.{module} failed: {exc}")
+    return sec
+
+
+def _readme(args) -> int:
+    if not args.readme.is_file():
+        raise BenchError(f"{args.readme}: no such results file (the GPU run writes it: make bench BENCH_OUT=...)")
+    result = json.loads(args.readme.read_text())
+    path = args.readme.resolve()
+    rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else args.readme.as_posix()
+    block = readme_block(result, rel.removesuffix(".json"))
+    if args.readme_into:
+        _write_text(args.readme_into, readme_into(args.readme_into, rel, block))
+        print(f"{args.readme_into}: GPU block filled from {rel}")
+    else:
+        print(block, end="")
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    from segformer.weights import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The served half of `make bench`: segformer_b1_gpu in the pip Triton, loaded by loadtest.closed_loop.
+"""The served half of `make bench`: segformer_b1_gpu (or --served-row) in the pip Triton, loaded by
+loadtest.closed_loop; and the video section (bench.video against the same kind of server).
 
 Scenarios (each one Triton start, or two for the two-server one; every point of a scenario measured in the same
 run as the others):
@@ -6,6 +7,8 @@ run as the others):
   time): JPEG sweep, raw frames over system shared memory, raw frames over CUDA shared memory;
 - ``shm256mb``: the same server with the pool at 256 MB (growing 64 MB): raw frames over system shared memory
   and on the wire (what `make serve` now passes);
+- ``quick``: the 256 MB pool, one JPEG point and two raw-frames-over-CUDA-shared-memory points (`make bench`'s
+  default: about 2 minutes);
 - ``inputs``: one GPU, a point of each payload, for the model's per-stage input timing;
 - ``gpu0`` / ``allgpus``: one Triton seeing GPU 0 only, or every GPU (the config's instance group is placed on
   each GPU): JPEG points, for the multi-GPU scaling;
@@ -14,6 +17,7 @@ run as the others):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import shutil
@@ -31,6 +35,8 @@ SCENARIOS = {
                "loads": [("jpeg", JPEG_POINTS), ("raw-shm", [(8, 2), (16, 4)]), ("raw-cuda", [(8, 2), (16, 4)])]},
     "shm256mb": {"gpus": "0", "servers": 1, "args": BIG_POOL,
                  "loads": [("raw-shm", [(8, 2), (16, 4)]), ("raw", [(8, 2)]), ("raw-cuda", [(16, 4)])]},
+    "quick": {"gpus": "0", "servers": 1, "args": BIG_POOL,
+              "loads": [("jpeg", [(16, 4)]), ("raw-cuda", [(8, 2), (16, 4)])]},
     "inputs": {"gpus": "0", "servers": 1, "args": BIG_POOL,
                "loads": [("raw-cuda", [(8, 2), (16, 4)]), ("raw-shm", [(16, 4)]), ("jpeg", [(16, 4)])]},
     "gpu0": {"gpus": "0", "servers": 1, "args": BIG_POOL,
@@ -63,16 +69,39 @@ def served(args, log) -> dict:
 
 
 def _scenario(name: str, sc: dict, args, log, rows: list, timing: dict) -> None:
+    from loadtest import closed_loop
+
+    with _tritons(name, sc, args, log, timing) as (row, urls, metrics):
+        for payload, points in sc["loads"]:
+            for nproc, conc in points:
+                a = closed_loop.parser().parse_args(
+                    ["--model", row.name, "--url", ",".join(urls), "--metrics-url", metrics[0],
+                     "--processes", str(nproc), "--concurrency", str(conc), "--duration", str(args.served_duration),
+                     "--payload", payload, "--images", args.images or ""])
+                s = {**closed_loop.run(a), "scenario": name, "instances": args.served_instances,
+                     "gpus": sc["gpus"], "servers": sc["servers"]}
+                rows.append(s)
+                log(f"{name} {payload} in-flight {s['in_flight']}: {s['img_per_s']:.0f} img/s "
+                    f"p50 {s['p50_ms'] or float('nan'):.1f} p99 {s['p99_ms'] or float('nan'):.1f} "
+                    f"failures {s['failures']} {s['errors'][:1]}")
+
+
+@contextlib.contextmanager
+def _tritons(name: str, sc: dict, args, log, timing: dict):
+    """The scenario's Triton(s) serving args.served_row, ready: yields (row, gRPC urls, metrics urls). Each server
+    log's `[segformer_gpu]` stage lines go to `timing`; the whole log is copied next to OUT only if it failed."""
     from build.repository import write_repository
     from build.variants import VARIANTS
-    from loadtest import closed_loop
     from server import serve
 
+    row_name = getattr(args, "served_row", None) or "segformer_b1_gpu"
+    if row_name not in VARIANTS:
+        raise RuntimeError(f"--served-row {row_name}: no such row in build.variants")
     scratch = Path(tempfile.mkdtemp(prefix=f"bench_gpu.{name}."))
-    procs, urls, metrics = [], [], []
+    procs, urls, metrics, ok = [], [], [], False
     try:
         repo = scratch / "repo"
-        row = dataclasses.replace(VARIANTS["segformer_b1_gpu"], instances=args.served_instances)
+        row = dataclasses.replace(VARIANTS[row_name], instances=args.served_instances)
         res = write_repository([row], repo, force=True, log=log)
         if res[row.name] not in ("built", "unchanged"):
             raise RuntimeError(f"{row.name}: {res[row.name]}")
@@ -88,18 +117,8 @@ def _scenario(name: str, sc: dict, args, log, rows: list, timing: dict) -> None:
             urls.append(f"localhost:{ports[1]}")
             metrics.append(f"localhost:{ports[2]}")
         log(f"{name}: {len(procs)} Triton(s) ready in {time.perf_counter() - t0:.0f} s")
-        for payload, points in sc["loads"]:
-            for nproc, conc in points:
-                a = closed_loop.parser().parse_args(
-                    ["--model", row.name, "--url", ",".join(urls), "--metrics-url", metrics[0],
-                     "--processes", str(nproc), "--concurrency", str(conc), "--duration", str(args.served_duration),
-                     "--payload", payload, "--images", args.images or ""])
-                s = {**closed_loop.run(a), "scenario": name, "instances": args.served_instances,
-                     "gpus": sc["gpus"], "servers": sc["servers"]}
-                rows.append(s)
-                log(f"{name} {payload} in-flight {s['in_flight']}: {s['img_per_s']:.0f} img/s "
-                    f"p50 {s['p50_ms'] or float('nan'):.1f} p99 {s['p99_ms'] or float('nan'):.1f} "
-                    f"failures {s['failures']} {s['errors'][:1]}")
+        yield row, urls, metrics
+        ok = True
     finally:
         for p in procs:
             serve.stop_pid(p.pid)
@@ -107,9 +126,38 @@ def _scenario(name: str, sc: dict, args, log, rows: list, timing: dict) -> None:
             log_path = scratch / f"state{k}" / "server.log"
             if log_path.is_file():
                 text = log_path.read_text(errors="replace")
-                shutil.copy2(log_path, f"{args.out}.{name}.server{k}.log")
+                if not ok:
+                    shutil.copy2(log_path, f"{args.out}.{name}.server{k}.log")
                 timing[f"{name}/{k}"] = re.findall(r"\[segformer_gpu\].*", text)[-3:]
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def video(args, log) -> dict:
+    """bench.video (its CLI, in a subprocess) against one Triton serving args.served_row on GPU 0: its rows, or
+    what stopped it under `skipped`."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    sec, timing = {"skipped": [], "stage_timing": {}}, {}
+    try:
+        with _tritons("video", SCENARIOS["shm256mb"], args, log, timing) as (row, urls, _), \
+                tempfile.TemporaryDirectory(prefix="bench_gpu.video.") as tmp:
+            cmd = [sys.executable, "-m", "bench.video", "--model", row.name, "--url", urls[0],
+                   "--out", str(Path(tmp) / "video"), *(["--frames", args.images] if args.images else []),
+                   *shlex.split(args.video_args or "")]
+            log("video: " + " ".join(cmd))
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"bench.video exited {res.returncode}: "
+                                   + (res.stderr.strip().splitlines() or ["no output"])[-1])
+            sec.update(json.loads((Path(tmp) / "video.json").read_text()), command=" ".join(cmd[1:]))
+    except Exception as exc:  # noqa: BLE001 - recorded with the section
+        sec["skipped"].append({"what": "video", "why": f"{type(exc).__name__}: {exc}", "failed": True})
+        log(f"video failed: {exc}")
+    sec["stage_timing"] = timing
+    return sec
 
 
 def knee(rows: list[dict], ratio: float = 2.0) -> dict | None:

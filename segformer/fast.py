@@ -23,8 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import mixffn as mixffn_kernel
 from .kernels import dwconv3x3_gelu, upsample_argmax
-from .model import AllMLPDecoder, FoldedAllMLPDecoder, MixFFN, SegFormer, folded_decoder
+from .model import AllMLPDecoder, Block, FoldedAllMLPDecoder, MixFFN, SegFormer, folded_decoder
+
+# Mix-FFN paths: the whole half-block in one kernel / fc1 by cuBLAS then depthwise+GELU+fc2+residual in one kernel
+# / round 2's depthwise+GELU kernel / cuDNN + inductor
+MIXFFN_PATHS = ("fused", "dwfc2", "round2", "torch")
 
 
 @torch.library.custom_op("segformer::dwconv3x3_gelu", mutates_args=())
@@ -50,6 +55,53 @@ class FusedMixFFN(nn.Module):
         return self.fc2(_dwconv3x3_gelu_op(self.fc1(x), h, w, self.weight, self.bias))
 
 
+@torch.library.custom_op("segformer::mixffn", mutates_args=())
+def _mixffn_op(x: torch.Tensor, h: int, w: int, ln_w: torch.Tensor, ln_b: torch.Tensor, eps: float,
+               w1t: torch.Tensor, b1: torch.Tensor, dww: torch.Tensor, dwb: torch.Tensor, w2t: torch.Tensor,
+               b2: torch.Tensor) -> torch.Tensor:
+    p = {"ln_w": ln_w, "ln_b": ln_b, "eps": eps, "w1t": w1t, "b1": b1, "dww": dww, "dwb": dwb, "w2t": w2t, "b2": b2}
+    return mixffn_kernel.mixffn(x, h, w, p)
+
+
+@_mixffn_op.register_fake
+def _(x, h, w, ln_w, ln_b, eps, w1t, b1, dww, dwb, w2t, b2):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("segformer::dw_fc2", mutates_args=())
+def _dw_fc2_op(mid: torch.Tensor, x: torch.Tensor, h: int, w: int, dww: torch.Tensor, dwb: torch.Tensor,
+               w2t: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    return mixffn_kernel.dw_fc2(mid, x, h, w, {"dww": dww, "dwb": dwb, "w2t": w2t, "b2": b2})
+
+
+@_dw_fc2_op.register_fake
+def _(mid, x, h, w, dww, dwb, w2t, b2):
+    return torch.empty_like(x)
+
+
+class FusedFFNBlock(nn.Module):
+    """A transformer block whose second half (norm2 -> Mix-FFN -> residual add) is one kernel
+    (segformer.mixffn): the 4x-wide hidden activation never goes through device memory as a whole. The
+    transposed weights are buffers, so `.to(dtype/device)` carries them."""
+
+    def __init__(self, blk: Block, kind: str = "fused"):
+        super().__init__()
+        self.kind = kind  # "fused": one kernel; "dwfc2": fc1 in PyTorch, the rest in one kernel
+        self.norm1, self.attn, self.norm2, self.fc1 = blk.norm1, blk.attn, blk.norm2, blk.mlp.fc1
+        p = mixffn_kernel.prepare(blk.norm2, blk.mlp.fc1, blk.mlp.dwconv, blk.mlp.fc2)
+        self.eps = p["eps"]
+        self.b1, self.dwb, self.b2 = blk.mlp.fc1.bias, blk.mlp.dwconv.bias, blk.mlp.fc2.bias
+        for name in ("w1t", "dww", "w2t"):
+            self.register_buffer(name, p[name].detach().clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), h, w)
+        if self.kind == "dwfc2":
+            return _dw_fc2_op(self.fc1(self.norm2(x)), x, h, w, self.dww, self.dwb, self.w2t, self.b2)
+        return _mixffn_op(x, h, w, self.norm2.weight, self.norm2.bias, self.eps, self.w1t, self.b1, self.dww,
+                          self.dwb, self.w2t, self.b2)
+
+
 class FoldedDecoder(FoldedAllMLPDecoder):
     """The folded decoder on the GPU: each stage's map applied as a GEMM on the channels-last view (no copies)."""
 
@@ -71,14 +123,17 @@ class FastSegmenter(nn.Module):
     """uint8 NHWC RGB -> uint8 labels [N, H, W]: normalisation, encoder, folded decoder, fused upsample+argmax."""
 
     def __init__(self, model: SegFormer, mean, std, dtype: torch.dtype = torch.float16, pad_input_to: int = 8,
-                 fused_mixffn: bool = True):
+                 fused_mixffn: bool = True, mixffn: str | None = None, fused_stages=(0, 1, 2, 3)):
         super().__init__()
         import copy
 
+        self.mixffn = _path(mixffn, fused_mixffn)
         model = copy.deepcopy(model).eval()
-        if fused_mixffn:
-            for stage in model.encoder.stages:
-                for blk in stage.blocks:
+        for i, stage in enumerate(model.encoder.stages):
+            for k, blk in enumerate(stage.blocks):
+                if self.mixffn in ("fused", "dwfc2") and i in fused_stages:
+                    stage.blocks[k] = FusedFFNBlock(blk, self.mixffn)
+                elif self.mixffn in ("fused", "dwfc2", "round2"):
                     blk.mlp = FusedMixFFN(blk.mlp)
         self.dtype = dtype
         self.in_pad = _pad_first_conv(model, pad_input_to)
@@ -99,6 +154,16 @@ class FastSegmenter(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return upsample_argmax(self.logits(images), images.shape[1:3])
+
+
+def _path(mixffn: str | None, fused_mixffn: bool) -> str:
+    """The Mix-FFN path by name; `fused_mixffn` (the older switch) picks round 2's kernel or cuDNN when no name
+    is given."""
+    if mixffn is None:
+        return "round2" if fused_mixffn else "torch"
+    if mixffn not in MIXFFN_PATHS:
+        raise ValueError(f"unknown Mix-FFN path {mixffn!r}: choose one of {', '.join(MIXFFN_PATHS)}")
+    return mixffn
 
 
 @torch.no_grad()
@@ -169,13 +234,14 @@ class GraphedSegmenter:
 
 
 def build_fast(weights: str = "segformer-b1-camvid", device: str = "cuda", dtype: torch.dtype = torch.float16,
-               compile_mode: str | None = "default", fused_mixffn: bool = True) -> FastSegmenter:
-    """A FastSegmenter for a shipped weights entry on `device` (compiled unless compile_mode is None), with the
-    fused Mix-FFN kernel unless `fused_mixffn` is False (docs/results/bench_gpu_h100.md has both)."""
+               compile_mode: str | None = "default", fused_mixffn: bool = True, mixffn: str | None = None
+               ) -> FastSegmenter:
+    """A FastSegmenter for a shipped weights entry on `device` (compiled unless compile_mode is None). Mix-FFN
+    path: `mixffn` by name (MIXFFN_PATHS), else round 2's dwconv+GELU kernel unless `fused_mixffn` is False."""
     from .weights import get_weights
 
     w = get_weights(weights)
-    seg = FastSegmenter(w.build(), w.mean, w.std, dtype=dtype, fused_mixffn=fused_mixffn).to(device)
+    seg = FastSegmenter(w.build(), w.mean, w.std, dtype=dtype, fused_mixffn=fused_mixffn, mixffn=mixffn).to(device)
     if compile_mode is not None:
         compile_logits(seg, None if compile_mode == "default" else compile_mode)
     return seg

@@ -148,6 +148,9 @@ TABLE: dict[str, Run | NotHere] = {
     "make test": NotHere("the suite this test is part of (CI runs it through .ci/run)"),
     "make bench BENCH_IMAGES=DIR": NotHere("needs a CUDA GPU (GPU benchmark: fast path, HF, served scenarios)"),
     "make bench BENCH_IMAGES=path/to/images": NotHere("needs a CUDA GPU (GPU benchmark)"),
+    "python -m bench.gpu --readme docs/results/bench_gpu_h200_round3.json --readme-into README.md":
+        NotHere("fills README from the H200 run's results file, which only a GPU run writes; "
+                "tests/bench/test_gpu_round.py runs the generator on a fixture and checks README's block"),
     "make repo VARIANTS=segformer_b1_gpu": NotHere("needs a CUDA GPU (the GPU fast-path row)"),
     "python -m loadtest.closed_loop --model segformer_b1_gpu --processes 16 --concurrency 4 --payload jpeg":
         NotHere("needs a CUDA GPU (segformer_b1_gpu's encoded JPEG input)"),
