@@ -21,8 +21,9 @@ batch's decode overlaps this one's model run; ``inline`` waits and returns the r
 pre-captures: config ``sizes``; others are captured on first use, at most ``graph_cap`` kept (LRU).
 Tensors cross the python-backend boundary through DLPack, never numpy. A bad request gets its own error response;
 the others in the batch and the server carry on. SEGFORMER_GPU_TIMING=1 prints the per-stage split every 200
-batches; SEGFORMER_GPU_DECODER / _RESPOND / _DEPTH override ``jpeg_decoder`` / ``respond`` / ``depth`` (the label
-buffers, so the batches past their input stage, per instance; default 2) for benches.
+batches; SEGFORMER_GPU_DECODER / _RESPOND / _DEPTH / _MIXFFN override ``jpeg_decoder`` / ``respond`` / ``depth``
+(the label buffers, so the batches past their input stage, per instance; default 2) / ``mixffn`` (segformer.fast's
+Mix-FFN path by name) for benches.
 """
 import json
 import os
@@ -63,8 +64,9 @@ class TritonPythonModel:
             size = (int(dims[0]), int(dims[1]))
         mode = params.get("compile_mode", "default") or None
         weights = existing(here, params["weights_file"])  # refused unless inside this model directory
+        path = os.environ.get("SEGFORMER_GPU_MIXFFN") or params.get("mixffn", "")  # a Mix-FFN path by name
         seg = build_fast(weights, str(device), compile_mode=None if mode == "none" else mode,
-                         fused_mixffn=params.get("fused_mixffn", "0") == "1")
+                         fused_mixffn=params.get("fused_mixffn", "0") == "1", **({"mixffn": path} if path else {}))
         t0 = time.perf_counter()
         self._configure(torch, device, size, size_range=size_range,
                         buckets=tuple(int(b) for b in params.get("buckets", "1,2,4,8,16").split(",")),
