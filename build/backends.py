@@ -130,7 +130,9 @@ RECORDS: tuple[Backend, ...] = (
             # the python backend's own key: inputs a client placed in CUDA shared memory reach the model on the GPU
             # (no copy to the host and back); others still arrive on the CPU
             parameters=(("weights_file", "{weights}.json"), ("FORCE_CPU_ONLY_INPUT_TENSORS", "no")),
-            encoded_input=True, program="gpu_model.py", runtime=("segformer_runtime.py",), package="segformer",
+            encoded_input=True, program="gpu_model.py",
+            runtime=("segformer_runtime.py", "gpu_pipeline.py", "gpu_decode.py"), package="segformer",
+            shared=("client/placement.py",),  # a dynamic row places JPEG/PNG files as clients place frames
             needs_cuda=True, ngc="needs PyTorch, which the stock NGC image lacks: NGC's PyTorch flavour "
                                  "(-pyt-python-py3) loads it", image=PYTORCH),
     Backend(PYTHON_OV, "python backend running an OpenVINO precision plan on the CPU (pip Triton)",

@@ -124,6 +124,8 @@ def build_gpu_dir(v: ServingVariant, stage: Path, cache, log) -> dict:
     b = backend(v.backend)
     shutil.copytree(ROOT / b.package, version / b.package, ignore=shutil.ignore_patterns("__pycache__"))
     _program(b, version)
+    for f in b.shared:  # the client's placement code, imported beside model.py
+        shutil.copy2(ROOT / f, version / Path(f).name)
     w = get_weights(v.weights)
     _link_or_copy(w.tensors, version / w.tensors.name)
     shutil.copy2(w.tensors.with_suffix(".json"), version / f"{w.name}.json")

@@ -75,18 +75,44 @@ class Template:
     layernorm: str = "native"
     int8_recipe: str = "qdq"
     fixed_size: bool = False  # the row cannot take a dynamic size (CUDA graphs per shape): served at the optimum
+    # a dynamic range of its own, for entries that have none (widened to hold the entry's size); its `sizes` extra
+    # (pre-captured HxW list) keeps those inside the row's range, after the row's own size
+    size_range: tuple[tuple[int, int], tuple[int, int]] | None = None
+    opt_in: bool = False  # built only when named (VARIANTS=...), never in make repo's default set
     description: str = ""
     extra: dict = field(default_factory=dict)
 
     def apply(self, prefix: str, weights: str, size: tuple[int, int], size_range=None, with_logits=False
               ) -> ServingVariant:
-        fields = {k: v for k, v in asdict(self).items() if k not in ("suffix", "fixed_size")}
-        return ServingVariant(name=prefix + self.suffix, weights=weights, size=tuple(size),
-                              size_range=None if self.fixed_size else size_range, with_logits=with_logits,
-                              **fields)
+        fields = {k: v for k, v in asdict(self).items() if k not in ("suffix", "fixed_size", "size_range", "opt_in")}
+        size_range = None if self.fixed_size else size_range
+        if self.size_range is not None:
+            size_range = _holding(size_range or self.size_range, size)
+            fields["extra"] = {**self.extra, "sizes": _sizes_within(size, self.extra.get("sizes", ""), size_range)}
+        return ServingVariant(name=prefix + self.suffix, weights=weights, size=tuple(size), size_range=size_range,
+                              with_logits=with_logits, **fields)
+
+
+def _holding(size_range, size) -> tuple[tuple[int, int], tuple[int, int]]:
+    (lo_h, lo_w), (hi_h, hi_w) = size_range
+    return (min(lo_h, size[0]), min(lo_w, size[1])), (max(hi_h, size[0]), max(hi_w, size[1]))
+
+
+def _sizes_within(size, listed: str, size_range) -> str:
+    """The row's own size and the listed HxW sizes that lie in its range as multiples of 32, as 'HxW,HxW'."""
+    (lo_h, lo_w), (hi_h, hi_w) = size_range
+    out = []
+    for h, w in [tuple(size)] + [tuple(int(x) for x in s.split("x")) for s in listed.split(",") if s]:
+        if lo_h <= h <= hi_h and lo_w <= w <= hi_w and not h % 32 and not w % 32 and (h, w) not in out:
+            out.append((h, w))
+    return ",".join(f"{h}x{w}" for h, w in out)
 
 
 TRT = {"max_batch": 8, "opt_batch": 4, "preferred_batches": (4, 8)}
+# the GPU rows' parameters (server/models/gpu_model.py): CUDA-graph buckets, torch.compile mode, the fused Mix-FFN
+# kernel, the JPEG/PNG decoder (auto: nvImageCodec where it imports, else torchvision) and deferred responses
+GPU_EXTRA = {"buckets": "1,2,4,8,16", "compile_mode": "default", "fused_mixffn": "1", "jpeg_decoder": "auto",
+             "respond": "deferred"}
 TEMPLATES: tuple[Template, ...] = (
     Template("", PYTHON_ORT, max_batch=2, description="ONNX Runtime inside the python backend (runs on pip Triton)"),
     Template("_onnx", ONNXRUNTIME, max_batch=8, preferred_batches=(4, 8),
@@ -108,12 +134,18 @@ TEMPLATES: tuple[Template, ...] = (
     Template("_trt_plugin", TENSORRT, layernorm="plugin", description="TensorRT plan, fp32, LayerNorm as the plugin "
              "op (needs make plugins)", **TRT),
     Template("_gpu", PYTHON_GPU, precision="fp16", max_batch=16, preferred_batches=(8, 16), queue_delay_us=1000,
-             instances=2, fixed_size=True,
-             extra={"buckets": "1,2,4,8,16", "compile_mode": "default", "fused_mixffn": "1"},
+             instances=2, fixed_size=True, extra=GPU_EXTRA,
              description="GPU fast path: FP16, folded decoder, fused upsample+argmax, CUDA graphs; raw or JPEG/PNG "
                          "input (needs a CUDA GPU)"),
+    Template("_gpu_dynamic", PYTHON_GPU, precision="fp16", max_batch=16, preferred_batches=(8, 16),
+             queue_delay_us=1000, instances=2, size_range=((256, 256), (1024, 2048)), opt_in=True,
+             extra={**GPU_EXTRA, "sizes": "736x960,1024x2048", "graph_cap": "8"},
+             description="GPU fast path at the frame's own size (H, W multiples of 32 in the range, no letterbox): "
+                         "CUDA graphs captured at load for `sizes`, other sizes on first use (graph_cap kept, least "
+                         "recently used dropped); needs a CUDA GPU, built when named"),
 )
 TEMPLATE_BY_SUFFIX = {t.suffix: t for t in TEMPLATES}
+OPT_IN = tuple(t.suffix for t in TEMPLATES if t.opt_in)
 
 # JPEG/PNG in on every accelerated row: <row>_jpeg (a Triton ensemble) runs <row>_decode (decode + the client's
 # placement) and then <row>, so a client may send an encoded file to any row (build.ensemble writes them)
@@ -243,7 +275,7 @@ def select(names: list[str] | None = None, precisions: list[str] | None = None, 
     else:
         gpu = cuda_available()
         rows = [VARIANTS[n] for n in DEFAULT] + [v for v in VARIANTS.values()
-                                                 if v.name not in DEFAULT
+                                                 if v.name not in DEFAULT and not v.name.endswith(OPT_IN)
                                                  and (gpu or not backend_record(v.backend).needs_cuda)
                                                  and (v.backend == TENSORRT or v.name.startswith("segformer_b1_"))]
     if precisions:

@@ -1,27 +1,45 @@
 """Triton python-backend model of the GPU fast path (segformer.fast): FP16, folded decoder, fused
-upsample+argmax, torch.compile and CUDA graphs per batch bucket.
+upsample+argmax, torch.compile and CUDA graphs per (batch bucket, size).
 
 Copied by `make repo` into the model directory as ``1/model.py`` next to a copy of the `segformer` package,
-segformer_runtime.py (the file checks every python-backend row shares) and the weights, so the directory is
-self-contained. Inputs (one of the two per request, both optional):
-- ``images``  uint8 [n, H, W, 3] raw RGB at the model's size;
-- ``encoded`` uint8 [n, L] one JPEG/PNG file's bytes per request (n = 1); JPEG is decoded on the GPU (nvJPEG via
-  torchvision), other formats on the CPU; any size is resized (bilinear) to the model's size on the GPU.
-Output ``labels`` uint8 [n, H, W]. Requests gathered by the dynamic batcher run as one padded CUDA-graph replay.
-Raw frames a client put in CUDA shared memory arrive on the GPU (``FORCE_CPU_ONLY_INPUT_TENSORS: no``) and are
-used where they are; frames from the wire or system shared memory go through one pinned staging copy.
-Tensors cross the python-backend boundary through DLPack (``pb_utils.Tensor.from_dlpack``), never numpy.
-A bad request gets its own error response; the others in the batch and the server carry on.
+segformer_runtime.py, gpu_pipeline.py and gpu_decode.py (the parts that need no Triton), the client's placement code
+and the weights, so the directory is self-contained. Inputs (one of the two per request, both optional):
+- ``images``  uint8 [n, H, W, 3] raw RGB at the model's size (a dynamic row: any H, W in its range, multiples of 32);
+- ``encoded`` uint8 [n, L] one JPEG/PNG file's bytes per row (normally n = 1), decoded on the GPU (nvImageCodec's
+  batch decode where `nvidia.nvimgcodec` imports, else torchvision's batched nvJPEG; config ``jpeg_decoder``) and
+  resized (bilinear) to the model's size, or on a dynamic row placed as a client places a frame (its own size
+  within the range, padded bottom/right to a multiple of 32: 720x960 -> 736x960).
+Output ``labels`` uint8 [n, H, W] at the input's size.
+
+Each batch: requests parsed (DLPack views; raw frames a client put in CUDA shared memory arrive on the GPU, with
+``FORCE_CPU_ONLY_INPUT_TENSORS: no``) -> on the instance's input stream: host frames through pinned staging, files
+decoded, fitted and stacked per size -> on its model stream, after an event (not a host wait): one CUDA-graph replay
+per chunk and the labels' non_blocking copy into a pinned buffer from a small pool -> responses. With ``respond:
+deferred`` (default) execute() returns once the request tensors are consumed and a background thread answers the
+batch (Triton's response senders, default mode, Triton >= 24.06) when its labels' event completes, so the next
+batch's decode overlaps this one's model run; ``inline`` waits and returns the responses. Sizes a dynamic row
+pre-captures: config ``sizes``; others are captured on first use, at most ``graph_cap`` kept (LRU).
+Tensors cross the python-backend boundary through DLPack, never numpy. A bad request gets its own error response;
+the others in the batch and the server carry on. SEGFORMER_GPU_TIMING=1 prints the per-stage split every 200
+batches; SEGFORMER_GPU_DECODER / _RESPOND / _DEPTH / _MIXFFN override ``jpeg_decoder`` / ``respond`` / ``depth``
+(the label buffers, so the batches past their input stage, per instance; default 2) / ``mixffn`` (segformer.fast's
+Mix-FFN path by name) for benches.
 """
 import json
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segformer package + runtime copied beside us
+from gpu_decode import choose_decoder  # noqa: E402
+from gpu_pipeline import (GraphCache, HostPool, Responder, StageStats, Streams, fit, fmt_sizes,  # noqa: E402
+                          gpu_times, parse_sizes, size_problem)
 from segformer_runtime import existing, parameters  # noqa: E402
+
+RESPOND = ("deferred", "inline")
 
 
 class TritonPythonModel:
@@ -36,28 +54,78 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = parameters(config)
         here = os.path.dirname(os.path.abspath(__file__))
-        self.torch = torch
-        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
-        torch.cuda.set_device(self.device)
-        dims = next(i["dims"] for i in config["input"] if i["name"] == "images")
-        self.size = (int(dims[0]), int(dims[1]))
-        buckets = tuple(int(b) for b in params.get("buckets", "1,2,4,8,16").split(","))
+        device = torch.device("cuda", int(args.get("model_instance_device_id", 0) or 0))
+        torch.cuda.set_device(device)
+        size_range = json.loads(params["size_range"]) if params.get("size_range") else None
+        if size_range:
+            size = tuple(json.loads(params["opt_size"]))
+        else:
+            dims = next(i["dims"] for i in config["input"] if i["name"] == "images")
+            size = (int(dims[0]), int(dims[1]))
         mode = params.get("compile_mode", "default") or None
         weights = existing(here, params["weights_file"])  # refused unless inside this model directory
-        seg = build_fast(weights, str(self.device),
-                         compile_mode=None if mode == "none" else mode,
-                         fused_mixffn=params.get("fused_mixffn", "0") == "1")
-        self.runner = GraphedSegmenter(seg, self.size, buckets)
-        self.max_bucket = buckets[-1]
-        self.host = [torch.empty((self.max_bucket, *self.size), dtype=torch.uint8).pin_memory() for _ in range(2)]
-        self.stage = torch.empty((self.max_bucket, *self.size, 3), dtype=torch.uint8).pin_memory()
-        self.turn = 0
-        self.timing = os.environ.get("SEGFORMER_GPU_TIMING") == "1"
-        self.stats = dict.fromkeys(("batches", "images", "inputs", "model", "outputs"), 0.0)
+        path = os.environ.get("SEGFORMER_GPU_MIXFFN") or params.get("mixffn", "")  # a Mix-FFN path by name
+        seg = build_fast(weights, str(device), compile_mode=None if mode == "none" else mode,
+                         fused_mixffn=params.get("fused_mixffn", "0") == "1", **({"mixffn": path} if path else {}))
+        t0 = time.perf_counter()
+        self._configure(torch, device, size, size_range=size_range,
+                        buckets=tuple(int(b) for b in params.get("buckets", "1,2,4,8,16").split(",")),
+                        capture=lambda s, bks: GraphedSegmenter(seg, s, bks),
+                        sizes=parse_sizes(params.get("sizes", "")), cap=int(params.get("graph_cap", "8")),
+                        decoder=os.environ.get("SEGFORMER_GPU_DECODER") or params.get("jpeg_decoder", "auto"),
+                        respond=os.environ.get("SEGFORMER_GPU_RESPOND") or params.get("respond", "deferred"),
+                        depth=int(os.environ.get("SEGFORMER_GPU_DEPTH") or params.get("depth", "2")),
+                        timing=os.environ.get("SEGFORMER_GPU_TIMING") == "1")
+        self._log(f"{args.get('model_name', config.get('name', ''))} on {device}: {self.graphs.captured} CUDA graphs "
+                  f"({fmt_sizes(self.graphs.kept)}) in {time.perf_counter() - t0:.0f} s; decoder "
+                  f"{self.decoder.name}; responses {'deferred' if self.responder else 'inline'}")
+
+    def _configure(self, torch, device, size, *, capture, size_range=None, buckets=(1, 2, 4, 8, 16), sizes=(),
+                   cap=8, decoder="auto", respond="deferred", depth=2, timing=False):
+        """Everything past loading the model (the unit tests call it with a stand-in runner on the CPU)."""
+        if respond not in RESPOND:
+            raise ValueError(f"respond {respond!r}: choose from {', '.join(RESPOND)}")
+        self.torch, self.device, self.size = torch, device, tuple(size)
+        self.size_range = tuple(tuple(int(x) for x in s) for s in size_range) if size_range else None
+        self.buckets = tuple(sorted(buckets))
+        self.max_bucket = self.buckets[-1]
+        if self.size_range:
+            from placement import place  # client/placement.py, copied beside us: the client's own placement
+
+            self.place = place
+            bad = [p for p in (size_problem(h, w, self.size_range) for h, w in sizes) if p]
+            if bad:
+                raise ValueError(f"config parameter sizes: {bad[0]}")
+            pinned = sizes or (self.size,)
+        else:
+            pinned, cap = (self.size,), 0
+        self.streams = Streams(torch, device, timing)
+        self.responder = Responder(self._log) if respond == "deferred" else None
+        self.graphs = GraphCache(capture, self.buckets, cap, before_capture=self._quiesce, log=self._log)
+        for s in pinned:
+            self.graphs.pin(s)
+        self.decoder = choose_decoder(decoder, device, torch)
+        hi = self.size_range[1] if self.size_range else self.size
+        # label buffers: deferred, `depth` batches of this instance may be past their input stage (one on the GPU,
+        # the next queued behind it); inline, the batch Triton still copies from and the current one
+        self.pool = HostPool(self.streams.host, max(1, depth) if self.responder else 2, self.max_bucket * hi[0] * hi[1])
+        self.held = None  # inline: the buffer whose labels Triton copies after execute returns
+        self.stage = None  # pinned staging of raw host frames, grown on demand
+        self.timing = timing
+        self.stats = StageStats()
+
+    def _log(self, msg):
+        print(f"[segformer_gpu] {msg}", flush=True)
+
+    def _quiesce(self):
+        """Before a CUDA-graph capture: no batch of this instance on the GPU, no other thread touching CUDA."""
+        if getattr(self, "responder", None):
+            self.responder.drain()
+        self.streams.idle()
 
     # -- inputs ---------------------------------------------------------------------------------------------
     def _parse(self, request):
-        """('raw', uint8 CPU tensor [n,H,W,3]) or ('enc', [uint8 CPU tensors]) for one request, or ValueError."""
+        """('raw', uint8 tensor [n,H,W,3]) or ('enc', [uint8 CPU tensors]) for one request, or ValueError."""
         torch = self.torch
         raw = pb_utils.get_input_tensor_by_name(request, "images")
         enc = pb_utils.get_input_tensor_by_name(request, "encoded")
@@ -65,80 +133,102 @@ class TritonPythonModel:
             raise ValueError("send exactly one input: 'images' (uint8 [n,H,W,3]) or 'encoded' (JPEG/PNG bytes)")
         if raw is not None:
             x = torch.from_dlpack(raw.to_dlpack())
-            if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (*self.size, 3):
-                raise ValueError(f"'images' must be uint8 [n,{self.size[0]},{self.size[1]},3], got "
-                                 f"{x.dtype} {list(x.shape)}")
+            ok = x.dtype == torch.uint8 and x.dim() == 4 and x.shape[3] == 3
+            if self.size_range is None:
+                if not ok or tuple(x.shape[1:3]) != self.size:
+                    raise ValueError(f"'images' must be uint8 [n,{self.size[0]},{self.size[1]},3], got "
+                                     f"{x.dtype} {list(x.shape)}")
+                return "raw", x
+            if not ok:
+                raise ValueError(f"'images' must be uint8 [n,H,W,3], got {x.dtype} {list(x.shape)}")
+            h, w = int(x.shape[1]), int(x.shape[2])
+            problem = size_problem(h, w, self.size_range, tuple(self.graphs.kept))
+            if problem or not self.graphs.serves((h, w)):
+                raise ValueError(problem or f"images of {h}x{w}: this model serves only {fmt_sizes(self.graphs.kept)}")
             return "raw", x
         data = torch.from_dlpack(enc.to_dlpack())
         if data.dim() != 2 or data.dtype != torch.uint8:
             raise ValueError("'encoded' must be uint8 [n, bytes], one encoded image per row")
-        data = data.cpu() if data.is_cuda else data  # nvJPEG takes the file bytes from host memory
+        data = data.cpu() if data.is_cuda else data  # the decoders take the file bytes from host memory
         return "enc", [row.contiguous() for row in data]
 
     def _upload(self, tensors):
         """uint8 frames -> GPU tensors in the same order: frames already on the GPU (CUDA shared memory) as they
-        are, host frames through one pinned staging buffer (one memcpy, one async copy)."""
-        torch = self.torch
+        are, host frames through one pinned staging buffer (host copies, one async upload)."""
         host = [t for t in tensors if not t.is_cuda]
         staged = iter(())
         if host:
-            total = sum(t.shape[0] for t in host)
-            if total > self.stage.shape[0]:
-                self.stage = torch.empty((total, *self.size, 3), dtype=torch.uint8).pin_memory()
-            torch.cat(host, out=self.stage[:total])
-            on_gpu = self.stage[:total].to(self.device, non_blocking=True)
-            staged = iter(on_gpu.split([t.shape[0] for t in host]))
-        return [next(staged) if not t.is_cuda else t.to(self.device, non_blocking=True) for t in tensors]
-
-    def _decode_all(self, blobs):
-        """Decoded [H,W,3] GPU tensors (or the exception for an unreadable one), JPEGs in one nvJPEG batch."""
-        try:
-            from torchvision.io import ImageReadMode, decode_jpeg
-        except ImportError:
-            err = ValueError("'encoded' input needs torchvision on the server (pip install torchvision, matching "
-                             "torch); or send raw uint8 'images'")
-            return [err] * len(blobs)
-
-        out = [None] * len(blobs)
-        jpeg = [i for i, b in enumerate(blobs) if b.numel() > 2 and int(b[0]) == 0xFF and int(b[1]) == 0xD8]
-        if jpeg:
-            try:
-                imgs = decode_jpeg([blobs[i] for i in jpeg], mode=ImageReadMode.RGB, device=self.device)
-                for i, img in zip(jpeg, imgs):
-                    out[i] = img
-            except RuntimeError:  # one bad file fails the batch: decode each to find it
-                pass
-        for i, b in enumerate(blobs):
-            if out[i] is None:
-                try:
-                    out[i] = self._decode_one(b)
-                except ValueError as exc:
-                    out[i] = exc
-        return [self._fit(x) if not isinstance(x, Exception) else x for x in out]
-
-    def _decode_one(self, blob):
-        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-
-        try:
-            if blob.numel() > 2 and int(blob[0]) == 0xFF and int(blob[1]) == 0xD8:
-                return decode_jpeg(blob, mode=ImageReadMode.RGB, device=self.device)
-            return decode_image(blob, mode=ImageReadMode.RGB).to(self.device)
-        except (RuntimeError, ValueError) as exc:
-            raise ValueError(f"'encoded' is not a readable JPEG/PNG image ({str(exc).splitlines()[0]})") from None
+            total = sum(t.numel() for t in host)
+            if self.stage is None or self.stage.numel() < total:
+                self.stage = self.streams.host(total)
+            flat, off = self.stage[:total], 0
+            for t in host:
+                flat[off:off + t.numel()].view(t.shape).copy_(t)
+                off += t.numel()
+            on_gpu, parts, off = flat.to(self.device, non_blocking=True), [], 0
+            for t in host:
+                parts.append(on_gpu[off:off + t.numel()].view(t.shape))
+                off += t.numel()
+            staged = iter(parts)
+        return [next(staged) if not t.is_cuda else t for t in tensors]
 
     def _fit(self, img):
-        """[3,h,w] uint8 on the GPU -> [H,W,3] at the model's size (bilinear when the size differs)."""
-        import torch.nn.functional as F
+        """[h, w, 3] uint8 on the GPU -> [H, W, 3] at its place: the model's size (bilinear) on a fixed row; on a
+        dynamic row the client's placement (bilinear to the content size where it must scale, zeros bottom/right)."""
+        h, w = int(img.shape[0]), int(img.shape[1])
+        if self.size_range is None:
+            size = content = self.size
+        else:
+            p = self.place((h, w), self.size, self.size_range, "fit")
+            size, content = tuple(p.input_size), tuple(p.content)
+        return fit(self.torch, img, size, content)
 
-        if tuple(img.shape[1:]) != self.size:
-            img = F.interpolate(img[None].float(), size=self.size, mode="bilinear", align_corners=False)[0]
-            img = img.round_().clamp_(0, 255).to(self.torch.uint8)
-        return img.permute(1, 2, 0)
+    def _fit_or_error(self, img):
+        try:
+            return self._fit(img)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of GPU memory for one huge image: that request's error
+            return ValueError(f"could not resize the decoded {img.shape[0]}x{img.shape[1]} image: "
+                              f"{(str(exc).splitlines() or ['?'])[0]}")
+
+    def _assemble(self, parsed, uploaded, decoded, responses):
+        """{(H, W): (batch uint8 [N,H,W,3], [(request index, first row, rows)])}: each request's frames stacked per
+        size into a tensor of our own; a request whose files do not decode (or would land at different sizes)
+        gets its error here."""
+        frames = {}
+        for i, kind, p in parsed:
+            if kind == "raw":
+                x = [next(uploaded)]
+            else:
+                imgs = [next(decoded) for _ in p]
+                imgs = [x if isinstance(x, Exception) else self._fit_or_error(x) for x in imgs]
+                bad = next((x for x in imgs if isinstance(x, Exception)), None)
+                if bad is None and len({tuple(x.shape) for x in imgs}) > 1:
+                    bad = ValueError("the images of one request would be placed at different sizes: send one per "
+                                     "request")
+                if bad is not None:
+                    responses[i] = _error(str(bad))
+                    continue
+                x = [im[None] for im in imgs]
+            size = tuple(x[0].shape[1:3])
+            parts, members = frames.setdefault(size, ([], []))
+            members.append((i, sum(t.shape[0] for t in parts), sum(t.shape[0] for t in x)))
+            parts.extend(x)
+        groups = {}
+        for size, (parts, members) in frames.items():
+            batch = self.torch.cat(parts)  # a copy: Triton's request memory is released when execute returns
+            self.streams.keep_for_model(batch)
+            groups[size] = (batch, members)
+        return groups
 
     # -- execution ------------------------------------------------------------------------------------------
     def execute(self, requests):
-        torch = self.torch
-        t0 = time.perf_counter()
+        s, now = self.streams, time.perf_counter
+        t0 = now()
+        wall = {}
+        if self.held is not None:  # inline: Triton has copied the previous batch's labels by now
+            self.pool.release(self.held)
+            self.held = None
+        senders = self._senders(requests)
         responses = [None] * len(requests)
         parsed = []
         for i, r in enumerate(requests):
@@ -146,90 +236,135 @@ class TritonPythonModel:
                 parsed.append((i, *self._parse(r)))
             except Exception as exc:  # noqa: BLE001 - this request's error; the batch goes on
                 responses[i] = _error(str(exc))
-        tp = time.perf_counter()
-        blobs = [b for _, kind, p in parsed if kind == "enc" for b in p]
-        decoded = iter(self._decode_all(blobs)) if blobs else iter(())
-        td = time.perf_counter()
         raws = [p for _, kind, p in parsed if kind == "raw"]
-        uploaded = iter(self._upload(raws)) if raws else iter(())
-        tu = time.perf_counter()
-        if self.timing:
-            on_gpu = sum(1 for r in raws if r.is_cuda)
-            self._split(tp - t0, td - tp, tu - td, on_gpu, len(raws))
-        frames, owners = [], []
-        for i, kind, p in parsed:
-            if kind == "raw":
-                x = next(uploaded)
-            else:
-                imgs = [next(decoded) for _ in p]
-                bad = next((x for x in imgs if isinstance(x, Exception)), None)
-                if bad is not None:
-                    responses[i] = _error(str(bad))
-                    continue
-                x = torch.stack(imgs)
-            frames.append(x)
-            owners.append((i, x.shape[0]))
-        t1 = time.perf_counter()
-        if frames:
+        blobs = [b for _, kind, p in parsed if kind == "enc" for b in p]
+        t1 = now()
+        wall["parse"] = t1 - t0
+        with s.on_input():
+            g0 = s.mark()
+            uploaded = iter(self._upload(raws)) if raws else iter(())
+            g1, t2 = s.mark(), now()
+            decoded = iter(self.decoder.decode(blobs, s.handle())) if blobs else iter(())
+            g2, t3 = s.mark(), now()
+            groups = self._assemble(parsed, uploaded, decoded, responses)
+            g3, ready = s.mark(), s.mark(always=True)
+        t4 = now()
+        wall.update(upload=t2 - t1, decode=t3 - t2, fit=t4 - t3)
+        gpu_in = {"upload": (g0, g1), "decode": (g1, g2), "fit": (g2, g3)}
+        job = SimpleNamespace(responses=responses, senders=senders, outputs=[], marks=[], host=None, done=None,
+                              error=None, wall=wall, gpu_in=gpu_in, t0=t0, images=0,
+                              counts={"raws": len(raws), "raw_gpu": sum(1 for r in raws if r.is_cuda)})
+        if groups:
+            self._launch(groups, ready, job)
+        if senders is None:
+            t5 = now()
+            if job.done is not None:
+                job.done.synchronize()
+            wall["wait"] = now() - t5
+            self.held = job.host
+            return self._finish(job)
+        t5 = now()
+        ready.synchronize()  # the request tensors are Triton's until execute returns: consumed by now
+        wall["wait"] = now() - t5
+        wall["execute"] = now() - t0
+        self.responder.submit(lambda: self._finish(job))
+        return None
+
+    def _senders(self, requests):
+        """Deferred mode: each request's response sender (Triton >= 24.06 in the default mode); None when inline,
+        or when this Triton has none (then inline from here on, said once)."""
+        if self.responder is None or not all(hasattr(r, "get_response_sender") for r in requests):
+            return None  # (stand-in requests of the unit tests: this batch inline)
+        try:
+            return [r.get_response_sender() for r in requests]
+        except Exception as exc:  # noqa: BLE001 - an older python backend, or a stand-in request
+            self._log(f"responses inline: no response sender in this Triton ({type(exc).__name__}: {exc})")
+            self.responder.close()
+            self.responder = None
+            self.pool = HostPool(self.streams.host, 2, self.pool.minimum)
+            return None
+
+    def _launch(self, groups, ready, job):
+        """Queue each group's graph replays and label copies on the model stream, after the inputs' event."""
+        s, now = self.streams, time.perf_counter
+        t0 = now()
+        total = sum(b.shape[0] * size[0] * size[1] for size, (b, _) in groups.items())
+        try:
+            job.host = host = self.pool.acquire(total)
+            off = 0
+            with s.on_model():
+                s.model_waits(ready)
+                for size, (batch, members) in groups.items():
+                    n = batch.shape[0]
+                    view = host[off:off + n * size[0] * size[1]].view(n, *size)
+                    off += n * size[0] * size[1]
+                    for c in range(0, n, self.max_bucket):
+                        chunk = batch[c:c + self.max_bucket]
+                        runner = self.graphs.get(chunk.shape[0], size)
+                        m0 = s.mark()
+                        labels = runner(chunk)
+                        m1 = s.mark()
+                        view[c:c + chunk.shape[0]].copy_(labels, non_blocking=True)
+                        job.marks.append((m0, m1, s.mark()))
+                    job.outputs.append((members, view))
+                    job.images += n
+                job.done = s.mark(always=True)
+        except Exception as exc:  # noqa: BLE001 - reported to every request of the batch
+            job.error = exc
+            job.outputs = [(members, None) for _, (_, members) in groups.items()]
+            job.done = None
             try:
-                batch = torch.cat(frames) if len(frames) > 1 else frames[0]
-                host = self._run(batch)
-                t2 = time.perf_counter()
-                start = 0
-                for i, n in owners:
-                    out = host[start:start + n]
-                    start += n
-                    tensor = pb_utils.Tensor.from_dlpack("labels", torch.utils.dlpack.to_dlpack(out))
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
-            except Exception as exc:  # noqa: BLE001 - reported to every request of the batch
-                t2 = time.perf_counter()
-                for i, _ in owners:
-                    responses[i] = _error(f"inference failed: {exc}")
-            self._account(sum(n for _, n in owners), t1 - t0, t2 - t1, time.perf_counter() - t2)
-        return responses
+                s.idle()  # what was queued before the failure is done before its buffer is handed out again
+            except Exception:  # noqa: BLE001 - a broken stream: the error above is what the clients learn
+                pass
+        job.wall["model"] = now() - t0
 
-    def _split(self, t_parse, t_decode, t_upload, raw_on_gpu, raws):
-        """Where the input stage goes: request tensors (parse), JPEG/PNG decode, raw frames to the GPU."""
-        st = self.stats
-        for k, v in (("parse", t_parse), ("decode", t_decode), ("upload", t_upload), ("raw_gpu", raw_on_gpu),
-                     ("raws", raws)):
-            st[k] = st.get(k, 0.0) + v
+    def _finish(self, job):
+        """Wait for the batch's labels, then answer every request (on the responder thread when deferred)."""
+        now = time.perf_counter
+        t0 = now()
+        try:
+            if job.done is not None:
+                job.done.synchronize()
+        except Exception as exc:  # noqa: BLE001 - an asynchronous CUDA error surfaces here
+            job.error = job.error or exc
+        t1 = now()
+        responses = job.responses
+        for members, view in job.outputs:
+            for i, start, n in members:
+                if job.error is not None:
+                    responses[i] = _error(f"inference failed: {job.error}")
+                    continue
+                out = view[start:start + n]
+                tensor = pb_utils.Tensor.from_dlpack("labels", self.torch.utils.dlpack.to_dlpack(out))
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+        if job.senders is not None:
+            for sender, response in zip(job.senders, responses):
+                try:
+                    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                except Exception as exc:  # noqa: BLE001 - a client gone away; the others still get theirs
+                    self._log(f"could not send a response: {exc}")
+            if job.host is not None:
+                self.pool.release(job.host)
+        t2 = now()
+        if self.timing and job.images:
+            self._account(job, t1 - t0, t2 - t1)
+        return None if job.senders is not None else responses
 
-    def _account(self, images, t_in, t_model, t_out):
-        """Per-stage time, printed to the server log every 200 batches when SEGFORMER_GPU_TIMING=1."""
-        if not self.timing:
-            return
-        st = self.stats
-        st["batches"] += 1
-        st["images"] += images
-        st["inputs"] += t_in
-        st["model"] += t_model
-        st["outputs"] += t_out
-        if st["batches"] % 200 == 0:
-            b = st["batches"]
-            print(f"[segformer_gpu] {b} batches, {st['images'] / b:.1f} img/batch; ms per batch: inputs "
-                  f"{1e3 * st['inputs'] / b:.2f}, model+D2H {1e3 * st['model'] / b:.2f}, responses "
-                  f"{1e3 * st['outputs'] / b:.2f}; inputs split: parse {1e3 * st.get('parse', 0) / b:.2f}, decode "
-                  f"{1e3 * st.get('decode', 0) / b:.2f}, upload {1e3 * st.get('upload', 0) / b:.2f}; raw requests "
-                  f"on the GPU {st.get('raw_gpu', 0):.0f} of {st.get('raws', 0):.0f}", flush=True)
-
-    def _run(self, batch):
-        """Labels of the whole batch in a pinned host buffer (chunks of the largest bucket)."""
-        torch = self.torch
-        n = batch.shape[0]
-        if n > self.host[0].shape[0]:
-            self.host = [torch.empty((n, *self.size), dtype=torch.uint8).pin_memory() for _ in range(2)]
-        host = self.host[self.turn]
-        self.turn ^= 1
-        for s in range(0, n, self.max_bucket):
-            chunk = batch[s:s + self.max_bucket]
-            host[s:s + chunk.shape[0]].copy_(self.runner(chunk), non_blocking=True)
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
-        return host[:n]
+    def _account(self, job, wait, respond):
+        wall = dict(job.wall, responses=respond)
+        wall["wait"] = wall.get("wait", 0.0) + wait
+        wall.setdefault("execute", time.perf_counter() - job.t0)
+        line = self.stats.add(job.images, wall, gpu_times(job.gpu_in, job.marks), job.counts, notes={
+            "graphs": f"{self.graphs.captured} captured, {self.graphs.evicted} dropped",
+            "decoder": self.decoder.name, "responses": "deferred" if job.senders is not None else "inline"})
+        if line:
+            print(line, flush=True)
 
     def finalize(self):
-        self.runner = None
+        if getattr(self, "responder", None):
+            self.responder.close()
+        self.graphs = None
 
 
 def _error(message: str):

@@ -44,7 +44,8 @@ def test_every_table_row_yields_a_config_that_parses_back():
         if v.name.endswith(("_decode", "_jpeg")):  # JPEG/PNG in: one encoded file per request
             assert [(i.name, list(i.dims)) for i in cfg.input] == [("encoded", [-1])], v.name
             continue
-        assert list(cfg.input[0].dims) == [*v.size, 3] and list(cfg.output[0].dims) == list(v.size)
+        hw = [-1, -1] if v.dynamic else list(v.size)  # a dynamic row: any H, W in its range
+        assert list(cfg.input[0].dims) == [*hw, 3] and list(cfg.output[0].dims) == hw
         assert cfg.dynamic_batching.max_queue_delay_microseconds == v.queue_delay_us
         if v.backend == "tensorrt":
             assert cfg.platform == "tensorrt_plan" and cfg.model_warmup[0].inputs["images"].zero_data

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from client import placement
 from tests.server.programs import DLTensor as _Tensor
 
 SIZE = (8, 12)
@@ -27,12 +28,19 @@ class _Error:
         self.msg = msg
 
 
-def _fake_modules(monkeypatch):
+def _fake_modules(monkeypatch, torchvision=True):
     pb = types.ModuleType("triton_python_backend_utils")
     pb.Tensor, pb.InferenceResponse, pb.TritonError = _Tensor, _Response, _Error
     pb.TritonModelException = RuntimeError
+    pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
     pb.get_input_tensor_by_name = lambda req, name: req.get(name)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    monkeypatch.setitem(sys.modules, "placement", placement)  # beside model.py in a built directory
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)  # not installed unless a test says so
+    if not torchvision:  # import fails as if torchvision were absent
+        monkeypatch.setitem(sys.modules, "torchvision", None)
+        monkeypatch.setitem(sys.modules, "torchvision.io", None)
+        return
 
     def decode(data, mode=None, device="cpu"):
         if isinstance(data, list):
@@ -51,18 +59,25 @@ def _fake_modules(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.io", tvio)
 
 
+def _stub(x):
+    return (x[..., 0] // 16).contiguous()
+
+
+def make_model(monkeypatch, size=SIZE, torchvision=True, nvimgcodec=None, runner=_stub, **kw):
+    """The program configured on the CPU: a stand-in runner (labels = red // 16) per captured (bucket, size)."""
+    _fake_modules(monkeypatch, torchvision)
+    if nvimgcodec is not None:
+        monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", nvimgcodec)
+    mod = importlib.reload(importlib.import_module("server.models.gpu_model"))  # bind the stand-in pb_utils
+    m = mod.TritonPythonModel()
+    kw.setdefault("respond", "inline")
+    m._configure(torch, torch.device("cpu"), size, capture=lambda s, buckets: runner, buckets=(1, 2, 4), **kw)
+    return m
+
+
 @pytest.fixture
 def model(monkeypatch):
-    _fake_modules(monkeypatch)
-    mod = importlib.import_module("server.models.gpu_model")
-    mod = importlib.reload(mod)  # bind the stand-in pb_utils
-    m = mod.TritonPythonModel.__new__(mod.TritonPythonModel)
-    m.torch, m.device, m.size, m.max_bucket, m.turn = torch, torch.device("cpu"), SIZE, 4, 0
-    m.host = [torch.empty((4, *SIZE), dtype=torch.uint8) for _ in range(2)]
-    m.stage = torch.empty((4, *SIZE, 3), dtype=torch.uint8)
-    m.timing, m.stats = True, dict.fromkeys(("batches", "images", "inputs", "model", "outputs"), 0.0)
-    m.runner = lambda x: (x[..., 0] // 16).contiguous()
-    return m
+    return make_model(monkeypatch, timing=True)
 
 
 def _raw(n, value):
@@ -90,20 +105,21 @@ def test_mixed_batch_is_served_and_bad_requests_get_their_own_error(model):
     assert "must be uint8 [n,8,12,3]" in out[2].error.msg
     assert "not a readable JPEG/PNG" in out[4].error.msg
     assert "exactly one input" in out[5].error.msg and "exactly one input" in out[6].error.msg
-    assert model.stats["batches"] == 1 and model.stats["images"] == 4
+    assert model.stats.batches == 1 and model.stats.images == 4
 
 
-def test_a_failing_model_answers_every_request_with_the_error(model):
-    def boom(x):
-        raise RuntimeError("CUDA out of memory")
+def _boom(x):
+    raise RuntimeError("CUDA out of memory")
 
-    model.runner = boom
+
+def test_a_failing_model_answers_every_request_with_the_error(monkeypatch):
+    model = make_model(monkeypatch, runner=_boom)
     out = model.execute([_raw(1, 0), _encoded("PNG", 0)])
     assert all(r.error and "inference failed: CUDA out of memory" in r.error.msg for r in out)
 
 
-def test_encoded_input_without_torchvision_is_a_clear_error_and_raw_requests_still_run(model, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchvision.io", None)  # import fails as if torchvision were absent
+def test_encoded_input_without_torchvision_is_a_clear_error_and_raw_requests_still_run(monkeypatch):
+    model = make_model(monkeypatch, torchvision=False)
     out = model.execute([_encoded("PNG", 0), _raw(1, 32)])
     assert "needs torchvision" in out[0].error.msg
     assert out[1].error is None and (out[1].output_tensors[0].t == 2).all()
@@ -163,3 +179,166 @@ def test_the_built_gpu_directory_checks_its_weights_file_with_the_shared_runtime
     cfg.write_text(text.replace('"tiny-test.json"', '"gone.json"'))
     with pytest.raises(ValueError, match="gone.json is missing"):
         load_program(repo / "tiny_gpu", monkeypatch)
+
+
+# -- the dynamic-size row, deferred responses, the stage split, the decoder choice ----------------------------
+RANGE = ((32, 32), (128, 256))  # a dynamic row's range, scaled down (the shipped one: 256x256 .. 1024x2048)
+
+
+def _dynamic(monkeypatch, **kw):
+    return make_model(monkeypatch, size=(64, 64), size_range=RANGE, sizes=((64, 64), (96, 128)), cap=2, **kw)
+
+
+def test_dynamic_row_serves_multiples_of_32_at_their_size_and_refuses_others_in_one_line(monkeypatch):
+    m = _dynamic(monkeypatch)
+    assert m.graphs.captured == 2 * 3  # both listed sizes, every bucket, at load
+    frames = [(1, 96, 128, 160), (1, 40, 64, 0), (1, 64, 512, 0), (2, 64, 96, 32)]
+    out = m.execute([{"images": _Tensor("images", torch.full((n, h, w, 3), v, dtype=torch.uint8))}
+                     for n, h, w, v in frames])
+    assert out[0].error is None and out[0].output_tensors[0].t.shape == (1, 96, 128)
+    assert (out[0].output_tensors[0].t == 10).all()
+    msg = out[1].error.msg
+    assert len(msg.splitlines()) == 1 and "images of 40x64" in msg
+    assert "multiples of 32 from 32x32 to 128x256" in msg and "captured at load: 64x64, 96x128" in msg
+    assert "pad the frame to 64x64" in msg
+    assert "64x512" in out[2].error.msg and "scale the frame into that range" in out[2].error.msg
+    assert out[3].error is None and out[3].output_tensors[0].t.shape == (2, 64, 96)  # not listed: captured now
+    assert (out[3].output_tensors[0].t == 2).all()
+    assert m.graphs.captured == 2 * 3 + 1 and list(m.graphs.lazy) == [(2, (64, 96))]
+
+
+def test_dynamic_row_places_an_encoded_frame_as_the_client_does(monkeypatch):
+    m = _dynamic(monkeypatch)
+    small, large = _encoded("PNG", 160, size=(40, 50)), _encoded("PNG", 80, size=(300, 300))
+    out = m.execute([small, large, _encoded("PNG", 48, size=(96, 128))])
+    assert all(r.error is None for r in out), [r.error.msg for r in out if r.error]
+    a, b, c = (r.output_tensors[0].t for r in out)
+    want = placement.place((40, 50), (64, 64), RANGE)  # its own size, padded to multiples of 32
+    assert tuple(a.shape[1:]) == want.input_size == (64, 64) and want.content == (40, 50)
+    assert (a[0, :40, :50] == 10).all() and (a[0, 40:] == 0).all() and (a[0, :, 50:] == 0).all()
+    assert tuple(b.shape[1:]) == placement.place((300, 300), (64, 64), RANGE).input_size == (128, 128)  # scaled in
+    assert (b == 5).all()
+    assert c.shape == (1, 96, 128) and (c == 3).all()  # already a listed size: as it is
+
+
+def test_dynamic_row_refuses_listed_sizes_outside_its_range_at_load(monkeypatch):
+    with pytest.raises(ValueError, match="config parameter sizes: images of 100x128"):
+        make_model(monkeypatch, size=(64, 64), size_range=RANGE, sizes=((100, 128),))
+
+
+class _Sender:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, response, flags=0):
+        self.sent.append((response, flags))
+
+
+class _Request(dict):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.sender = _Sender()
+
+    def get_response_sender(self):
+        return self.sender
+
+
+def test_deferred_responses_come_from_the_responder_once_each_in_order(monkeypatch):
+    m = make_model(monkeypatch, respond="deferred", depth=3, timing=True)
+    batches = []
+    for k in range(7):  # more batches than pinned label buffers (3): each buffer comes back before reuse
+        reqs = [_Request(_raw(1, 16 * k)), _Request(_encoded("PNG", 16 * k + 8)), _Request({})]
+        assert m.execute(reqs) is None  # answered by the responder thread
+        batches.append((k, reqs))
+    m.responder.drain()
+    for k, (raw, enc, bad) in batches:
+        assert [len(r.sender.sent) for r in (raw, enc, bad)] == [1, 1, 1]
+        assert all(flags == 1 for r in (raw, enc, bad) for _, flags in r.sender.sent)  # COMPLETE_FINAL
+        assert (raw.sender.sent[0][0].output_tensors[0].t == k).all()
+        assert (enc.sender.sent[0][0].output_tensors[0].t == k).all()
+        assert "exactly one input" in bad.sender.sent[0][0].error.msg
+    assert m.pool.free.qsize() == 3 and m.stats.batches == 7
+    m.finalize()
+
+
+class _OldRequest(dict):
+    def get_response_sender(self):
+        raise RuntimeError("'get_response_sender' function must be called only from decoupled models")
+
+
+def test_deferred_mode_falls_back_to_inline_where_triton_has_no_sender(monkeypatch, capsys):
+    m = make_model(monkeypatch, respond="deferred")
+    out = m.execute([_raw(1, 32)])  # requests without the method (stand-ins): this batch inline
+    assert out[0].error is None and (out[0].output_tensors[0].t == 2).all() and m.responder is not None
+    out = m.execute([_OldRequest(_raw(1, 48))])  # a Triton before 24.06: no sender in the default mode
+    assert out[0].error is None and (out[0].output_tensors[0].t == 3).all() and m.responder is None
+    assert "responses inline: no response sender in this Triton" in capsys.readouterr().out
+    assert m.execute([_Request(_raw(1, 64))])[0].error is None  # inline from here on
+
+
+def test_a_failing_model_answers_every_deferred_request_with_the_error(monkeypatch):
+    m = make_model(monkeypatch, respond="deferred", runner=_boom)
+    reqs = [_Request(_raw(1, 0)), _Request(_encoded("PNG", 0))]
+    assert m.execute(reqs) is None
+    m.responder.drain()
+    assert all("inference failed: CUDA out of memory" in r.sender.sent[0][0].error.msg for r in reqs)
+    assert m.pool.free.qsize() == 2  # the batch's buffer came back
+
+
+def test_timing_line_splits_every_stage_wall_and_gpu(monkeypatch, capsys):
+    m = make_model(monkeypatch, timing=True)
+    m.stats.every = 2
+    for _ in range(2):
+        m.execute([_raw(2, 64), _encoded("JPEG", 96)])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("[segformer_gpu] 2 batches, 3.0 img/batch; ms per batch (wall/GPU): parse ")
+    for stage in ("decode", "fit", "upload", "model", "D2H"):  # on the GPU: wall/GPU-event pairs
+        assert f" {stage} " in line and line.split(f" {stage} ")[1].split(",")[0].count("/") == 1, stage
+    assert ", responses " in line and "waiting on the GPU" in line and "raw requests on the GPU 0 of 2" in line
+    assert "decoder torchvision (nvJPEG)" in line and "responses inline" in line
+
+
+def _fake_nvimgcodec(calls):
+    codec = types.ModuleType("nvidia.nvimgcodec")
+
+    class Decoder:
+        def __init__(self, device_id=0):
+            self.device_id = device_id
+
+        def decode(self, arrays, params=None, cuda_stream=0):
+            calls.append(len(arrays))
+            out = []
+            for a in arrays:
+                if bytes(a[:2]) != b"\xff\xd8":
+                    out.append(None)  # as nvImageCodec answers a file it cannot decode
+                    continue
+                try:
+                    out.append(torch.from_numpy(np.asarray(Image.open(io.BytesIO(a.tobytes())).convert("RGB")).copy()))
+                except Exception:
+                    out.append(None)
+            return out
+
+    codec.Decoder = Decoder
+    codec.DecodeParams = lambda **kw: kw
+    codec.ColorSpec = types.SimpleNamespace(RGB="rgb")
+    return codec
+
+
+def test_nvimgcodec_decodes_the_batch_in_one_call_where_it_imports(monkeypatch):
+    calls = []
+    m = make_model(monkeypatch, nvimgcodec=_fake_nvimgcodec(calls))
+    assert m.decoder.name == "nvImageCodec"
+    corrupt = {"encoded": _Tensor("encoded", torch.tensor([[0xFF, 0xD8, 1, 2, 3]], dtype=torch.uint8))}
+    out = m.execute([_encoded("JPEG", 96), _encoded("JPEG", 160, size=(16, 20)), _encoded("PNG", 48), corrupt])
+    assert calls == [4]  # every file of the batch in one decode call
+    assert [r.error is None for r in out] == [True, True, True, False]
+    assert [int(r.output_tensors[0].t.float().mean()) for r in out[:3]] == [6, 10, 3]  # PNG: torchvision's turn
+    assert "not a readable JPEG/PNG" in out[3].error.msg and len(out[3].error.msg.splitlines()) == 1
+
+
+def test_decoder_choice_without_nvimgcodec(monkeypatch):
+    assert make_model(monkeypatch).decoder.name == "torchvision (nvJPEG)"
+    with pytest.raises(ImportError, match="pip install nvidia-nvimgcodec-cu13"):
+        make_model(monkeypatch, decoder="nvimgcodec")
+    with pytest.raises(ValueError, match="choose from auto, nvimgcodec, torchvision"):
+        make_model(monkeypatch, decoder="pillow")
