@@ -46,8 +46,10 @@ def _served(tmp, row, frames):
 
     built = write_repository([row], tmp / "repo", log=lambda *_: None, cache_dir=tmp / "cache")
     assert built[row.name] == "built", built
-    runner = TorchRunner(row.weights)
-    ref = [runner.infer(f[None])[0] for f in frames]  # before the served copy of segformer is imported
+    # the weights by path: another module-scoped fixture may still have the served copy of segformer imported,
+    # whose weights folder is the model directory's
+    runner = TorchRunner(str(ROOT / "weights" / f"{row.weights}.json"))
+    ref = [runner.infer(f[None])[0] for f in frames]
     d = tmp / "repo" / row.name
     saved = dict(sys.modules)
     sys.modules["triton_python_backend_utils"] = _pb()
