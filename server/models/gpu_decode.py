@@ -66,15 +66,14 @@ class NvImageCodecDecoder:
     def __init__(self, codec, device, torch, fallback=None):
         self.codec, self.device, self.torch, self.fallback = codec, device, torch, fallback
         self.decoder = codec.Decoder(device_id=device.index or 0)
-        self.params = codec.DecodeParams(apply_exif_orientation=True, color_spec=codec.ColorSpec.RGB)
+        # nvImageCodec 0.9: sRGB colour, interleaved RGB samples (HWC), EXIF orientation applied
+        self.params = codec.DecodeParams(apply_exif_orientation=True, color_spec=codec.ColorSpec.SRGB,
+                                         sample_format=codec.SampleFormat.I_RGB)
 
     def decode(self, blobs, stream=0):
-        arrays = [b.numpy() for b in blobs]  # views of the request bytes (decode reads them before it returns)
-        try:
-            images = self.decoder.decode(arrays, params=self.params, cuda_stream=stream)
-        except TypeError:  # releases whose batch call takes DecodeSource objects only
-            images = self.decoder.decode([self.codec.DecodeSource(a) for a in arrays], params=self.params,
-                                         cuda_stream=stream)
+        # CodeStreams over the request bytes (views; decode reads them before it returns), one batch call
+        streams = [self.codec.CodeStream(b.numpy()) for b in blobs]
+        images = self.decoder.decode(streams, params=self.params, cuda_stream=stream)
         out = []
         for blob, img in zip(blobs, images):
             if img is None:
@@ -106,25 +105,38 @@ def _or_error(fn, blob):
 
 
 def choose_decoder(choice, device, torch):
-    """The instance's decoder of `encoded` inputs: nvImageCodec where `nvidia.nvimgcodec` imports (choice "auto"),
-    with torchvision for what it cannot decode; else torchvision alone. A choice named outright that does not
-    import is a load error naming the package."""
+    """The instance's decoder of `encoded` inputs. "auto": torchvision's nvJPEG (the decoder measured on the GPU),
+    else nvImageCodec where it imports and starts, else none (raw `images` only). "nvimgcodec": nvImageCodec with
+    torchvision for what it cannot decode. "torchvision": torchvision alone. A choice named outright that does not
+    import or start is a load error naming the way out."""
     if choice not in DECODERS:
         raise ValueError(f"jpeg_decoder {choice!r}: choose from {', '.join(DECODERS)}")
     try:
         tv = TorchvisionDecoder(device)
     except ImportError:
         tv = None
-    if choice == "torchvision":
+    if choice == "torchvision" or (choice == "auto" and tv is not None):
         if tv is None:
             raise ImportError("jpeg_decoder torchvision: torchvision does not import here (pip install torchvision, "
                               "matching torch), or set jpeg_decoder auto")
         return tv
     try:
         codec = importlib.import_module("nvidia.nvimgcodec")
+        return NvImageCodecDecoder(codec, device, torch, fallback=tv)
     except ImportError:
         if choice == "nvimgcodec":
             raise ImportError("jpeg_decoder nvimgcodec: nvidia.nvimgcodec does not import here (pip install "
                               "nvidia-nvimgcodec-cu13, or -cu12 to match CUDA), or set jpeg_decoder auto") from None
         return tv or NoDecoder()
-    return NvImageCodecDecoder(codec, device, torch, fallback=tv)
+    except Exception as exc:  # noqa: BLE001 - installed but not starting (library or API mismatch)
+        if tv is None:
+            if choice == "auto":
+                return NoDecoder()
+            raise ImportError(f"jpeg_decoder {choice}: nvImageCodec is installed but does not start here "
+                              f"({_first_line(exc)}); set jpeg_decoder torchvision") from None
+        tv.note = f"nvImageCodec did not start ({_first_line(exc)}): torchvision decodes"
+        return tv
+
+
+def _first_line(exc) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

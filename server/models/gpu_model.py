@@ -78,7 +78,8 @@ class TritonPythonModel:
                         timing=os.environ.get("SEGFORMER_GPU_TIMING") == "1")
         self._log(f"{args.get('model_name', config.get('name', ''))} on {device}: {self.graphs.captured} CUDA graphs "
                   f"({fmt_sizes(self.graphs.kept)}) in {time.perf_counter() - t0:.0f} s; decoder "
-                  f"{self.decoder.name}; responses {'deferred' if self.responder else 'inline'}")
+                  f"{self.decoder.name}{' (' + self.decoder.note + ')' if getattr(self.decoder, 'note', '') else ''}; "
+                  f"responses {'deferred' if self.responder else 'inline'}")
 
     def _configure(self, torch, device, size, *, capture, size_range=None, buckets=(1, 2, 4, 8, 16), sizes=(),
                    cap=8, decoder="auto", respond="deferred", depth=2, timing=False):

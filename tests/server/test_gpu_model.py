@@ -298,17 +298,30 @@ def test_timing_line_splits_every_stage_wall_and_gpu(monkeypatch, capsys):
     assert "decoder torchvision (nvJPEG)" in line and "responses inline" in line
 
 
-def _fake_nvimgcodec(calls):
+def _fake_nvimgcodec(calls, fail_start=None):
+    """nvImageCodec 0.9's Python surface as far as the program uses it, strictly (unknown names and keywords
+    fail as they do in the real module): Decoder(device_id=...), DecodeParams(apply_exif_orientation, color_spec,
+    allow_any_depth, sample_format), ColorSpec.SRGB, SampleFormat.I_RGB, CodeStream(array), a batch decode over
+    CodeStreams answering None for a file it cannot decode."""
     codec = types.ModuleType("nvidia.nvimgcodec")
 
+    class CodeStream:
+        def __init__(self, array, bitstream_offset=None):
+            assert isinstance(array, np.ndarray) and array.dtype == np.uint8
+            self.array = array
+
     class Decoder:
-        def __init__(self, device_id=0):
+        def __init__(self, device_id=-1, max_num_cpu_threads=0, backends=None, options=""):
+            if fail_start:
+                raise RuntimeError(fail_start)
             self.device_id = device_id
 
-        def decode(self, arrays, params=None, cuda_stream=0):
-            calls.append(len(arrays))
+        def decode(self, srcs, *, images=None, params=None, cuda_stream=0):
+            assert all(isinstance(s, CodeStream) for s in srcs), "the batch call takes CodeStreams"
+            calls.append(len(srcs))
             out = []
-            for a in arrays:
+            for s in srcs:
+                a = s.array
                 if bytes(a[:2]) != b"\xff\xd8":
                     out.append(None)  # as nvImageCodec answers a file it cannot decode
                     continue
@@ -318,22 +331,44 @@ def _fake_nvimgcodec(calls):
                     out.append(None)
             return out
 
-    codec.Decoder = Decoder
-    codec.DecodeParams = lambda **kw: kw
-    codec.ColorSpec = types.SimpleNamespace(RGB="rgb")
+    def decode_params(apply_exif_orientation=True, color_spec="srgb", allow_any_depth=False,
+                      sample_format="auto"):
+        return {"exif": apply_exif_orientation, "color": color_spec, "format": sample_format}
+
+    codec.Decoder, codec.CodeStream, codec.DecodeParams = Decoder, CodeStream, decode_params
+    codec.ColorSpec = types.SimpleNamespace(UNCHANGED="unchanged", SRGB="srgb", GRAY="gray")
+    codec.SampleFormat = types.SimpleNamespace(I_RGB="i_rgb", P_RGB="p_rgb", I_AUTO_COMPONENTS="auto")
     return codec
 
 
 def test_nvimgcodec_decodes_the_batch_in_one_call_where_it_imports(monkeypatch):
     calls = []
-    m = make_model(monkeypatch, nvimgcodec=_fake_nvimgcodec(calls))
-    assert m.decoder.name == "nvImageCodec"
+    m = make_model(monkeypatch, nvimgcodec=_fake_nvimgcodec(calls), decoder="nvimgcodec")
+    assert m.decoder.name == "nvImageCodec" and m.decoder.params == {"exif": True, "color": "srgb",
+                                                                      "format": "i_rgb"}
     corrupt = {"encoded": _Tensor("encoded", torch.tensor([[0xFF, 0xD8, 1, 2, 3]], dtype=torch.uint8))}
     out = m.execute([_encoded("JPEG", 96), _encoded("JPEG", 160, size=(16, 20)), _encoded("PNG", 48), corrupt])
     assert calls == [4]  # every file of the batch in one decode call
     assert [r.error is None for r in out] == [True, True, True, False]
     assert [int(r.output_tensors[0].t.float().mean()) for r in out[:3]] == [6, 10, 3]  # PNG: torchvision's turn
     assert "not a readable JPEG/PNG" in out[3].error.msg and len(out[3].error.msg.splitlines()) == 1
+
+
+def test_an_nvimgcodec_that_does_not_start_leaves_the_model_loadable(monkeypatch):
+    """Found on the H200: an nvImageCodec that imports but does not start must not take the model down with it
+    where torchvision can decode (or under `auto` without either: raw requests still run); named outright with
+    nothing to fall back on it is one load error naming the way out."""
+    broken = _fake_nvimgcodec([], fail_start="no NVJPG engine")
+    m = make_model(monkeypatch, nvimgcodec=broken, decoder="nvimgcodec")
+    assert m.decoder.name == "torchvision (nvJPEG)" and "no NVJPG engine" in m.decoder.note
+    assert make_model(monkeypatch, torchvision=False, nvimgcodec=broken, decoder="auto").decoder.name == "none"
+    with pytest.raises(ImportError, match="does not start here .no NVJPG engine.; set jpeg_decoder torchvision"):
+        make_model(monkeypatch, torchvision=False, nvimgcodec=broken, decoder="nvimgcodec")
+
+
+def test_the_shipped_default_is_the_decoder_measured_on_the_gpu(monkeypatch):
+    calls = []
+    assert make_model(monkeypatch, nvimgcodec=_fake_nvimgcodec(calls)).decoder.name == "torchvision (nvJPEG)"
 
 
 def test_decoder_choice_without_nvimgcodec(monkeypatch):
