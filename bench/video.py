@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     cli.add_server_options(ap, protocols=("grpc",), timeout=300.0, several=False)
     ap.add_argument("--no-model", action="store_true", help="no server: a runner here answers at once (zero labels "
                     "at --model-size): the client pipeline alone")
-    ap.add_argument("--model-size", type=parse_size, default=(1024, 1024),
-                    help="--no-model: the input HxW of the model it stands in for (default 1024x1024, "
+    ap.add_argument("--model-size", type=parse_size, default=(1024, 1024), metavar="HxW",
+                    help="with --no-model: the input of the model it stands in for (default 1024x1024, "
                     "segformer_b1_gpu's), max batch 16")
     ap.add_argument("--shm", choices=("none", "system"), default="none",
                     help="system: frames and labels through shared memory (a server on this host)")
@@ -129,13 +129,17 @@ def measure(a) -> int:
             runner = _runner(a)
             try:
                 runner.activate()
+                cpu0 = os.times()
                 s = segment_video(open_source(clip), runner, Path(tmp) / f"out{n}", n, progress=False, **options)
+                cpu1 = os.times()
             finally:
                 runner.deactivate()
             row = {k: s.get(k) for k in ("in_flight", "frames", "wall_s", "fps_end_to_end", "server_compute_fps",
                                          "p50_ms", "p99_ms", "stopped", "encoder", "overlay_threads", "window",
                                          "max_frames_held", "transport")}
             row["stages"] = s.get("stages")
+            cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)  # this process: every stage's threads
+            row["cpu_ms_per_frame"] = 1e3 * cpu / s["frames"] if s["frames"] else None
             rows.append(row)
             print(f"in flight {n}: {s['fps_end_to_end']:.2f} fps end to end, p50 {s['p50_ms']:.0f} ms"
                   + (f" ({s['stopped']})" if s["stopped"] else ""))
@@ -162,15 +166,16 @@ def _markdown(a, result, rows, best, what) -> list[str]:
                                     if a.no_model else ""), ""]
     if a.note:
         md += [a.note, ""]
-    head = "| in flight | fps end to end | model compute img/s | p50 ms | p99 ms |"
-    rule = "|---:|---:|---:|---:|---:|"
+    head = "| in flight | fps end to end | client CPU ms/frame | model compute img/s | p50 ms | p99 ms |"
+    rule = "|---:|---:|---:|---:|---:|---:|"
     if staged:
         head += " " + " | ".join(f"{c} ms/frame" for c in STAGE_COLUMNS) + " | limit |"
         rule += "---:|" * len(STAGE_COLUMNS) + "---|"
     md += [head, rule]
     for r in rows:
         mark = " (best)" if r is best else ""
-        line = (f"| {r['in_flight']}{mark} | {r['fps_end_to_end']:.2f} | {r['server_compute_fps'] or 0:.2f} | "
+        line = (f"| {r['in_flight']}{mark} | {r['fps_end_to_end']:.2f} | {r['cpu_ms_per_frame'] or 0:.1f} | "
+                f"{r['server_compute_fps'] or 0:.2f} | "
                 f"{r['p50_ms'] or 0:.0f} | {r['p99_ms'] or 0:.0f} |")
         if staged and r["stages"]:
             st = r["stages"]
@@ -184,7 +189,8 @@ def _markdown(a, result, rows, best, what) -> list[str]:
                f"and send/wait {r['in_flight']}; overlay {r['overlay_threads']}; encode 1 + libx264's "
                f"{r['encoder']['threads']} at preset {r['encoder']['preset']}); `limit`: the stage with the least "
                "threads / time per frame. Place includes the YUV->RGB conversion of the decoded frame and the "
-               "labels' way back to the frame's size."]
+               "labels' way back to the frame's size. Client CPU: this process's user + system time per frame "
+               "(every thread, libx264's and PyAV's included): the cores the client needs at a rate."]
     return md
 
 
