@@ -1,16 +1,17 @@
 """Video in, video out: segment every frame of a video file (or a folder of frames) with several requests in flight.
 
-    python -m client.segment drive.mp4 [--out out/] [--model segformer_b1] [--in-flight N] [--labels]
+    python -m client.segment drive.mp4 [--out out/] [--model segformer_b1] [--in-flight N] [--labels] [--shm system]
     python -m client.segment frames/ --video [--fps 30]
 
-Frames are decoded with PyAV, sent by --in-flight threads sharing one runner (each thread its own connection,
-client.runners.triton) so that Triton's dynamic
-batcher sees full batches, and written in their order however the answers arrive: ``NAME_overlay.mp4`` (the
-input's size and frame rate; H.264 where the encoder is there, else MPEG-4 Part 2, said once) and with
-``--labels`` one indexed PNG per frame (pixel = class id) in ``NAME_labels/``. A progress bar shows frames and
-frames per second; the summary gives frames, end-to-end fps, the server's compute rate and p50/p99 latency per
-frame. A video that stops decoding part-way, a server that goes away or Ctrl-C end the run with the frames done
-so far written and the output closed (playable), and a message that says which frame it stopped at.
+The frames go through client.video_pipeline's stages: PyAV decodes in one thread, --in-flight threads sharing one
+runner (each thread its own connection, client.runners.triton; client.video_shm with --shm system) place and send
+them so that Triton's dynamic batcher sees full batches, an overlay pool paints them and one writer thread encodes
+them in their order however the answers arrive: ``NAME_overlay.mp4`` (the input's size and frame rate; H.264
+4:2:0 where the encoder is there, else MPEG-4 Part 2, said once) and with ``--labels`` one indexed PNG per frame
+(pixel = class id) in ``NAME_labels/``. A progress bar shows frames and frames per second; the summary gives
+frames, end-to-end fps, the server's compute rate, p50/p99 latency per frame and each stage's time. A video that
+stops decoding part-way, a server that goes away or Ctrl-C end the run with the frames done so far written and
+the output closed (playable), and a message that says which frame it stopped at.
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ class Source:
                     yield frame if raw else frame.to_ndarray(format="rgb24")
                     n += 1
         except (av.FFmpegError, ValueError, OSError) as exc:
-            self.stopped = f"decoding stopped after frame {n}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.stopped = f"decoding stopped after frame {n}: {why}"
 
 
 def open_source(path: Path, fps: float | None = None) -> Source:
