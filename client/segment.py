@@ -123,6 +123,8 @@ def parser() -> argparse.ArgumentParser:
                     "2..16)")
     ap.add_argument("--labels", action="store_true", help="video: also write one indexed label PNG per frame")
     ap.add_argument("--fps", type=float, help="video: frame rate of a frame folder (default 30) or to override")
+    ap.add_argument("--shm", choices=("none", "system"), default="none", help="video: none: frames and labels in "
+                    "the requests (default); system: through POSIX shared memory (a server on this host only)")
     return ap
 
 
@@ -177,6 +179,8 @@ def pick_payload(args, runner):
 
 
 def _images(args, stride) -> int:
+    if args.shm != "none":
+        raise RunnerError(f"--shm {args.shm} is for videos (files, or folders with --video); images go in requests")
     runner = triton_runner(args.model, args.url, args.protocol, args.timeout)
     try:
         for p in args.images:  # fail before contacting the server when a file is unusable
@@ -193,10 +197,12 @@ def _images(args, stride) -> int:
 def _videos(args) -> int:
     """Video files and frame folders: one overlay video each (see client.video)."""
     from client.video import VideoError, default_in_flight, format_summary, open_source, segment_video
+    from client.video_shm import shm_runner
 
     for p in args.images:
         src = open_source(p, args.fps)
-        runner = triton_runner(args.model, args.url, args.protocol, args.timeout)
+        runner = (shm_runner(args.shm, args.model, args.url, args.protocol, args.timeout)
+                  or triton_runner(args.model, args.url, args.protocol, args.timeout))
         try:
             in_flight = args.in_flight or default_in_flight(runner.activate())
             summary = segment_video(src, runner, args.out, in_flight, labels=args.labels,

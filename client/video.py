@@ -1,22 +1,21 @@
 """Video in, video out: segment every frame of a video file (or a folder of frames) with several requests in flight.
 
-    python -m client.segment drive.mp4 [--out out/] [--model segformer_b1] [--in-flight N] [--labels]
+    python -m client.segment drive.mp4 [--out out/] [--model segformer_b1] [--in-flight N] [--labels] [--shm system]
     python -m client.segment frames/ --video [--fps 30]
 
-Frames are decoded with PyAV, sent by --in-flight threads sharing one runner (each thread its own connection,
-client.runners.triton) so that Triton's dynamic
-batcher sees full batches, and written in their order however the answers arrive: ``NAME_overlay.mp4`` (the
-input's size and frame rate; H.264 where the encoder is there, else MPEG-4 Part 2, said once) and with
-``--labels`` one indexed PNG per frame (pixel = class id) in ``NAME_labels/``. A progress bar shows frames and
-frames per second; the summary gives frames, end-to-end fps, the server's compute rate and p50/p99 latency per
-frame. A video that stops decoding part-way, a server that goes away or Ctrl-C end the run with the frames done
-so far written and the output closed (playable), and a message that says which frame it stopped at.
+The frames go through client.video_pipeline's stages: PyAV decodes in one thread, --in-flight threads sharing one
+runner (each thread its own connection, client.runners.triton; client.video_shm with --shm system) place and send
+them so that Triton's dynamic batcher sees full batches, an overlay pool paints them and one writer thread encodes
+them in their order however the answers arrive: ``NAME_overlay.mp4`` (the input's size and frame rate; H.264
+4:2:0 where the encoder is there, else MPEG-4 Part 2, said once) and with ``--labels`` one indexed PNG per frame
+(pixel = class id) in ``NAME_labels/``. A progress bar shows frames and frames per second; the summary gives
+frames, end-to-end fps, the server's compute rate, p50/p99 latency per frame and each stage's time. A video that
+stops decoding part-way, a server that goes away or Ctrl-C end the run with the frames done so far written and
+the output closed (playable), and a message that says which frame it stopped at.
 """
 from __future__ import annotations
 
-import queue
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image
 from client.preprocess import ImageError, load_image
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".y4m")
+PRESET = "ultrafast"  # libx264's fastest preset: ~3 ms a 960x720 frame per core; CRF 18, 4:2:0 (plays anywhere)
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -49,7 +49,9 @@ class Source:
     files: list[Path] = field(default_factory=list)
     stopped: str | None = None
 
-    def frames(self):
+    def frames(self, raw: bool = False):
+        """uint8 RGB frames; with `raw`, a video file's frames as PyAV decodes them (client.video_pipeline.to_rgb
+        converts them where there is time). Decoded with the codec's own threads (frame and slice)."""
         if self.files:
             for f in self.files:
                 image = load_image(f)
@@ -63,11 +65,14 @@ class Source:
         n = 0
         try:
             with av.open(str(self.path)) as box:
-                for frame in box.decode(video=0):
-                    yield frame.to_ndarray(format="rgb24")
+                stream = box.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in box.decode(stream):
+                    yield frame if raw else frame.to_ndarray(format="rgb24")
                     n += 1
         except (av.FFmpegError, ValueError, OSError) as exc:
-            self.stopped = f"decoding stopped after frame {n}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.stopped = f"decoding stopped after frame {n}: {why}"
 
 
 def open_source(path: Path, fps: float | None = None) -> Source:
@@ -106,10 +111,15 @@ def open_source(path: Path, fps: float | None = None) -> Source:
 
 
 class Writer:
-    """Overlay video (+ optional label PNGs), frames accepted in index order only; close() is always safe."""
+    """Overlay video (+ optional label PNGs). `frame()` (any thread) turns an overlay into a frame in the encoder's
+    pixel format, `encode()` (one thread, frames in index order) writes it, `save_labels()` (any thread) writes
+    one label PNG; close() is always safe. libx264 runs with `threads` threads at `preset`, 4:2:0 (playable)."""
 
-    def __init__(self, out: Path, stem: str, size, fps: float, labels: bool, note=print):
+    def __init__(self, out: Path, stem: str, size, fps: float, labels: bool, note=print, preset: str = PRESET,
+                 threads: int | None = None):
         import av
+
+        from client.video_pipeline import encoder_threads_default
 
         out.mkdir(parents=True, exist_ok=True)
         self.video_path = out / f"{stem}_overlay.mp4"
@@ -126,26 +136,48 @@ class Writer:
             note(f"note: no H.264 encoder in this PyAV build; writing MPEG-4 Part 2 ({self.video_path.name})")
             self.stream = self.box.add_stream(codec, rate=_fraction(fps))
         self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, pix
+        self.threads = threads or encoder_threads_default()
+        self.stream.codec_context.thread_count = self.threads
         if codec.startswith("libx264"):
-            self.stream.options = {"crf": "18", "preset": "veryfast"}
-        self.codec, self.written = codec, 0
+            self.stream.options = {"crf": "18", "preset": preset}
+        self.codec, self.pix, self.preset, self.written = codec, pix, preset, 0
 
-    def write(self, overlay: np.ndarray, labels: np.ndarray, palette) -> None:
+    def frame(self, overlay: np.ndarray):
+        """The overlay as a frame in the encoder's pixel format (swscale's colour conversion runs without the
+        GIL: called from the overlay threads)."""
         import av
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(overlay), format="rgb24")
+        return frame if self.pix == "rgb24" else frame.reformat(format=self.pix)
+
+    def encode(self, frame) -> None:
         for packet in self.stream.encode(frame):
             self.box.mux(packet)
-        if self.labels_dir is not None:
-            from client.visualize import palette_png, save_png
-
-            save_png(palette_png(labels, palette), self.labels_dir / f"{self.written:06d}.png")
         self.written += 1
+
+    def write(self, overlay: np.ndarray, labels: np.ndarray, palette) -> None:
+        """One frame, in order, in the calling thread (overlay frame and label PNG)."""
+        if self.labels_dir is not None:
+            self.save_labels(self.written, labels, palette)
+        self.encode(self.frame(overlay))
+
+    def save_labels(self, index: int, labels: np.ndarray, palette) -> None:
+        from client.visualize import palette_png, save_png
+
+        save_png(palette_png(labels, palette), self.labels_dir / f"{index:06d}.png")
+
+    def trim_labels(self, keep: int) -> None:
+        """Remove label PNGs of frames past the first `keep` (made ahead of a run that stopped before them)."""
+        if self.labels_dir is not None and self.labels_dir.is_dir():
+            for f in self.labels_dir.glob("[0-9]*.png"):
+                if f.stem.isdigit() and int(f.stem) >= keep:
+                    f.unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Close and remove the outputs (a run that wrote no frame leaves no file behind)."""
         self.close()
         self.video_path.unlink(missing_ok=True)
+        self.trim_labels(0)
         if self.labels_dir is not None and self.labels_dir.is_dir() and not any(self.labels_dir.iterdir()):
             self.labels_dir.rmdir()
 
@@ -167,110 +199,56 @@ def _fraction(fps: float):
 
 
 def segment_video(source: Source, runner, out: Path, in_flight: int, labels: bool = False,
-                  mode: str = "fit", progress: bool = True) -> dict:
-    """Segment every frame with `in_flight` worker threads sharing `runner` (a client.runners Runner: each thread
-    gets its own connection) and write the outputs in frame order. Returns the summary; raises nothing for a
-    partial run (summary['stopped'] says why)."""
+                  mode: str = "fit", progress: bool = True, preset: str = PRESET, overlay_threads: int | None = None,
+                  encoder_threads: int | None = None, window: int | None = None) -> dict:
+    """Segment every frame through the staged pipeline (client.video_pipeline): decode, `in_flight` sender threads
+    sharing `runner` (a client.runners Runner: each thread gets its own connection), an overlay pool and an
+    encoder thread writing the outputs in frame order. Returns the summary; raises nothing for a partial run
+    (summary['stopped'] says why)."""
     from client.cli import progress as progress_bar
     from client.policy import InputPolicy
-    from client.runners import RunnerError
-    from client.visualize import overlay
+    from client.video_pipeline import Pipeline
 
     info = runner.ensure_active()
     policy = InputPolicy.for_model(info, mode)
-    n_threads = max(1, in_flight)
-    todo: queue.Queue = queue.Queue(maxsize=2 * n_threads)
-    done: dict[int, tuple] = {}
-    cond = threading.Condition()
-    latencies: list[float] = []
-
-    def work():
-        try:
-            while True:
-                item = todo.get()
-                if item is None:
-                    return
-                i, image = item
-                t0 = time.perf_counter()
-                try:
-                    lab = policy.predict(image, runner)
-                    result = (image, lab, None)
-                except (RunnerError, ValueError) as exc:
-                    result = (image, None, f"frame {i}: {exc}")
-                with cond:
-                    latencies.append(time.perf_counter() - t0)
-                    done[i] = result
-                    cond.notify_all()
-        finally:
-            runner.release()  # this thread's connection, closed by the thread that made it
-
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(n_threads)]
-    for t in threads:
-        t.start()
     writer = Writer(out, source.path.stem if source.path.is_file() else source.path.name, source.size, source.fps,
-                    labels, note=lambda m: print(m, file=sys.stderr))
+                    labels, note=lambda m: print(m, file=sys.stderr), preset=preset, threads=encoder_threads)
     stats0 = _server_stats(runner)
     bar = progress_bar(total=source.count, unit="frame", desc=source.path.name, disable=not progress)
-    t_start, sent, next_out, stopped = time.perf_counter(), 0, 0, None
+    t_start = time.perf_counter()
 
-    def drain(until: int, block: bool):
-        nonlocal next_out, stopped
-        while next_out < until and stopped is None:
-            with cond:
-                while next_out not in done:
-                    if not block:
-                        return
-                    cond.wait(timeout=1.0)
-                image, lab, err = done.pop(next_out)
-            if err is not None:
-                stopped = err
-                return
-            writer.write(overlay(image, lab, info.palette), lab, info.palette)
-            next_out += 1
-            bar.update(1)
-            bar.set_postfix(fps=f"{next_out / (time.perf_counter() - t_start):.1f}")
+    def written(n: int) -> None:
+        bar.update(1)
+        bar.set_postfix(fps=f"{n / (time.perf_counter() - t_start):.1f}")
 
+    pipe = Pipeline(source, runner, policy, writer, info.palette, in_flight, labels, overlay_threads, window,
+                    on_written=written)
     try:
-        try:
-            for image in source.frames():
-                if stopped is not None:
-                    break
-                todo.put((sent, image))
-                sent += 1
-                drain(sent, block=False)
-            drain(sent, block=True)
-        except ImageError as exc:
-            stopped = f"frame {sent}: {exc}"
-            drain(sent, block=True)
-        if stopped is None and source.stopped:
-            stopped = source.stopped
-    except KeyboardInterrupt:
-        stopped = f"interrupted (Ctrl-C) at frame {next_out}"
+        pipe.run()
     finally:
-        for _ in threads:
-            try:
-                todo.put_nowait(None)
-            except queue.Full:
-                pass
         writer.close()
         bar.close()
-    for t in threads:
-        t.join(timeout=1.0)
+        writer.trim_labels(pipe.written)
     wall = time.perf_counter() - t_start
     stats1 = _server_stats(runner)
+    next_out = pipe.written
     if next_out == 0:  # nothing written: no empty video left behind
         writer.discard()
-    lat = np.array(latencies[: max(1, next_out)]) * 1e3
+    lat = np.array(pipe.latencies[: max(1, next_out)]) * 1e3
     served = None
     if stats0 and stats1 and stats1[1] > stats0[1]:  # what the model could do if it never waited for frames
         served = (stats1[0] - stats0[0]) / (stats1[1] - stats0[1])
-    return {"source": str(source.path), "frames": next_out, "sent": sent, "fps": source.fps,
-            "size": list(source.size), "in_flight": n_threads, "wall_s": wall,
+    return {"source": str(source.path), "frames": next_out, "sent": pipe.sent, "fps": source.fps,
+            "size": list(source.size), "in_flight": pipe.in_flight, "wall_s": wall,
             "fps_end_to_end": next_out / wall if wall > 0 else 0.0, "server_compute_fps": served,
             "p50_ms": float(np.percentile(lat, 50)) if next_out else None,
             "p99_ms": float(np.percentile(lat, 99)) if next_out else None,
             "video": str(writer.video_path) if next_out else None, "codec": writer.codec,
-            "labels": str(writer.labels_dir) if writer.labels_dir else None, "stopped": stopped}
+            "labels": str(writer.labels_dir) if writer.labels_dir else None, "stopped": pipe.stopped,
+            "stages": pipe.clock.summary(next_out, pipe.threads()), "window": pipe.window,
+            "max_frames_held": pipe.max_held, "overlay_threads": pipe.overlay_threads,
+            "encoder": {"codec": writer.codec, "preset": writer.preset, "threads": writer.threads},
+            "transport": getattr(runner, "transport", None) or "wire"}
 
 
 def _server_stats(runner) -> tuple[int, float] | None:
@@ -294,13 +272,17 @@ def default_in_flight(info) -> int:
 
 
 def format_summary(s: dict) -> str:
+    from client.video_pipeline import format_stages
+
     line = (f"{s['source']}: {s['frames']} frames {s['size'][0]}x{s['size'][1]} at {s['fps']:.2f} fps, "
-            f"{s['fps_end_to_end']:.2f} fps end to end ({s['in_flight']} in flight)")
+            f"{s['fps_end_to_end']:.2f} fps end to end ({s['in_flight']} in flight"
+            + (f", {s['transport']})" if s.get("transport", "wire") != "wire" else ")"))
     if s["server_compute_fps"]:
         line += f", the model computes {s['server_compute_fps']:.1f} img/s (Triton's statistics)"
     if s["p50_ms"] is not None:
         line += f"; latency per frame p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms"
     if s["video"]:
+        line += f"\n{format_stages(s['stages'])}" if s.get("stages") and s["frames"] else ""
         line += f"\nwrote {s['video']} ({s['codec']})" + (f" and {s['labels']}/" if s["labels"] else "")
     return line
 

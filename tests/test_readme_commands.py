@@ -93,6 +93,12 @@ TABLE: dict[str, Run | NotHere] = {
     "python -m client.segment frames/ --video [--fps 30]":
         Run("frames/ = 6 PNGs of 160x120; --fps 30 --model city_b1, --url, both protocols", "video_folder",
             HTTP_GRPC),
+    "python -m client.segment drive.mp4 --protocol grpc --shm system":
+        Run("drive.mp4 = 6 frames of 160x120; --model city_b1 --in-flight 2 --labels --out out/, --url; both "
+            "protocols (a region is registered over either)", "video_shm", HTTP_GRPC),
+    "python -m bench.video --no-model --in-flight 2 4 8 --seconds 10 --fps 30 --out docs/results/video_client_cpu":
+        Run("--in-flight 2 --seconds 1 --fps 10 (10 frames) --frames CAMVID/test/images --out out/video_client "
+            "(README's numbers are its 300 frames on 2 cores)", "bench_video_no_model"),
     "python -m client.evaluate --images DIR [--labels DIR --label-format camvid] --models segformer_b1_fp16,"
     "segformer_b1_int8,segformer_b1_best --reference segformer_b1 --threshold 0.005":
         Run("3 CamVid test images with labels; --models city_b1_fp16,city_b1_ov --reference city_b1 (no INT8 rows "
@@ -585,6 +591,31 @@ def step_video_folder(flow: Flow, case: Case):
     _says(res, rf"frames: 6 frames {_size(120, 160)} at 30\.00 fps")
     n, size, fps = _video_frames(out / "frames_overlay.mp4")
     assert (n, size) == (6, (160, 120)) and abs(fps - 30) < 0.5, (n, size, fps)
+
+
+def step_video_shm(flow: Flow, case: Case):
+    flow.need("serve")
+    _make_video(flow)
+    c = flow.clone
+    out = c.dir / f"out-video-shm-{case.label}"
+    res = c.sh(f"python -m client.segment drive.mp4 --protocol {case.label} --shm system --out {out.name}/ "
+               f"--model city_b1 --in-flight 2 --labels --url {c.url(case.label)}", timeout=VIDEO_TIMEOUT)
+    _ok(res, "fps end to end (2 in flight, system shm)", "stages (ms per frame, threads)",
+        f"wrote {out.name}/drive_overlay.mp4")
+    assert _video_frames(out / "drive_overlay.mp4")[:2] == (6, (160, 120))
+    assert len(list((out / "drive_labels").glob("*.png"))) == 6
+
+
+def step_bench_video_no_model(flow: Flow, case: Case):
+    if not (CAMVID / "test" / "images").is_dir():
+        pytest.skip(f"CamVid is not at {CAMVID} (development data, present in CI)")
+    res = flow.clone.sh(f"python -m bench.video --no-model --in-flight 2 --seconds 1 --fps 10 --frames "
+                        f"{CAMVID / 'test' / 'images'} --out out/video_client", timeout=120)
+    _ok(res, "in flight 2: ")
+    md = (flow.clone.dir / "out" / "video_client.md").read_text()
+    assert "client pipeline alone, no model" in md and "encode ms/frame" in md, md
+    run = json.loads((flow.clone.dir / "out" / "video_client.json").read_text())["runs"][0]
+    assert run["frames"] == 10 and run["stopped"] is None and run["fps_end_to_end"] > 0, run
 
 
 def _check_report(folder: Path, models: list[str], labels: bool) -> dict:
