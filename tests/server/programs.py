@@ -72,3 +72,24 @@ def config_json(model_dir):
 
     cfg = parse_pbtxt((model_dir / "config.pbtxt").read_text())
     return json_format.MessageToDict(cfg, preserving_proto_field_name=True)
+
+
+class ResponseSender:
+    """What Triton's response sender records in the tests: each response with its flags, in order."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, response, flags=0):
+        self.sent.append((response, flags))
+
+
+class DecoupledRequest(dict):
+    """A request (input name -> tensor) with its own response sender, as the python backend hands it over."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.sender = ResponseSender()
+
+    def get_response_sender(self):
+        return self.sender

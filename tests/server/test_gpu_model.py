@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from client import placement
+from tests.server.programs import DecoupledRequest as _Request
 from tests.server.programs import DLTensor as _Tensor
 
 SIZE = (8, 12)
@@ -224,23 +225,6 @@ def test_dynamic_row_places_an_encoded_frame_as_the_client_does(monkeypatch):
 def test_dynamic_row_refuses_listed_sizes_outside_its_range_at_load(monkeypatch):
     with pytest.raises(ValueError, match="config parameter sizes: images of 100x128"):
         make_model(monkeypatch, size=(64, 64), size_range=RANGE, sizes=((100, 128),))
-
-
-class _Sender:
-    def __init__(self):
-        self.sent = []
-
-    def send(self, response, flags=0):
-        self.sent.append((response, flags))
-
-
-class _Request(dict):
-    def __init__(self, *a):
-        super().__init__(*a)
-        self.sender = _Sender()
-
-    def get_response_sender(self):
-        return self.sender
 
 
 def test_deferred_responses_come_from_the_responder_once_each_in_order(monkeypatch):

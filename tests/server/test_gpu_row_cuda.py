@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.server.programs import DecoupledRequest as _Request
 from tests.server.programs import DLTensor as _Tensor
 
 from tests.conftest import ROOT
@@ -109,23 +110,6 @@ def _jpeg(frame, quality=95):
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
     return {"encoded": _Tensor("encoded", torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)[None])}
-
-
-class _Sender:
-    def __init__(self):
-        self.sent = []
-
-    def send(self, response, flags=0):
-        self.sent.append((response, flags))
-
-
-class _Request(dict):
-    def __init__(self, *a):
-        super().__init__(*a)
-        self.sender = _Sender()
-
-    def get_response_sender(self):
-        return self.sender
 
 
 def test_raw_and_jpeg_requests_agree_with_the_fp32_reference(gpu_row):
