@@ -27,14 +27,19 @@ STAGES = ((4, 64), (8, 128), (16, 320), (32, 512))  # (stride, C) of MiT-B1; Mix
 
 def candidates(h: int, w: int, c: int) -> list[dict]:
     """Tiles worth trying for one stage shape, likeliest first: strip width no wider than the image, the FP32
-    output tile (strip x C padded to a power of two) at most 64 values per thread."""
+    output tile (strip x C padded to a power of two) at most 64 values per thread. Few rows per program and one
+    pipeline stage come first: in the first sweep (H200, docs/results/bench_gpu_h200_round3) stage 4's time doubled
+    from 16 to 32 rows per program (grids too small), 128-pixel strips asked for 320-344 KB of shared memory (the
+    compiler's default 3-stage pipelining of the loads in the chunk loop; the H200 has 227 KB), so the 64-pixel
+    strips that ran held one program per multiprocessor; fewer than 8 rows and fewer stages were not tried."""
     cp = 1 << (c - 1).bit_length()
     out = []
-    for rb in (16, 32, 8):
-        for bw in (64, 128, 32, 16):
-            for nw in (4, 8):
-                if bw <= max(16, w) and rb <= max(8, h) and bw * cp <= 64 * 32 * nw:
-                    out.append({"BW": bw, "RB": rb, "HC": 64, "num_warps": nw})
+    for rb in (2, 4, 1, 8, 16, 32):
+        for stages in (1, 2, 3):
+            for bw in (64, 128, 32, 16):
+                for nw in (4, 8):
+                    if bw <= max(16, w) and rb <= max(8, h) and bw * cp <= 64 * 32 * nw:
+                        out.append({"BW": bw, "RB": rb, "HC": 64, "num_warps": nw, "num_stages": stages})
     return out
 
 
@@ -44,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16, help="images per timed call (default 16)")
     ap.add_argument("--size", type=int, nargs=2, default=(1024, 1024), metavar=("H", "W"),
                     help="input size (default 1024 1024)")
-    ap.add_argument("--tiles", type=int, default=12, help="at most this many candidate tiles per stage (default 12)")
+    ap.add_argument("--tiles", type=int, default=12, help="at most this many candidate tiles per stage (default 12; the whole-block kernel gets half)")
     ap.add_argument("--out", type=Path, default=Path("results/kernels_mixffn"), help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
     return run_cli(lambda: measure(args))
@@ -109,7 +114,8 @@ def measure(args) -> int:
             good = [t for t in tiles if t.get("ok")]
             best = min(good, key=lambda t: t["us_per_img"]) if good else None
             row[f"{kind}_tiles"] = tiles
-            row[f"{kind}_best_tile"] = {k: best[k] for k in ("BW", "RB", "HC", "num_warps")} if best else None
+            row[f"{kind}_best_tile"] = ({k: best[k] for k in ("BW", "RB", "HC", "num_warps", "num_stages") if k in best}
+                                        if best else None)
             row[f"{kind}_kernel_us_per_img"] = best["us_per_img"] if best else None
             if best:
                 M.TILES[(kind, h, w, c)] = row[f"{kind}_best_tile"]

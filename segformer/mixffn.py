@@ -188,6 +188,11 @@ def plan(h: int, w: int, c: int, hidden: int, kind: str = "fused") -> dict:
     return {"BW": bw, "RB": rb, "HC": hc, "num_warps": 4 if c <= 64 else 8}
 
 
+def _stages(tile: dict) -> dict:
+    """The launch's software-pipelining depth where the tile names one (Triton's default otherwise)."""
+    return {"num_stages": tile["num_stages"]} if tile.get("num_stages") else {}
+
+
 def prepare(ln: torch.nn.LayerNorm, fc1: torch.nn.Linear, dwconv: torch.nn.Conv2d, fc2: torch.nn.Linear) -> dict:
     """The kernel's operands from a block's norm2 and Mix-FFN modules (weights transposed once, not per call)."""
     hidden = fc1.out_features
@@ -218,7 +223,7 @@ def dw_fc2(mid: torch.Tensor, x: torch.Tensor, h: int, w: int, p: dict, tile: di
     grid = (triton.cdiv(w, t["BW"]), triton.cdiv(h, t["RB"]), n)
     _dw_fc2_kernel[grid](mid.contiguous(), x.contiguous(), y, p["dww"], p["dwb"], p["w2t"], p["b2"], h, w, C=c,
                          CP=triton.next_power_of_2(c), HID=hidden, HC=t["HC"], BW=t["BW"], RB=t["RB"],
-                         num_warps=t["num_warps"])
+                         num_warps=t["num_warps"], **_stages(t))
     return y
 
 
@@ -247,5 +252,5 @@ def mixffn(x: torch.Tensor, h: int, w: int, p: dict, tile: dict | None = None) -
                        device=x.device)
     _mixffn_kernel[grid](x, y, ring, p["ln_w"], p["ln_b"], p["w1t"], p["b1"], p["dww"], p["dwb"], p["w2t"], p["b2"],
                          h, w, p["eps"], C=c, CP=triton.next_power_of_2(c), HID=hidden, HC=t["HC"], BW=t["BW"],
-                         RB=t["RB"], num_warps=t["num_warps"])
+                         RB=t["RB"], num_warps=t["num_warps"], **_stages(t))
     return y
