@@ -74,8 +74,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model-size", type=parse_size, default=(1024, 1024), metavar="HxW",
                     help="with --no-model: the input of the model it stands in for (default 1024x1024, "
                     "segformer_b1_gpu's), max batch 16")
-    ap.add_argument("--shm", choices=("none", "system"), default="none",
-                    help="system: frames and labels through shared memory (a server on this host)")
+    ap.add_argument("--shm", choices=("none", "system", "cuda"), default="none",
+                    help="system: frames and labels through shared memory (a server on this host); cuda: frames "
+                    "through CUDA shared memory (a GPU model on this host), labels through system shared memory")
     ap.add_argument("--in-flight", type=int, nargs="+", default=[1, 2, 4], help="frames in flight to try")
     ap.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
     ap.add_argument("--fps", type=float, default=10.0, help="clip frame rate (default 10)")
@@ -102,10 +103,10 @@ def _runner(a):
 
         return NoModelRunner(a.model_size, max_batch=16)
     url = cli.url_of(a, "grpc")
-    if a.shm == "system":
-        from client.video_shm import ShmRunner
+    if a.shm != "none":
+        from client.video_shm import shm_runner
 
-        return ShmRunner(a.model, url, "grpc", a.timeout)
+        return shm_runner(a.shm, a.model, url, "grpc", a.timeout)
     return TritonRunner(a.model, url, "grpc", a.timeout)
 
 
@@ -121,7 +122,7 @@ def measure(a) -> int:
     options = {k: v for k, v in (("preset", a.preset), ("overlay_threads", a.overlay_threads),
                                  ("encoder_threads", a.encoder_threads)) if v is not None}
     what = "client pipeline alone, no model" if a.no_model else f"{a.model} over gRPC" + (
-        " + system shm" if a.shm == "system" else "")
+        f" + {a.shm} shm" if a.shm != "none" else "")
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_clip(a.frames, Path(tmp) / "clip.mp4", a.seconds, a.fps, (a.size[1], a.size[0]))
         rows = []

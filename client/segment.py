@@ -123,8 +123,10 @@ def parser() -> argparse.ArgumentParser:
                     "2..16)")
     ap.add_argument("--labels", action="store_true", help="video: also write one indexed label PNG per frame")
     ap.add_argument("--fps", type=float, help="video: frame rate of a frame folder (default 30) or to override")
-    ap.add_argument("--shm", choices=("none", "system"), default="none", help="video: none: frames and labels in "
-                    "the requests (default); system: through POSIX shared memory (a server on this host only)")
+    ap.add_argument("--shm", choices=("none", "system", "cuda"), default="none", help="video: none: frames and labels in "
+                    "the requests (default); system: through POSIX shared memory (a server on this host only); cuda: frames "
+                    "into CUDA shared memory for a GPU model on this host (needs PyTorch with CUDA here), labels "
+                    "through system shared memory")
     return ap
 
 
