@@ -161,7 +161,7 @@ class ShmRunner(TritonRunner):
 class CudaShmRunner(ShmRunner):
     """Frames into CUDA shared memory (copied to the GPU by this process, read in place by a GPU model: the python
     backend's GPU row takes them without a copy through the host), labels back through system shared memory.
-    Each sender thread owns one region (loadtest.closed_loop.CudaRegion: a PyTorch CUDA tensor shared by its IPC
+    Each sender thread owns one region (client.cuda_region.CudaRegion: a PyTorch CUDA tensor shared by its IPC
     handle), grown when a larger frame comes."""
 
     transport = "CUDA shm in, system shm out"
@@ -182,7 +182,7 @@ class CudaShmRunner(ShmRunner):
     def _input(self, batch: np.ndarray):
         import torch
 
-        from loadtest.closed_loop import CudaRegion
+        from client.cuda_region import CudaRegion
 
         region = getattr(self._local, "cuda_in", None)
         if region is None or region.slot_bytes < batch.nbytes:

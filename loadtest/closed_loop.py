@@ -33,6 +33,7 @@ import numpy as np
 
 from client import cli
 from client.cli import split_urls
+from client.cuda_region import CudaRegion
 from client.runners import Failover, describe_failure
 from loadtest.run import _local
 
@@ -62,50 +63,6 @@ def _jpeg(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
-
-
-def ipc_mem_handle(shared: bytes) -> bytes:
-    """The 64-byte cudaIpcMemHandle_t Triton opens, from PyTorch's shared-storage handle: PyTorch >= 2.4 writes
-    [format version][kind][payload], kind 'c' (a cudaMalloc block) carrying the 64-byte handle."""
-    if len(shared) == 66 and shared[1:2] == b"c":
-        shared = shared[2:]
-    if len(shared) != 64:
-        raise RuntimeError("this PyTorch shares CUDA memory in a form Triton cannot open (expandable segments?): "
-                           "unset PYTORCH_CUDA_ALLOC_CONF=expandable_segments")
-    return shared
-
-
-class CudaRegion:
-    """One CUDA shared-memory region per load process, a slot of one request's frames per thread. The memory is
-    a PyTorch CUDA tensor; its IPC handle (and the tensor's offset inside the allocation the handle names) is
-    what Triton's `register_cuda_shared_memory` takes, so no cuda-python is needed."""
-
-    def __init__(self, name: str, slot_bytes: int, slots: int, device: int = 0):
-        import base64
-
-        import torch
-
-        self.name, self.slot_bytes, self.device = name, slot_bytes, device
-        self.tensor = torch.empty(slot_bytes * slots, dtype=torch.uint8, device=f"cuda:{device}")
-        share = self.tensor.untyped_storage()._share_cuda_()
-        self.handle, self.offset = base64.b64encode(ipc_mem_handle(bytes(share[1]))), int(share[3])
-        self.size = self.offset + slot_bytes * slots  # the region starts at the allocation's base
-
-    def register(self, client) -> None:
-        try:
-            client.register_cuda_shared_memory(self.name, self.handle, self.device, self.size)
-        except Exception as exc:  # noqa: BLE001 - registered already by another thread of this process
-            if "already" not in str(exc).lower():
-                raise
-
-    def write(self, slot: int, frames_gpu) -> int:
-        """Copy a batch (a uint8 CUDA tensor) into `slot`; returns its offset in the region."""
-        import torch
-
-        start = slot * self.slot_bytes
-        self.tensor[start:start + self.slot_bytes].copy_(frames_gpu.reshape(-1))
-        torch.cuda.current_stream(self.device).synchronize()  # the server reads it as soon as the request lands
-        return self.offset + start
 
 
 def _client_module(protocol: str):

@@ -33,7 +33,7 @@ def test_compute_split_and_the_cuda_ipc_handle_format():
     b = metrics.breakdown(metrics.diff({}, metrics.parse(SAMPLE), "m"))
     assert set(b) >= {"compute_input_ms", "compute_infer_ms", "compute_output_ms"}
     assert b["compute_input_ms"] + b["compute_infer_ms"] + b["compute_output_ms"] == pytest.approx(b["compute_ms"])
-    from loadtest.closed_loop import ipc_mem_handle
+    from client.cuda_region import ipc_mem_handle
 
     raw = bytes(range(64))
     assert ipc_mem_handle(raw) == raw and ipc_mem_handle(bytes([2]) + b"c" + raw) == raw
