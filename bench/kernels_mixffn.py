@@ -29,9 +29,9 @@ def candidates(h: int, w: int, c: int) -> list[dict]:
     """Tiles worth trying for one stage shape, likeliest first: strip width no wider than the image, the FP32
     output tile (strip x C padded to a power of two) at most 64 values per thread. Few rows per program and one
     pipeline stage come first: in the first sweep (H200, docs/results/bench_gpu_h200_round3) stage 4's time doubled
-    from 16 to 32 rows per program (grids too small), 128-pixel strips asked for 320-344 KB of shared memory (the
-    compiler's default 3-stage pipelining of the loads in the chunk loop; the H200 has 227 KB), so the 64-pixel
-    strips that ran held one program per multiprocessor; fewer than 8 rows and fewer stages were not tried."""
+    from 16 to 32 rows per program (grids too small) and Triton 3.6 asked 320-344 KB of shared memory for
+    128-pixel strips (the H200 has 227 KB; Triton 3.9 compiles them with 16 KB); fewer than 8 rows and fewer
+    pipeline stages were not tried."""
     cp = 1 << (c - 1).bit_length()
     out = []
     for rb in (2, 4, 1, 8, 16, 32):
