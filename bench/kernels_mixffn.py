@@ -30,7 +30,7 @@ def candidates(h: int, w: int, c: int) -> list[dict]:
     output tile (strip x C padded to a power of two) at most 64 values per thread. Few rows per program and one
     pipeline stage come first: in the first sweep (H200, docs/results/bench_gpu_h200_round3) stage 4's time doubled
     from 16 to 32 rows per program (grids too small) and Triton 3.6 asked 320-344 KB of shared memory for
-    128-pixel strips (the H200 has 227 KB; Triton 3.9 compiles them with 16 KB); fewer than 8 rows and fewer
+    128-pixel strips (the H200 has 227 KB; Triton 3.9 compiles them with 16-48 KB); fewer than 8 rows and fewer
     pipeline stages were not tried."""
     cp = 1 << (c - 1).bit_length()
     out = []
