@@ -36,10 +36,11 @@ def candidates(h: int, w: int, c: int) -> list[dict]:
     out = []
     for rb in (2, 4, 1, 8, 16, 32):
         for stages in (1, 2, 3):
-            for bw in (64, 128, 32, 16):
-                for nw in (4, 8):
-                    if bw <= max(16, w) and rb <= max(8, h) and bw * cp <= 64 * 32 * nw:
-                        out.append({"BW": bw, "RB": rb, "HC": 64, "num_warps": nw, "num_stages": stages})
+            for hc in (32, 64):  # 32: fewer registers (bench.kernel_resources: no tile of 64 below 210)
+                for bw in (64, 128, 32, 16):
+                    for nw in (8, 4):
+                        if bw <= max(16, w) and rb <= max(8, h) and bw * cp <= 64 * 32 * nw:
+                            out.append({"BW": bw, "RB": rb, "HC": hc, "num_warps": nw, "num_stages": stages})
     return out
 
 

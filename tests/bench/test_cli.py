@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-BENCHES = ["bench.cpu", "bench.gpu", "bench.kernels_gpu", "bench.kernels_mixffn", "bench.build_times", "bench.resize_modes", "bench.video"]
+BENCHES = ["bench.cpu", "bench.gpu", "bench.kernels_gpu", "bench.kernels_mixffn", "bench.kernel_resources", "bench.build_times", "bench.resize_modes", "bench.video"]
 
 
 def _undocumented(text: str) -> list[str]:

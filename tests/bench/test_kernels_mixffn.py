@@ -24,3 +24,19 @@ def test_report_of_the_committed_h200_sweep():
     assert all(t["ok"] for t in tiles if "error" not in t)  # every tile that ran computed the right function
     assert {t["BW"] for t in tiles if "error" in t} == {128}  # 128-pixel strips: out of shared memory
     assert all("out of resource: shared memory" in t["error"] for t in tiles if "error" in t)
+
+
+def test_the_stage1_tile_compiles_for_hopper_without_spills():
+    """ptxas's report for sm_90a, no GPU needed: with the nine taps unrolled (each its own pointer tile) this tile
+    spilled 208 B per thread at 255 registers; the taps in a loop over one pointer tile need no spill."""
+    import pytest
+
+    pytest.importorskip("triton")
+    from bench.kernel_resources import compile_report, markdown, ptxas
+
+    r = compile_report("dwfc2", 64, 256, {"BW": 64, "RB": 2, "HC": 32, "num_warps": 8}, ptxas())
+    assert r["spill_stores"] == 0 and 0 < r["registers"] <= 200 and r["shared"] > 0, r
+    md = markdown({"target": "sm_90a", "triton": "x", "ptxas": "ptxas", "date": "d",
+                   "rows": [{"stage": 1, "kind": "dwfc2", "channels": 64, "BW": 64, "RB": 2, "HC": 32,
+                             "num_warps": 8, **r}]})
+    assert f"| 1 | dwfc2 | 64 | 64 | 2 | 32 | 8 |  | {r['registers']} | 0 |" in md

@@ -47,6 +47,10 @@ CHECK = textwrap.dedent("""
         x2[0, 0] += 1
         changed = (M.mixffn(x2, h, w, p, tile) != y).any(-1)[0].nonzero().flatten().tolist()
         assert set(changed) <= {0, 1, w, w + 1} and 0 in changed, changed
+        # the second form: fc1 in PyTorch, the rest in one kernel, on the same operands
+        y2 = M.dw_fc2_block(x, h, w, p, tile)
+        rel2 = ((y2.float() - ref).norm() / ref.norm()).item()
+        assert y2.shape == x.shape and rel2 < 2e-3, (n, h, w, c, rel2)
     print("mixffn ok")
 """)
 
