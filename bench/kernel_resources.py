@@ -79,6 +79,8 @@ def main(argv=None) -> int:
                     help="kernels to compile (default both)")
     ap.add_argument("--size", type=int, nargs=2, default=(1024, 1024), metavar=("H", "W"), help="input size")
     ap.add_argument("--tiles", type=int, default=8, help="at most this many candidate tiles per stage (default 8)")
+    ap.add_argument("--tiles-from", type=Path, metavar="JSON",
+                    help="compile the best tiles a bench.kernels_mixffn results file recorded, not the candidates")
     ap.add_argument("--out", type=Path, default=Path("results/kernel_resources"), help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
     return run_cli(lambda: measure(args))
@@ -89,10 +91,20 @@ def measure(args) -> int:
 
     tool = ptxas()
     rows = []
+    measured = {}
+    if args.tiles_from:
+        try:
+            for row in json.loads(args.tiles_from.read_text())["rows"]:
+                for kind in args.kinds:
+                    if row.get(f"{kind}_best_tile"):
+                        measured[(row["stage"], kind)] = [row[f"{kind}_best_tile"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BenchError(f"--tiles-from {args.tiles_from}: not a bench.kernels_mixffn results file ({exc})") from None
     for stage, (stride, c) in enumerate(STAGES, 1):
         h, w = args.size[0] // stride, args.size[1] // stride
         for kind in args.kinds:
-            for tile in candidates(h, w, c)[: args.tiles]:
+            tiles = measured.get((stage, kind), []) if args.tiles_from else candidates(h, w, c)[: args.tiles]
+            for tile in tiles:
                 r = {"stage": stage, "kind": kind, "channels": c, **tile,
                      **compile_report(kind, c, 4 * c, tile, tool)}
                 rows.append(r)

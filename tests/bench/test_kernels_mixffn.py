@@ -40,3 +40,13 @@ def test_the_stage1_tile_compiles_for_hopper_without_spills():
                    "rows": [{"stage": 1, "kind": "dwfc2", "channels": 64, "BW": 64, "RB": 2, "HC": 32,
                              "num_warps": 8, **r}]})
     assert f"| 1 | dwfc2 | 64 | 64 | 2 | 32 | 8 |  | {r['registers']} | 0 |" in md
+
+
+def test_tiles_from_a_results_file_that_is_not_one_is_one_error_line(tmp_path, capsys):
+    from bench.kernel_resources import main
+
+    bad = tmp_path / "r.json"
+    bad.write_text("{}")
+    assert main(["--tiles-from", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a bench.kernels_mixffn results file" in err[0], err
