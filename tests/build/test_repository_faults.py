@@ -40,9 +40,11 @@ def _interrupt(tmp_path, sig):
     while not any(staging.glob("seg_b0.*")) and time.time() - t0 < 120 and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the build ended before it could be interrupted"
-    time.sleep(1.0)  # inside the export
+    # at once: the staging folder exists until the build's last rename, so the build is in progress now (a fixed
+    # sleep here let a fast machine finish the whole build first, 2026-11-28)
     proc.send_signal(sig)
     proc.communicate(timeout=60)
+    assert proc.returncode != 0, "the build finished before the signal reached it"
     assert (old / "1" / "model.onnx").read_bytes() == b"the previous model"  # untouched
     assert sorted(p.name for p in repo.iterdir()) == ["seg_b0"]
     return repo
