@@ -186,8 +186,7 @@ def dwconv3x3_gelu_reference(x: torch.Tensor, h: int, w: int, weight: torch.Tens
 
 def dwconv3x3_gelu(x: torch.Tensor, h: int, w: int, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Fused version of `dwconv3x3_gelu_reference` for token tensors [N, h*w, C] (contiguous, channels last)."""
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if triton is None or (not x.is_cuda and not interpret):
+    if not kernel_runs(x):
         return dwconv3x3_gelu_reference(x, h, w, weight, bias)
     x = x.contiguous()
     n, _, c = x.shape
@@ -202,16 +201,12 @@ def dwconv3x3_gelu(x: torch.Tensor, h: int, w: int, weight: torch.Tensor, bias: 
         _dwconv3x3_gelu_kernel[grid](x, weight.contiguous(), bias.contiguous(), y, h, w, c, RB=4, BW=16,
                                      BC=min(64, triton.next_power_of_2(c)), F32=f32, num_warps=4)
     return y
-    bc = min(64, triton.next_power_of_2(c))
-    bw = 32
-    grid = (triton.cdiv(w, bw), h, n * triton.cdiv(c, bc))
-    _dwconv3x3_gelu_kernel[grid](x, weight.contiguous(), bias.contiguous(), y, h, w, c, BW=bw, BC=bc, num_warps=4)
-    return y
 
 
-def triton_available() -> bool:
-    """True where the Triton kernel can run: a CUDA tensor with triton installed, or the interpreter on CPU."""
-    return triton is not None
+def kernel_runs(t: torch.Tensor) -> bool:
+    """True where a Triton kernel can take `t`: triton installed and `t` on CUDA, or Triton's interpreter on
+    (``TRITON_INTERPRET=1``) for CPU tensors; elsewhere the PyTorch reference runs."""
+    return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], out: torch.Tensor | None = None,
@@ -222,8 +217,7 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int], out: torch.Tens
     n, c, h, w = logits.shape
     if c > 255:
         raise ValueError(f"{c} classes do not fit uint8 labels")
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if triton is None or (not logits.is_cuda and not interpret):
+    if not kernel_runs(logits):
         ref = upsample_argmax_reference(logits, size)
         return out.copy_(ref) if out is not None else ref
     H, W = int(size[0]), int(size[1])

@@ -23,6 +23,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .kernels import dwconv3x3_gelu_reference, kernel_runs
+
 try:
     import triton
     import triton.language as tl
@@ -33,12 +35,8 @@ except ImportError:  # pragma: no cover - machines without triton use the refere
 def mixffn_reference(x: torch.Tensor, h: int, w: int, ln_w, ln_b, eps: float, fc1_w, fc1_b, dw_w, dw_b,
                      fc2_w, fc2_b) -> torch.Tensor:
     """x tokens [N, h*w, C] -> x + Mix-FFN(LayerNorm(x)), module by module (the unfused path)."""
-    n, _, c = x.shape
-    t = F.linear(F.layer_norm(x, (c,), ln_w, ln_b, eps), fc1_w, fc1_b)
-    hid = t.shape[-1]
-    t = F.conv2d(t.transpose(1, 2).reshape(n, hid, h, w), dw_w, dw_b, padding=1, groups=hid)
-    t = F.gelu(t.flatten(2).transpose(1, 2))
-    return x + F.linear(t, fc2_w, fc2_b)
+    t = F.linear(F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps), fc1_w, fc1_b)
+    return x + F.linear(dwconv3x3_gelu_reference(t, h, w, dw_w, dw_b), fc2_w, fc2_b)
 
 
 if triton is not None:
@@ -176,11 +174,11 @@ def plan(h: int, w: int, c: int, hidden: int, kind: str = "fused") -> dict:
     output tile stays in registers."""
     if (kind, h, w, c) in TILES:
         return TILES[(kind, h, w, c)]
-    bw = 64 if w >= 64 and c <= 128 else 32 if w >= 32 or c > 128 else 16
     env = os.environ.get("SEGFORMER_MIXFFN_TILE")  # "BW,RB,HC,WARPS" for experiments on the GPU
     if env:
-        bw_, rb_, hc_, nw_ = (int(v) for v in env.split(","))
-        return {"BW": bw_, "RB": rb_, "HC": hc_, "num_warps": nw_}
+        bw, rb, hc, nw = (int(v) for v in env.split(","))
+        return {"BW": bw, "RB": rb, "HC": hc, "num_warps": nw}
+    bw = 64 if w >= 64 and c <= 128 else 32 if w >= 32 or c > 128 else 16
     rb = 16 if h >= 64 else 8
     hc = next((v for v in (32, 64, 16) if hidden % v == 0), 0)  # 32: no spills on sm_90 (bench.kernel_resources)
     if not hc:
@@ -211,11 +209,9 @@ def reference(x: torch.Tensor, h: int, w: int, p: dict) -> torch.Tensor:
 def dw_fc2(mid: torch.Tensor, x: torch.Tensor, h: int, w: int, p: dict, tile: dict | None = None) -> torch.Tensor:
     """x + fc2(GELU(dwconv3x3(mid))) with `mid` = fc1(LayerNorm(x)) [N, h*w, 4C] computed outside (cuBLAS, the
     LayerNorm fused by inductor): depthwise conv, GELU, fc2 and the residual in `_dw_fc2_kernel`."""
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     hidden = p["w2t"].shape[0]
-    if triton is None or (not x.is_cuda and not interpret):
-        t = F.gelu(F.conv2d(mid.transpose(1, 2).reshape(x.shape[0], hidden, h, w), p["dww"].reshape(hidden, 1, 3, 3),
-                            p["dwb"], padding=1, groups=hidden).flatten(2).transpose(1, 2))
+    if not kernel_runs(x):
+        t = dwconv3x3_gelu_reference(mid, h, w, p["dww"].reshape(hidden, 1, 3, 3), p["dwb"])
         return x + F.linear(t, p["w2t"].t(), p["b2"])
     n, _, c = x.shape
     t = tile or plan(h, w, c, hidden, "dwfc2")
@@ -237,8 +233,7 @@ def dw_fc2_block(x: torch.Tensor, h: int, w: int, p: dict, tile: dict | None = N
 def mixffn(x: torch.Tensor, h: int, w: int, p: dict, tile: dict | None = None) -> torch.Tensor:
     """x + Mix-FFN(LayerNorm(x)) for FP16 token tensors [N, h*w, C] in one kernel, `p` from `prepare`; the
     reference on CPU tensors unless Triton's interpreter is on, and where triton is missing."""
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if triton is None or (not x.is_cuda and not interpret):
+    if not kernel_runs(x):
         return reference(x, h, w, p)
     n, _, c = x.shape
     hidden = p["w1t"].shape[1]
