@@ -21,9 +21,6 @@ from pathlib import Path
 from bench import BenchError
 from client.cli import run as run_cli
 
-STAGES = ((4, 64), (8, 128), (16, 320), (32, 512))  # (stride, C) of MiT-B1
-
-
 def ptxas() -> Path:
     """The newest ptxas inside the installed triton package (it must read the PTX version Triton writes)."""
     try:
@@ -45,14 +42,11 @@ def compile_report(kind: str, c: int, hidden: int, tile: dict, tool: Path) -> di
 
     from segformer import mixffn as M
 
-    ptrs = ("t", "x", "y", "dww", "dwb", "w2t", "b2") if kind == "dwfc2" else \
-        ("x", "y", "ring_buf", "ln_w", "ln_b", "w1t", "b1", "dww", "dwb", "w2t", "b2")
-    sig = {n: "*fp16" for n in ptrs}
-    sig.update({"H": "i32", "W": "i32", **({"eps": "fp32"} if kind == "fused" else {})})
     consts = {"C": c, "CP": 1 << (c - 1).bit_length(), "HID": hidden, "HC": tile["HC"], "BW": tile["BW"],
               "RB": tile["RB"]}
-    sig.update(dict.fromkeys(consts, "constexpr"))
     fn = M._dw_fc2_kernel if kind == "dwfc2" else M._mixffn_kernel
+    scalars = {"H": "i32", "W": "i32", "eps": "fp32"}  # every other argument is an FP16 tensor
+    sig = {n: "constexpr" if n in consts else scalars.get(n, "*fp16") for n in fn.arg_names}
     opts = {"num_warps": tile["num_warps"], **({"num_stages": tile["num_stages"]} if tile.get("num_stages") else {})}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                        options=opts)
@@ -87,6 +81,7 @@ def main(argv=None) -> int:
 
 
 def measure(args) -> int:
+    from bench.kernels_gpu import STAGES
     from bench.kernels_mixffn import candidates
 
     tool = ptxas()

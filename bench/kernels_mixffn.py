@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from bench import BenchError
+from bench.kernels_gpu import STAGES  # (stride, C) of MiT-B1; Mix-FFN's hidden width is 4C
 from client.cli import run as run_cli
 
-STAGES = ((4, 64), (8, 128), (16, 320), (32, 512))  # (stride, C) of MiT-B1; Mix-FFN's hidden width is 4C
 
 
 def candidates(h: int, w: int, c: int) -> list[dict]:
