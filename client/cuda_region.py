@@ -37,11 +37,15 @@ class CudaRegion:
             if "already" not in str(exc).lower():
                 raise
 
-    def write(self, slot: int, frames_gpu) -> int:
-        """Copy a batch (a uint8 CUDA tensor) into `slot`; returns its offset in the region."""
+    def write(self, slot: int, frames) -> int:
+        """Copy a batch (a uint8 tensor on the GPU, or on the host: then this is the upload) into `slot`, at most
+        `slot_bytes`; returns its offset in the region."""
         import torch
 
+        n = frames.numel()
+        if n > self.slot_bytes:
+            raise ValueError(f"a batch of {n} bytes does not fit the region's {self.slot_bytes}-byte slots")
         start = slot * self.slot_bytes
-        self.tensor[start:start + self.slot_bytes].copy_(frames_gpu.reshape(-1))
+        self.tensor[start:start + n].copy_(frames.reshape(-1))
         torch.cuda.current_stream(self.device).synchronize()  # the server reads it as soon as the request lands
         return self.offset + start
