@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from client.runners.base import ModelInfo, Runner
+from client.visualize import palette_lut
 
 STAGES = ("decode", "place", "send", "overlay", "encode")
 STAGE_NAMES = {"decode": "decode", "place": "place", "send": "send/wait", "overlay": "overlay", "encode": "encode"}
@@ -37,14 +38,6 @@ def overlay_threads_default() -> int:
 def encoder_threads_default() -> int:
     """libx264's threads: the cores, at most 16 (x264's frame threads stop paying beyond that at this size)."""
     return max(1, min(16, os.cpu_count() or 1))
-
-
-def palette_lut(palette) -> np.ndarray:
-    """uint8 [256, 3]: class id -> colour (ids past the palette black, as client.visualize.colourise)."""
-    lut = np.zeros((256, 3), np.uint8)
-    if len(palette):
-        lut[: len(palette)] = np.asarray(palette, np.uint8)[:256]
-    return lut
 
 
 def fast_overlay(image: np.ndarray, labels: np.ndarray, lut: np.ndarray, alpha: float = 0.5) -> np.ndarray:

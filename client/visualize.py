@@ -9,10 +9,16 @@ import numpy as np
 from PIL import Image
 
 
-def colourise(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:
+def palette_lut(palette) -> np.ndarray:
+    """uint8 [256, 3]: class id -> colour (ids past the palette black)."""
     lut = np.zeros((256, 3), np.uint8)
-    lut[: len(palette)] = np.asarray(palette, np.uint8)
-    return lut[labels]
+    if len(palette):
+        lut[: len(palette)] = np.asarray(palette, np.uint8)[:256]
+    return lut
+
+
+def colourise(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:
+    return palette_lut(palette)[labels]
 
 
 def palette_png(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> Image.Image:

@@ -11,7 +11,8 @@ from PIL import Image
 
 from client.runners import RunnerError
 from client.video import format_summary, open_source, segment_video
-from client.video_pipeline import STAGES, NoModelRunner, fast_overlay, palette_lut
+from client.video_pipeline import STAGES, NoModelRunner, fast_overlay
+from client.visualize import palette_lut
 from client.visualize import overlay
 from tests.client.test_video import SIZE, FakeRunner, _read, make_video
 
