@@ -64,6 +64,16 @@ def size_spec(text: str) -> tuple[tuple[int, int], tuple[int, ...] | None]:
     return size, bs
 
 
+def size_spec_plain(text: str) -> tuple[int, int]:
+    """``1024x2048`` -> (1024, 2048), refused in argparse's one line where it is no size."""
+    from segformer.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def variant_spec(text: str) -> tuple[str, tuple[tuple[int, int], ...] | None]:
     """``b2`` or ``b2@1024x1024[,1024x2048]`` -> (model, the sizes it runs at or None for every size)."""
     from segformer.config import parse_size
@@ -117,7 +127,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--served-scenarios", nargs="+",
                     help="see bench.gpu_served (default: shm1mb shm256mb, and gpu0 allgpus twoservers where there "
                          "are two or more GPUs)")
-    ap.add_argument("--served-row", default="segformer_b1_gpu", help="the build.variants row served (and in video)")
+    ap.add_argument("--served-row", default="segformer_b1_gpu",
+                    help="the row served (and in video): a build.variants row or one of an imported weights entry")
+    ap.add_argument("--served-size", type=size_spec_plain, metavar="HxW",
+                    help="served frames of this size (a dynamic-size row, e.g. 1024x2048; default: the row's own)")
     ap.add_argument("--served-start-timeout", type=float, default=300.0, help="seconds for Triton to load the model")
     ap.add_argument("--video-args", default="", help="more arguments for bench.video, one string (e.g. "
                                                      "'--in-flight 1 4 --seconds 5')")

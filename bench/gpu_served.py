@@ -77,7 +77,8 @@ def _scenario(name: str, sc: dict, args, log, rows: list, timing: dict) -> None:
                 a = closed_loop.parser().parse_args(
                     ["--model", row.name, "--url", ",".join(urls), "--metrics-url", metrics[0],
                      "--processes", str(nproc), "--concurrency", str(conc), "--duration", str(args.served_duration),
-                     "--payload", payload, "--images", args.images or ""])
+                     "--payload", payload, "--images", args.images or "",
+                     *(["--size", "x".join(map(str, args.served_size))] if getattr(args, "served_size", None) else [])])
                 s = {**closed_loop.run(a), "scenario": name, "instances": args.served_instances,
                      "gpus": sc["gpus"], "servers": sc["servers"]}
                 rows.append(s)
@@ -91,17 +92,19 @@ def _tritons(name: str, sc: dict, args, log, timing: dict):
     """The scenario's Triton(s) serving args.served_row, ready: yields (row, gRPC urls, metrics urls). Each server
     log's `[segformer_gpu]` stage lines go to `timing`; the whole log is copied next to OUT only if it failed."""
     from build.repository import write_repository
-    from build.variants import VARIANTS
+    from build.variants import VARIANTS, imported_rows
     from server import serve
 
     row_name = getattr(args, "served_row", None) or "segformer_b1_gpu"
-    if row_name not in VARIANTS:
-        raise RuntimeError(f"--served-row {row_name}: no such row in build.variants")
+    rows = {**VARIANTS, **imported_rows()}  # the shipped rows and those of every imported weights entry
+    if row_name not in rows:
+        raise RuntimeError(f"--served-row {row_name}: no such row (shipped rows in build.variants, or a row of an "
+                           "entry imported with python -m build.import_weights)")
     scratch = Path(tempfile.mkdtemp(prefix=f"bench_gpu.{name}."))
     procs, urls, metrics, ok = [], [], [], False
     try:
         repo = scratch / "repo"
-        row = dataclasses.replace(VARIANTS[row_name], instances=args.served_instances)
+        row = dataclasses.replace(rows[row_name], instances=args.served_instances)
         res = write_repository([row], repo, force=True, log=log)
         if res[row.name] not in ("built", "unchanged"):
             raise RuntimeError(f"{row.name}: {res[row.name]}")

@@ -36,6 +36,7 @@ from client.cli import split_urls
 from client.cuda_region import CudaRegion
 from client.runners import Failover, describe_failure
 from loadtest.run import _local
+from segformer.config import parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +74,7 @@ def _client_module(protocol: str):
     return tc
 
 
-def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, out: list, errors: list,
+def _thread(args, frames, tag: str, stop_at: float, measure_from: float, out: list, errors: list,
             first: int = 0, cuda: CudaRegion | None = None, slot: int = 0):
     """One request in flight until stop_at. With several --url servers the thread starts on server `first` and,
     when its server goes away, moves on to the next (client.runners.Failover; the failed request is counted,
@@ -82,10 +83,12 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
 
     tc = _client_module(args.protocol)
     urls = split_urls(args.url)
-    h, w = size
-    out_bytes = args.batch * h * w
     batches = [np.stack([frames[(i + j) % len(frames)] for j in range(args.batch)]) for i in range(len(frames))]
-    in_bytes = batches[0].nbytes
+    # a dynamic-size row takes each image at its own placed size: the regions fit the largest batch, and each
+    # request names its own byte counts
+    in_sizes = [b.nbytes for b in batches]
+    out_sizes = [b.shape[0] * b.shape[1] * b.shape[2] for b in batches]
+    in_bytes, out_bytes = max(in_sizes), max(out_sizes)
     oname, iname = f"out_{tag}", f"in_{tag}"
     wire = args.output == "wire"
     regions = [] if wire else [(oname, shm.create_shared_memory_region(oname, f"/{oname}", out_bytes))]
@@ -119,9 +122,11 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
 
     timeout = {"client_timeout": args.timeout} if args.protocol == "grpc" else {"timeout": int(args.timeout)}
     try:
-        output = tc.InferRequestedOutput("labels")
-        if not wire:
-            output.set_shared_memory(oname, out_bytes)
+        outputs = {}
+        for n in set(out_sizes):
+            outputs[n] = tc.InferRequestedOutput("labels")
+            if not wire:
+                outputs[n].set_shared_memory(oname, n)
         if args.payload == "jpeg":
             if args.batch != 1:
                 raise ValueError("--payload jpeg sends one image per request: use --batch 1")
@@ -144,9 +149,9 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
                 inp = tc.InferInput("images", list(batches[k].shape), "UINT8")
                 if args.payload == "raw-shm":
                     shm.set_shared_memory_region(ihandle, [batches[k]])
-                    inp.set_shared_memory(iname, in_bytes)
+                    inp.set_shared_memory(iname, in_sizes[k])
                 elif cuda is not None:
-                    inp.set_shared_memory(cuda.name, in_bytes, offset=cuda.write(slot, on_gpu[k]))
+                    inp.set_shared_memory(cuda.name, in_sizes[k], offset=cuda.write(slot, on_gpu[k]))
                 else:
                     inp.set_data_from_numpy(batches[k])
             t0 = time.perf_counter()
@@ -154,7 +159,7 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
             try:
                 if not servers.ensure():
                     raise ConnectionError(f"no Triton server left of {', '.join(urls)}")
-                servers.current.infer(args.model, [inp], outputs=[output], **timeout)
+                servers.current.infer(args.model, [inp], outputs=[outputs[out_sizes[k]]], **timeout)
             except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
                 msg = servers.label(_first_line(exc))
             t1 = time.perf_counter()
@@ -174,20 +179,20 @@ def _thread(args, size, frames, tag: str, stop_at: float, measure_from: float, o
 
 
 def _process(args, policy, rank: int, t_start: float, queue) -> None:
-    size = policy.size
     frames = _frames(policy, args.images)
+    biggest = max(f.nbytes for f in frames)
     stop_at = t_start + args.warmup + args.duration
     measure_from = t_start + args.warmup
     results, errors = [], []
     cuda = None
     if args.payload == "raw-cuda":
         try:
-            cuda = CudaRegion(f"cin_{os.getpid()}", args.batch * size[0] * size[1] * 3, args.concurrency)
+            cuda = CudaRegion(f"cin_{os.getpid()}", args.batch * biggest, args.concurrency)
         except Exception as exc:  # noqa: BLE001 - no torch / no GPU here: one failure, said once
             queue.put(([(measure_from, measure_from, False)], [f"setup: raw-cuda needs PyTorch with a CUDA GPU in "
                                                                f"the load process ({_first_line(exc)})"]))
             return
-    threads = [threading.Thread(target=_thread, args=(args, size, frames, f"{os.getpid()}_{j}", stop_at,
+    threads = [threading.Thread(target=_thread, args=(args, frames, f"{os.getpid()}_{j}", stop_at,
                                                       measure_from, results, errors, rank * args.concurrency + j,
                                                       cuda, j),
                                 daemon=True)
@@ -206,6 +211,18 @@ def _process(args, policy, rank: int, t_start: float, queue) -> None:
     queue.put((results, errors))
 
 
+def sized(policy, size: tuple[int, int], model: str):
+    """The policy for frames of exactly `size` (--size): a dynamic-size row takes the sizes its placement keeps as
+    they are (multiples of 32 in its range); a fixed-size model only its own input size."""
+    size = tuple(int(v) for v in size)
+    placed = policy.place(size).input_size if policy.size_range else tuple(policy.size)
+    if tuple(placed) != size:
+        kind = "a dynamic-size row: H and W multiples of 32 in its range" if policy.size_range else "a fixed-size row"
+        raise ValueError(f"--size {size[0]}x{size[1]}: {model} would take such frames as {placed[0]}x{placed[1]} "
+                         f"({kind}); pass --size {placed[0]}x{placed[1]} or leave --size out")
+    return policy.at(size)
+
+
 def run(args) -> dict:
     """One closed-loop run; returns the summary (also what --out gets)."""
     from loadtest import metrics
@@ -221,6 +238,8 @@ def run(args) -> dict:
         policy = InputPolicy.for_model(probe.activate())
     finally:
         probe.deactivate()
+    if getattr(args, "size", None):
+        policy = sized(policy, args.size, args.model)
     try:
         before = metrics.scrape(args.metrics_url)
     except OSError:
@@ -261,6 +280,7 @@ def run(args) -> dict:
                "p50_ms": float(np.percentile(ok, 50)) if len(ok) else None,
                "p90_ms": float(np.percentile(ok, 90)) if len(ok) else None,
                "p99_ms": float(np.percentile(ok, 99)) if len(ok) else None,
+               "size": "x".join(map(str, policy.size)) if getattr(args, "size", None) else None,
                "endpoints": urls, "errors": _distinct(errors), "server": server}
     return summary
 
@@ -279,6 +299,9 @@ def parser() -> argparse.ArgumentParser:
                     help="labels back through system shared memory (default) or in the response (through a proxy)")
     ap.add_argument("--batch", type=int, default=1, help="images per request")
     ap.add_argument("--images", default="", help="folder of images (default: generated frames)")
+    ap.add_argument("--size", type=parse_size, metavar="HxW",
+                    help="frames of this size (generated, or --images resized to it): for a dynamic-size row, any "
+                         "size in its range, e.g. 1024x2048 (default: the model's own input size)")
     ap.add_argument("--out", type=Path, help="write the summary as JSON here")
     return ap
 

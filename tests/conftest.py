@@ -90,12 +90,14 @@ def server(tmp_path_factory):
     repo = tmp / "model_repository"
     rows = [ServingVariant("seg_b0_small", "segformer-b0-camvid", PYTHON_ORT, size=SMALL_SIZE, max_batch=2),
             ServingVariant("seg_b0_smaller", "segformer-b0-camvid", PYTHON_ORT, size=(240, 320), max_batch=2),
-            ServingVariant("seg_null", "segformer-b0-camvid", PYTHON_NULL, size=SMALL_SIZE, max_batch=4)]
+            ServingVariant("seg_null", "segformer-b0-camvid", PYTHON_NULL, size=SMALL_SIZE, max_batch=4),
+            ServingVariant("seg_null_dynamic", "segformer-b0-camvid", PYTHON_NULL, size=SMALL_SIZE, max_batch=4,
+                           size_range=((128, 128), (1024, 2048)))]
     built = write_repository(rows, repo, log=lambda *_: None, cache_dir=tmp / "cache")
     assert set(built.values()) == {"built"}, built
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     proc = start(repo, ports["http"], ports["grpc"], ports["metrics"], state=tmp / "state")
-    yield {"repo": repo, "ports": ports, "model": rows[0].name, "other": rows[1].name, "null": rows[2].name,
+    yield {"repo": repo, "ports": ports, "model": rows[0].name, "other": rows[1].name, "null": rows[2].name, "null_dynamic": rows[3].name,
            "state": tmp / "state",
            "pid": proc.pid}
     stop_pid(proc.pid)

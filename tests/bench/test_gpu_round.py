@@ -304,3 +304,48 @@ def test_make_bench_runs_every_default_section_and_its_arguments_parse():
     help_text = subprocess.run(["make", "-s", "-o", ".venv/.installed", "help"], cwd=ROOT, capture_output=True,
                                text=True, check=True).stdout
     assert "about 7 min of one H100" in help_text and "HF_MAX_AUTOTUNE=1" in help_text
+
+
+def test_served_sends_frames_of_served_size_to_the_row_and_finds_imported_rows(monkeypatch):
+    """--served-size reaches every closed-loop point (a dynamic row at 1024x2048); --served-row may name a row of
+    an imported weights entry (a user's own, or a random-init entry for speed only)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import build.repository
+    import build.variants
+    from bench import gpu_served
+    from loadtest import closed_loop
+
+    sizes = []
+
+    @contextlib.contextmanager
+    def fake_tritons(name, sc, args, log, timing):
+        yield SimpleNamespace(name="r_gpu_dynamic"), ["localhost:1"], ["localhost:2"]
+
+    def fake_run(a):
+        sizes.append(a.size)
+        return {"in_flight": 1, "img_per_s": 1.0, "p50_ms": 1.0, "p99_ms": 1.0, "failures": 0, "errors": []}
+
+    real_tritons = gpu_served._tritons
+    monkeypatch.setattr(gpu_served, "_tritons", fake_tritons)
+    monkeypatch.setattr(closed_loop, "run", fake_run)
+    args = gpu.parser().parse_args(["--sections", "served", "--served-scenarios", "quick",
+                                    "--served-size", "1024x2048"])
+    assert gpu_served.served(args, log=lambda *_: None)["rows"] and sizes and set(sizes) == {(1024, 2048)}
+
+    unknown = SimpleNamespace(served_row="nope_gpu", served_instances=1)
+    with pytest.raises(RuntimeError, match="imported with python -m build.import_weights"):
+        with real_tritons("x", {"servers": 0}, unknown, print, {}):
+            pass
+    row = build.variants.VARIANTS["segformer_b1_gpu_dynamic"]
+    monkeypatch.setattr(build.variants, "imported_rows", lambda: {"mine_gpu_dynamic": row})
+
+    def reached(rows, *a, **k):
+        raise LookupError(f"building {rows[0].name}")
+
+    monkeypatch.setattr(build.repository, "write_repository", reached)
+    with pytest.raises(LookupError, match="building segformer_b1_gpu_dynamic"):
+        with real_tritons("x", {"servers": 0}, SimpleNamespace(served_row="mine_gpu_dynamic", served_instances=1),
+                                 print, {}):
+            pass

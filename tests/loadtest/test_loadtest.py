@@ -166,6 +166,40 @@ def test_closed_loop_generator_against_the_real_server(server, payload, tmp_path
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("payload", ["raw", "raw-shm"])
+def test_closed_loop_sends_frames_of_a_dynamic_rows_size_and_of_mixed_sizes(server, payload, tmp_path):
+    from PIL import Image
+
+    from loadtest import closed_loop
+
+    common = ["--model", server["null_dynamic"], "--url", f"localhost:{server['ports']['grpc']}", "--metrics-url",
+              f"localhost:{server['ports']['metrics']}", "--processes", "1", "--concurrency", "2", "--duration", "1",
+              "--warmup", "0.5", "--payload", payload]
+    # --size larger than the row's nominal size: the label region was sized from the nominal size and was too small
+    s = closed_loop.run(closed_loop.parser().parse_args(common + ["--size", "1024x2048"]))
+    assert s["requests"] > 2 and s["failures"] == 0, s
+    # images of two sizes in one run: each request names its own byte counts within the regions
+    for i, (w, h) in enumerate([(640, 480), (1280, 720)]):
+        Image.new("RGB", (w, h), (i * 60, 90, 30)).save(tmp_path / f"{i}.png")
+    s = closed_loop.run(closed_loop.parser().parse_args(common + ["--images", str(tmp_path)]))
+    assert s["requests"] > 2 and s["failures"] == 0, s
+
+
+def test_closed_loop_size_is_refused_in_one_line_where_the_row_would_not_take_it():
+    from client.policy import InputPolicy
+    from loadtest.closed_loop import sized
+
+    fixed = InputPolicy((512, 512))
+    assert sized(fixed, (512, 512), "m").size == (512, 512)
+    with pytest.raises(ValueError, match=r"--size 720x960: m would take such frames as 512x512 \(a fixed-size row\)"):
+        sized(fixed, (720, 960), "m")
+    dyn = InputPolicy((1024, 1024), ((256, 256), (1024, 2048)))
+    assert sized(dyn, (1024, 2048), "d").size == (1024, 2048) and sized(dyn, (1024, 2048), "d").size_range is None
+    with pytest.raises(ValueError, match="pass --size 736x960"):
+        sized(dyn, (720, 960), "d")
+
+
+@pytest.mark.integration
 def test_closed_loop_counts_failures_instead_of_hiding_them(server, capsys):
     from loadtest import closed_loop
 

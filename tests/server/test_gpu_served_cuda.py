@@ -48,13 +48,13 @@ def served(tmp_path_factory):
             print("\n".join(x for x in log.read_text(errors="replace").splitlines() if "[segformer_gpu]" in x))
 
 
-def _load(model, payload, nproc, conc, images="", duration=10.0):
+def _load(model, payload, nproc, conc, images="", duration=10.0, size=None):
     from loadtest import closed_loop
 
     a = closed_loop.parser().parse_args(
         ["--model", model, "--url", f"localhost:{PORTS[1]}", "--metrics-url", f"localhost:{PORTS[2]}",
          "--processes", str(nproc), "--concurrency", str(conc), "--duration", str(duration), "--payload", payload,
-         "--images", images])
+         "--images", images, *(["--size", size] if size else [])])
     s = closed_loop.run(a)
     print(f"{model} {payload} in flight {s['in_flight']}: {s['img_per_s']:.0f} img/s, p50 {s['p50_ms']:.1f} ms, "
           f"p99 {s['p99_ms']:.1f} ms, failures {s['failures']} {s['errors'][:1]}")
@@ -91,3 +91,11 @@ def test_the_dynamic_row_serves_the_video_frame_at_736x960(served):
     raw.set_data_from_numpy(padded)
     got = client.infer("segformer_b1_gpu_dynamic", [raw]).as_numpy("labels")
     assert got.shape == (1, 736, 960) and float(np.mean(got[0, :720] == labels[0, :720])) >= 0.99
+
+
+def test_the_dynamic_row_serves_1024x2048_frames_captured_on_first_use(served):
+    """A size not captured at load (the fixture pins 736x960 only): raw frames over system shared memory and over
+    CUDA shared memory at the Cityscapes size, no failures once the first request has captured its graphs."""
+    for payload in ("raw-shm", "raw-cuda"):
+        s = _load("segformer_b1_gpu_dynamic", payload, 2, 2, duration=4.0, size="1024x2048")
+        assert s["requests"] > 0 and s["failures"] == 0, s["errors"]
