@@ -130,7 +130,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--served-row", default="segformer_b1_gpu",
                     help="the row served (and in video): a build.variants row or one of an imported weights entry")
     ap.add_argument("--served-size", type=size_spec_plain, metavar="HxW",
-                    help="served frames of this size (a dynamic-size row, e.g. 1024x2048; default: the row's own)")
+                    help="served frames of this size (a dynamic-size row, e.g. 1024x2048, its only size captured at "
+                         "load; default: the row's own)")
     ap.add_argument("--served-start-timeout", type=float, default=300.0, help="seconds for Triton to load the model")
     ap.add_argument("--video-args", default="", help="more arguments for bench.video, one string (e.g. "
                                                      "'--in-flight 1 4 --seconds 5')")

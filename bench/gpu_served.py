@@ -105,6 +105,9 @@ def _tritons(name: str, sc: dict, args, log, timing: dict):
     try:
         repo = scratch / "repo"
         row = dataclasses.replace(rows[row_name], instances=args.served_instances)
+        size = getattr(args, "served_size", None)
+        if size and row.size_range:  # a dynamic row captures the measured size at load, and only that one
+            row = dataclasses.replace(row, extra={**row.extra, "sizes": f"{size[0]}x{size[1]}"})
         res = write_repository([row], repo, force=True, log=log)
         if res[row.name] not in ("built", "unchanged"):
             raise RuntimeError(f"{row.name}: {res[row.name]}")

@@ -342,10 +342,11 @@ def test_served_sends_frames_of_served_size_to_the_row_and_finds_imported_rows(m
     monkeypatch.setattr(build.variants, "imported_rows", lambda: {"mine_gpu_dynamic": row})
 
     def reached(rows, *a, **k):
-        raise LookupError(f"building {rows[0].name}")
+        raise LookupError(f"building {rows[0].name} with sizes {rows[0].extra['sizes']}")
 
     monkeypatch.setattr(build.repository, "write_repository", reached)
-    with pytest.raises(LookupError, match="building segformer_b1_gpu_dynamic"):
-        with real_tritons("x", {"servers": 0}, SimpleNamespace(served_row="mine_gpu_dynamic", served_instances=1),
+    with pytest.raises(LookupError, match="building segformer_b1_gpu_dynamic with sizes 1024x2048$"):
+        with real_tritons("x", {"servers": 0}, SimpleNamespace(served_row="mine_gpu_dynamic", served_instances=1,
+                                                               served_size=(1024, 2048)),
                                  print, {}):
             pass
