@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--overlay-threads", type=int, default=None, help="overlay threads (default: half the cores, "
                     "2-8)")
     ap.add_argument("--encoder-threads", type=int, default=None, help="libx264 threads (default: the cores, <= 16)")
+    ap.add_argument("--encoder-thread-type", choices=("SLICE", "FRAME"), default=None,
+                    help="libx264's threading: SLICE (default: each frame split over the threads) or FRAME")
     ap.add_argument("--frames", type=Path, default=Path("../shared/datasets/camvid/test/images"),
                     help="CamVid test frames the clip is made of")
     ap.add_argument("--note", default="", help="a line recorded with the numbers (e.g. which code was measured)")
@@ -120,7 +122,8 @@ def measure(a) -> int:
     from segformer.weights import atomic_write_bytes
 
     options = {k: v for k, v in (("preset", a.preset), ("overlay_threads", a.overlay_threads),
-                                 ("encoder_threads", a.encoder_threads)) if v is not None}
+                                 ("encoder_threads", a.encoder_threads),
+                                 ("encoder_thread_type", a.encoder_thread_type)) if v is not None}
     what = "client pipeline alone, no model" if a.no_model else f"{a.model} over gRPC" + (
         f" + {a.shm} shm" if a.shm != "none" else "")
     with tempfile.TemporaryDirectory() as tmp:

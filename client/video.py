@@ -116,7 +116,7 @@ class Writer:
     one label PNG; close() is always safe. libx264 runs with `threads` threads at `preset`, 4:2:0 (playable)."""
 
     def __init__(self, out: Path, stem: str, size, fps: float, labels: bool, note=print, preset: str = PRESET,
-                 threads: int | None = None):
+                 threads: int | None = None, thread_type: str = "SLICE"):
         import av
 
         from client.video_pipeline import encoder_threads_default
@@ -139,9 +139,9 @@ class Writer:
         self.threads = threads or encoder_threads_default()
         self.stream.codec_context.thread_count = self.threads
         if codec.startswith("libx264"):
-            # frame threads: PyAV's default (slice) makes libx264 split each frame into `threads` slices, which
-            # scaled to 242 fps at most at 960x720 on 16 cores (the encoder was the video's limit on the H200)
-            self.stream.codec_context.thread_type = "FRAME"
+            # SLICE (PyAV's default): each frame split over `threads`; FRAME: whole frames in parallel (more CPU
+            # per frame; measured both ways on the GPU host: docs/results/bench_gpu_h200_round3/README.md)
+            self.stream.codec_context.thread_type = thread_type
             self.stream.options = {"crf": "18", "preset": preset}
         self.codec, self.pix, self.preset, self.written = codec, pix, preset, 0
 
@@ -203,7 +203,8 @@ def _fraction(fps: float):
 
 def segment_video(source: Source, runner, out: Path, in_flight: int, labels: bool = False,
                   mode: str = "fit", progress: bool = True, preset: str = PRESET, overlay_threads: int | None = None,
-                  encoder_threads: int | None = None, window: int | None = None) -> dict:
+                  encoder_threads: int | None = None, window: int | None = None,
+                  encoder_thread_type: str = "SLICE") -> dict:
     """Segment every frame through the staged pipeline (client.video_pipeline): decode, `in_flight` sender threads
     sharing `runner` (a client.runners Runner: each thread gets its own connection), an overlay pool and an
     encoder thread writing the outputs in frame order. Returns the summary; raises nothing for a partial run
@@ -215,7 +216,8 @@ def segment_video(source: Source, runner, out: Path, in_flight: int, labels: boo
     info = runner.ensure_active()
     policy = InputPolicy.for_model(info, mode)
     writer = Writer(out, source.path.stem if source.path.is_file() else source.path.name, source.size, source.fps,
-                    labels, note=lambda m: print(m, file=sys.stderr), preset=preset, threads=encoder_threads)
+                    labels, note=lambda m: print(m, file=sys.stderr), preset=preset, threads=encoder_threads,
+                    thread_type=encoder_thread_type)
     stats0 = _server_stats(runner)
     bar = progress_bar(total=source.count, unit="frame", desc=source.path.name, disable=not progress)
     t_start = time.perf_counter()
