@@ -155,7 +155,8 @@ def _served(s: dict | None) -> list[str]:
                "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s["rows"]:
             v = r.get("server") or {}
-            md.append(f"| {r.get('scenario', '')} | {r.get('gpus', '0')} | {r.get('servers', 1)} | {r['payload']}{' ' + r['size'] if r.get('size') else ''} | "
+            payload = f"{r['payload']} {r['size']}" if r.get("size") else r["payload"]  # --served-size runs
+            md.append(f"| {r.get('scenario', '')} | {r.get('gpus', '0')} | {r.get('servers', 1)} | {payload} | "
                       f"{r['in_flight']} | {r['img_per_s']:.0f} | {r['p50_ms'] or 0:.1f} | "
                       f"{r['p99_ms'] or 0:.1f} | {r['failures']} | {v.get('queue_ms', float('nan')):.2f} | "
                       f"{v.get('compute_ms', float('nan')):.2f}" + (

@@ -238,8 +238,9 @@ def run(args) -> dict:
         policy = InputPolicy.for_model(probe.activate())
     finally:
         probe.deactivate()
-    if getattr(args, "size", None):
-        policy = sized(policy, args.size, args.model)
+    size = getattr(args, "size", None)  # callers may pass a namespace without it (loadtest.perf)
+    if size:
+        policy = sized(policy, size, args.model)
     try:
         before = metrics.scrape(args.metrics_url)
     except OSError:
@@ -280,7 +281,7 @@ def run(args) -> dict:
                "p50_ms": float(np.percentile(ok, 50)) if len(ok) else None,
                "p90_ms": float(np.percentile(ok, 90)) if len(ok) else None,
                "p99_ms": float(np.percentile(ok, 99)) if len(ok) else None,
-               "size": "x".join(map(str, policy.size)) if getattr(args, "size", None) else None,
+               "size": "x".join(map(str, policy.size)) if size else None,
                "endpoints": urls, "errors": _distinct(errors), "server": server}
     return summary
 

@@ -97,7 +97,7 @@ def server(tmp_path_factory):
     assert set(built.values()) == {"built"}, built
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     proc = start(repo, ports["http"], ports["grpc"], ports["metrics"], state=tmp / "state")
-    yield {"repo": repo, "ports": ports, "model": rows[0].name, "other": rows[1].name, "null": rows[2].name, "null_dynamic": rows[3].name,
-           "state": tmp / "state",
+    yield {"repo": repo, "ports": ports, "model": rows[0].name, "other": rows[1].name, "null": rows[2].name,
+           "null_dynamic": rows[3].name, "state": tmp / "state",
            "pid": proc.pid}
     stop_pid(proc.pid)
